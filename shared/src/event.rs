@@ -1,0 +1,191 @@
+//! The `ResetRequested` event: the contract between the api and the worker.
+//!
+//! One event is published, as JSON, to `{prefix}.requested` for every request the api accepts:
+//!
+//! ```json
+//! {
+//!   "version": 1,
+//!   "event_id": "0193a5c2-7d4e-7a01-9f3b-2c8e4d1a6b70",
+//!   "id": "ada@example.com",
+//!   "requested_at": "2026-11-27T20:01:02.123456Z",
+//!   "request_id": "0193a5c2-7d4e-7a01-9f3b-2c8e4d1a6b6f",
+//!   "client": { "ip": "203.0.113.7", "user_agent": "curl/8.5.0", "api_key_label": "web" }
+//! }
+//! ```
+//!
+//! - `version` is always present. A change that is not purely additive gets a new version;
+//!   a consumer refuses versions it does not know ([`DecodeError::UnsupportedVersion`]).
+//! - `event_id` is a UUIDv7, so it sorts by time; it is the key of the worker's processing record.
+//! - `id` is the account id or email as submitted, trimmed (see [`crate::account::AccountRef`]).
+//! - `client.api_key_label` names the API key the request used, never the key itself.
+//!   `ip` and `user_agent` may be `null`.
+//!
+//! The event carries no secret: it stays in the stream for replay and debugging.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::account::AccountRef;
+
+/// The version this code writes and the only one it reads.
+pub const EVENT_VERSION: u32 = 1;
+
+/// Header naming the event type, so tools can tell events apart without decoding them.
+pub const HEADER_EVENT_TYPE: &str = "Event-Type";
+/// Header carrying the event version.
+pub const HEADER_EVENT_VERSION: &str = "Event-Version";
+/// Header carrying the request id, to follow one request from the api to the worker.
+pub const HEADER_REQUEST_ID: &str = "Request-Id";
+/// Value of [`HEADER_EVENT_TYPE`] for [`ResetRequested`].
+pub const RESET_REQUESTED: &str = "ResetRequested";
+
+/// A client asked for a password-reset email for the account `id` names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResetRequested {
+    pub version: u32,
+    pub event_id: Uuid,
+    pub id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub requested_at: OffsetDateTime,
+    pub request_id: String,
+    pub client: ClientContext,
+}
+
+/// Who sent the request, for the email ("was this you?") and the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientContext {
+    pub ip: Option<IpAddr>,
+    pub user_agent: Option<String>,
+    pub api_key_label: String,
+}
+
+/// Why bytes from the stream are not a usable event. Either way the message is poison:
+/// retrying cannot fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("event is not valid JSON for ResetRequested: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("event version {0} is not supported (this build reads version {EVENT_VERSION})")]
+    UnsupportedVersion(u64),
+}
+
+impl ResetRequested {
+    /// A new event, stamped now, with a fresh time-ordered `event_id`.
+    pub fn new(account: AccountRef, request_id: String, client: ClientContext) -> Self {
+        Self {
+            version: EVENT_VERSION,
+            event_id: Uuid::now_v7(),
+            id: account.into_string(),
+            requested_at: OffsetDateTime::now_utc(),
+            request_id,
+            client,
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising plain strings, numbers and a UUID cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Reads an event, checking its version before anything else so that a future version is
+    /// reported as such rather than as a malformed payload.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        #[derive(Deserialize)]
+        struct Probe {
+            version: u64,
+        }
+        let probe: Probe = serde_json::from_slice(bytes)?;
+        if probe.version != u64::from(EVENT_VERSION) {
+            return Err(DecodeError::UnsupportedVersion(probe.version));
+        }
+        Ok(serde_json::from_slice(bytes)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sample() -> ResetRequested {
+        ResetRequested {
+            version: 1,
+            event_id: Uuid::parse_str("0193a5c2-7d4e-7a01-9f3b-2c8e4d1a6b70").expect("uuid"),
+            id: "ada@example.com".into(),
+            requested_at: time::macros::datetime!(2026-11-27 20:01:02.5 UTC),
+            request_id: "req-1".into(),
+            client: ClientContext {
+                ip: Some("203.0.113.7".parse().expect("ip")),
+                user_agent: Some("curl/8.5.0".into()),
+                api_key_label: "web".into(),
+            },
+        }
+    }
+
+    /// The field names are a public interface: this pins them.
+    #[test]
+    fn json_field_names_are_pinned() {
+        let value: serde_json::Value = serde_json::from_slice(&sample().to_json()).expect("json");
+        assert_eq!(
+            value,
+            json!({
+                "version": 1,
+                "event_id": "0193a5c2-7d4e-7a01-9f3b-2c8e4d1a6b70",
+                "id": "ada@example.com",
+                "requested_at": "2026-11-27T20:01:02.5Z",
+                "request_id": "req-1",
+                "client": {"ip": "203.0.113.7", "user_agent": "curl/8.5.0", "api_key_label": "web"}
+            })
+        );
+    }
+
+    #[test]
+    fn events_round_trip_through_json() {
+        let event = sample();
+        assert_eq!(
+            ResetRequested::decode(&event.to_json()).expect("decode"),
+            event
+        );
+    }
+
+    #[test]
+    fn unknown_versions_are_refused_as_such() {
+        let mut value: serde_json::Value =
+            serde_json::from_slice(&sample().to_json()).expect("json");
+        value["version"] = json!(2);
+        let bytes = serde_json::to_vec(&value).expect("json");
+        assert!(matches!(
+            ResetRequested::decode(&bytes),
+            Err(DecodeError::UnsupportedVersion(2))
+        ));
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        assert!(matches!(
+            ResetRequested::decode(b"not json"),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            ResetRequested::decode(br#"{"version":1}"#),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn new_events_are_version_1_and_time_ordered() {
+        let client = sample().client;
+        let a = ResetRequested::new(
+            AccountRef::parse("a").expect("id"),
+            "r".into(),
+            client.clone(),
+        );
+        let b = ResetRequested::new(AccountRef::parse("b").expect("id"), "r".into(), client);
+        assert_eq!(a.version, EVENT_VERSION);
+        assert_eq!(a.event_id.get_version_num(), 7);
+        assert!(a.event_id < b.event_id);
+    }
+}

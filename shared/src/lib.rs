@@ -1,0 +1,39 @@
+//! What the api and the worker agree on.
+//!
+//! The api publishes a [`ResetRequested`](event::ResetRequested) event for every accepted
+//! `POST /auth/forgot-password`; the worker consumes it. This crate owns that contract and the
+//! few pieces both binaries need to honour it:
+//!
+//! - [`event`]: the versioned JSON event, its headers and its decoder;
+//! - [`account`]: [`AccountRef`](account::AccountRef), the validated `id` a request names;
+//! - [`stream`]: subject names and the JetStream stream both sides create or update;
+//! - [`nats`]: connecting to NATS with the same options everywhere;
+//! - [`telemetry`]: `tracing` set-up (`LOG_FORMAT`) and masking of personal data in logs.
+
+pub mod account;
+pub mod event;
+pub mod nats;
+pub mod stream;
+pub mod telemetry;
+
+/// Resolves on the first SIGINT or SIGTERM: what both binaries stop on.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,181 @@
+//! Subject names and the JetStream stream that holds every event.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self,
+    context::CreateStreamErrorKind,
+    stream::{Config, RetentionPolicy, StorageType},
+};
+
+/// How long JetStream remembers a `Nats-Msg-Id`: a publish repeated within this window
+/// (an api retry, a client's `Idempotency-Key`) stores nothing new.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Where events go. Both binaries read these settings and must agree on them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StreamSettings {
+    /// Name of the JetStream stream holding the events.
+    #[arg(long, env = "RESET_STREAM", default_value = "AUTH_RESET", value_parser = parse_stream_name)]
+    pub stream: String,
+
+    /// Subject prefix: events are published to `{prefix}.requested`; the stream covers `{prefix}.>`.
+    #[arg(long, env = "RESET_SUBJECT_PREFIX", default_value = "auth.reset", value_parser = parse_prefix)]
+    pub subject_prefix: String,
+
+    /// How long events stay in the stream, replayable (e.g. `7d`, `36h`).
+    #[arg(long, env = "RESET_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub retention: Duration,
+}
+
+impl StreamSettings {
+    pub fn subjects(&self) -> Subjects {
+        Subjects {
+            prefix: self.subject_prefix.clone(),
+        }
+    }
+
+    /// The stream as this build wants it: file storage, limits retention (events are kept for
+    /// replay, not removed when consumed), a two-minute duplicate window.
+    pub fn stream_config(&self) -> Config {
+        Config {
+            name: self.stream.clone(),
+            description: Some("Password-reset events (ResetRequested)".into()),
+            subjects: vec![self.subjects().all()],
+            retention: RetentionPolicy::Limits,
+            storage: StorageType::File,
+            max_age: self.retention,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        }
+    }
+}
+
+/// The subjects under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// `{prefix}.requested`: one `ResetRequested` per accepted request.
+    pub fn requested(&self) -> String {
+        format!("{}.requested", self.prefix)
+    }
+
+    /// `{prefix}.dead`: events the worker gave up on.
+    pub fn dead(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+
+    /// `{prefix}.>`: everything the stream holds.
+    pub fn all(&self) -> String {
+        format!("{}.>", self.prefix)
+    }
+}
+
+/// Why the stream could not be created or brought up to date.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("creating stream {name}: {source}")]
+    Create {
+        name: String,
+        source: jetstream::context::CreateStreamError,
+    },
+    #[error("updating stream {name} to the current settings: {source}")]
+    Update {
+        name: String,
+        source: jetstream::context::UpdateStreamError,
+    },
+}
+
+/// Creates the stream, or updates it to the current settings if it exists.
+///
+/// The api and the worker both call this at start-up, possibly at the same moment: a create
+/// that loses the race sees "stream name already in use" and updates instead, which is a no-op
+/// when the settings agree.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    settings: &StreamSettings,
+) -> Result<(), StreamError> {
+    let config = settings.stream_config();
+    let name = config.name.clone();
+    match js.create_stream(config.clone()).await {
+        Ok(_) => Ok(()),
+        Err(err) if already_exists(&err) => js
+            .update_stream(&config)
+            .await
+            .map(|_| ())
+            .map_err(|source| StreamError::Update { name, source }),
+        Err(source) => Err(StreamError::Create { name, source }),
+    }
+}
+
+fn already_exists(err: &jetstream::context::CreateStreamError) -> bool {
+    matches!(
+        err.kind(),
+        CreateStreamErrorKind::JetStream(inner)
+            if inner.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST
+    )
+}
+
+fn parse_stream_name(raw: &str) -> Result<String, String> {
+    let ok = !raw.is_empty()
+        && raw
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(raw.to_owned())
+    } else {
+        Err("a stream name takes letters, digits, `-` and `_` only".into())
+    }
+}
+
+fn parse_prefix(raw: &str) -> Result<String, String> {
+    let ok = !raw.is_empty()
+        && raw.split('.').all(|token| {
+            !token.is_empty()
+                && token
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+    if ok {
+        Ok(raw.to_owned())
+    } else {
+        Err("a subject prefix is dot-separated tokens of letters, digits, `-` and `_` (no wildcards)".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_hang_off_the_prefix() {
+        let subjects = Subjects::new("auth.reset");
+        assert_eq!(subjects.requested(), "auth.reset.requested");
+        assert_eq!(subjects.dead(), "auth.reset.dead");
+        assert_eq!(subjects.all(), "auth.reset.>");
+    }
+
+    #[test]
+    fn prefixes_with_wildcards_or_empty_tokens_are_refused() {
+        assert!(parse_prefix("auth.reset").is_ok());
+        for bad in ["", "auth..reset", "auth.*", "auth.>", "auth reset", ".auth"] {
+            assert!(parse_prefix(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn stream_names_are_checked() {
+        assert!(parse_stream_name("AUTH_RESET").is_ok());
+        assert!(parse_stream_name("AUTH.RESET").is_err());
+        assert!(parse_stream_name("").is_err());
+    }
+}

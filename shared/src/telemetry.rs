@@ -1,0 +1,67 @@
+//! Logging set-up and what keeps personal data out of it.
+
+use tracing_subscriber::{EnvFilter, fmt};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable, for a terminal.
+    Pretty,
+    /// One JSON object per line, for a log pipeline.
+    Json,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogSettings {
+    /// Log line format. Verbosity follows `RUST_LOG` (default `info`).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
+    pub log_format: LogFormat,
+}
+
+/// Installs the global subscriber. A second call (several apps in one test process) is a no-op.
+pub fn init(settings: &LogSettings) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter);
+    let _ = match settings.log_format {
+        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Masks an account id or email for logs: enough to tell two requests apart, not enough to
+/// recover the address. `ada.lovelace@example.com` becomes `a***@e***.com`.
+pub fn mask_id(id: &str) -> String {
+    fn first(s: &str) -> String {
+        s.chars().next().map(String::from).unwrap_or_default()
+    }
+    match id.rsplit_once('@') {
+        Some((local, domain)) => {
+            let tld = domain
+                .rsplit_once('.')
+                .map(|(_, tld)| format!(".{tld}"))
+                .unwrap_or_default();
+            format!("{}***@{}***{}", first(local), first(domain), tld)
+        }
+        None if id.chars().count() <= 4 => "***".into(),
+        None => format!("{}***", first(id)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_keep_only_first_letters_and_tld() {
+        assert_eq!(mask_id("ada.lovelace@example.com"), "a***@e***.com");
+        assert_eq!(mask_id("x@localhost"), "x***@l***");
+    }
+
+    #[test]
+    fn plain_ids_keep_one_character_at_most() {
+        assert_eq!(mask_id("user-12345"), "u***");
+        assert_eq!(mask_id("abc"), "***");
+        assert_eq!(mask_id(""), "***");
+    }
+}
