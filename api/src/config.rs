@@ -1,0 +1,73 @@
+//! The api's settings, all from the environment (or the matching `--flag`).
+//! `api --help` lists every variable with its default.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use shared::{nats::NatsSettings, stream::StreamSettings, telemetry::LogSettings};
+
+use crate::{auth::ApiKeys, limit::RateLimit};
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "api",
+    version,
+    about = "Password-reset front door: accepts POST /auth/forgot-password and publishes a ResetRequested event to NATS JetStream."
+)]
+pub struct Settings {
+    #[command(flatten)]
+    pub http: HttpSettings,
+    #[command(flatten)]
+    pub auth: AuthSettings,
+    #[command(flatten)]
+    pub nats: NatsSettings,
+    #[command(flatten)]
+    pub stream: StreamSettings,
+    #[command(flatten)]
+    pub log: LogSettings,
+}
+
+/// The HTTP side.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HttpSettings {
+    /// Address to listen on (port 0 picks a free port; the bound address is logged).
+    #[arg(long, env = "API_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "API_MAX_BODY", default_value_t = 4096)]
+    pub max_body: usize,
+
+    /// Requests per client IP: `N/second|minute|hour[,burst=B]`, or `off`.
+    #[arg(long, env = "API_RATE_LIMIT", default_value = "20/minute,burst=10")]
+    pub rate_limit: RateLimit,
+
+    /// Take the client IP from the last `X-Forwarded-For` entry (set only behind a proxy you run).
+    #[arg(long, env = "API_TRUST_PROXY")]
+    pub trust_proxy: bool,
+
+    /// How long JetStream may take to acknowledge an event before the client gets 503.
+    #[arg(long, env = "API_PUBLISH_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub publish_timeout: Duration,
+
+    /// How long a client may take to send its request headers.
+    #[arg(long, env = "API_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+
+    /// How long a client may take to send its request body (408 after that).
+    #[arg(long, env = "API_BODY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
+
+    /// On SIGTERM/SIGINT, how long in-flight requests get to finish before the api exits.
+    #[arg(long, env = "API_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+/// Who may call.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthSettings {
+    /// Comma-separated `label:key` pairs. The label names the client in logs and events; the
+    /// key is what it sends as `Authorization: Bearer <key>`. Required.
+    #[arg(long, env = "API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<ApiKeys>,
+}

@@ -1,0 +1,23 @@
+//! The api: `POST /auth/forgot-password` in front of NATS JetStream.
+//!
+//! A request is authenticated (Bearer key), rate-limited per client IP, parsed from JSON, XML
+//! or a form into an [`AccountRef`](shared::account::AccountRef), and published as a
+//! [`ResetRequested`](shared::event::ResetRequested) event. The client hears 200 only once
+//! JetStream has acknowledged the event. The api never looks the account up, so neither its
+//! answer nor its timing tells whether the account exists.
+//!
+//! Layout: [`config`] (settings), [`startup`] (building and running the server, shared by `main`
+//! and the tests), [`routes`] (the request pipeline), [`body`], [`auth`], [`limit`],
+//! [`publish`], [`reply`] (the response shape and every error status).
+
+pub mod auth;
+pub mod body;
+pub mod config;
+pub mod limit;
+pub mod publish;
+pub mod reply;
+pub mod routes;
+pub mod startup;
+
+pub use config::Settings;
+pub use startup::Application;

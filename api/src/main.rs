@@ -1,0 +1,17 @@
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let settings = api::Settings::parse();
+    shared::telemetry::init(&settings.log);
+    let app = match api::Application::build(settings).await {
+        Ok(app) => app,
+        Err(err) => {
+            tracing::error!("api cannot start: {err}");
+            eprintln!("api cannot start: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    app.run_until(shared::shutdown_signal()).await;
+    std::process::ExitCode::SUCCESS
+}

@@ -1,0 +1,152 @@
+//! Turning an accepted request into a durable event.
+
+use std::time::Duration;
+
+use async_nats::{
+    HeaderMap,
+    connection::State,
+    jetstream::{self, message::PublishMessage, publish::PublishAck},
+};
+use sha2::{Digest, Sha256};
+use shared::event::{
+    HEADER_EVENT_TYPE, HEADER_EVENT_VERSION, HEADER_REQUEST_ID, RESET_REQUESTED, ResetRequested,
+};
+
+/// Publishes events and waits for JetStream to store them.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    subject: String,
+    timeout: Duration,
+}
+
+/// Why an event is not known to be stored. The client is told 503 and may retry.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishFailure {
+    #[error("not connected to NATS")]
+    Disconnected,
+    #[error("no PubAck within {0:?}")]
+    TimedOut(Duration),
+    #[error("JetStream did not store the event: {0}")]
+    Refused(#[from] jetstream::context::PublishError),
+}
+
+impl Publisher {
+    pub fn new(client: async_nats::Client, subject: String, timeout: Duration) -> Self {
+        let js = jetstream::ContextBuilder::new()
+            .timeout(timeout)
+            .ack_timeout(timeout)
+            // Wait for a slot rather than fail when many publishes are in flight: the
+            // deadline below still bounds the wait.
+            .backpressure_on_inflight(true)
+            .build(client.clone());
+        Self {
+            client,
+            js,
+            subject,
+            timeout,
+        }
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == State::Connected
+    }
+
+    /// Publishes `event` with `msg_id` as its `Nats-Msg-Id` and returns once JetStream has
+    /// acknowledged it (or reported it a duplicate of one it already holds).
+    pub async fn publish(
+        &self,
+        event: &ResetRequested,
+        msg_id: &str,
+    ) -> Result<PublishAck, PublishFailure> {
+        // While disconnected the client would buffer the message and send it on reconnect,
+        // after the caller has been told 503: refusing up front keeps "503" meaning "not stored".
+        if !self.is_connected() {
+            return Err(PublishFailure::Disconnected);
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(HEADER_EVENT_TYPE, RESET_REQUESTED);
+        headers.insert(HEADER_EVENT_VERSION, event.version.to_string().as_str());
+        headers.insert(HEADER_REQUEST_ID, event.request_id.as_str());
+        headers.insert("Content-Type", "application/json");
+        let message = PublishMessage::build()
+            .payload(event.to_json().into())
+            .headers(headers)
+            .message_id(msg_id);
+        let publish = async {
+            let ack = self.js.send_publish(self.subject.clone(), message).await?;
+            Ok::<_, PublishFailure>(ack.await?)
+        };
+        tokio::time::timeout(self.timeout, publish)
+            .await
+            .map_err(|_| PublishFailure::TimedOut(self.timeout))?
+    }
+}
+
+/// The `Nats-Msg-Id` for a request: derived from the client's `Idempotency-Key` (scoped to its
+/// API key, so two clients cannot collide), else the event's own id.
+pub fn message_id(
+    key_label: &str,
+    idempotency_key: Option<&str>,
+    event: &ResetRequested,
+) -> String {
+    match idempotency_key {
+        Some(key) => {
+            let mut hasher = Sha256::new();
+            hasher.update(key_label.as_bytes());
+            hasher.update([0]);
+            hasher.update(key.as_bytes());
+            let digest = hasher.finalize();
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            format!("idem-{hex}")
+        }
+        None => event.event_id.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::{account::AccountRef, event::ClientContext};
+
+    fn event() -> ResetRequested {
+        ResetRequested::new(
+            AccountRef::parse("a").expect("id"),
+            "r".into(),
+            ClientContext {
+                ip: None,
+                user_agent: None,
+                api_key_label: "web".into(),
+            },
+        )
+    }
+
+    #[test]
+    fn idempotency_keys_are_scoped_to_the_api_key() {
+        let e = event();
+        assert_eq!(
+            message_id("web", Some("k1"), &e),
+            message_id("web", Some("k1"), &event())
+        );
+        assert_ne!(
+            message_id("web", Some("k1"), &e),
+            message_id("mobile", Some("k1"), &e)
+        );
+        assert_ne!(
+            message_id("web", Some("k1"), &e),
+            message_id("web", Some("k2"), &e)
+        );
+    }
+
+    #[test]
+    fn without_a_key_every_event_is_its_own() {
+        let (a, b) = (event(), event());
+        assert_ne!(message_id("web", None, &a), message_id("web", None, &b));
+        assert_eq!(message_id("web", None, &a), a.event_id.to_string());
+    }
+}

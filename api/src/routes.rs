@@ -1,0 +1,261 @@
+//! The request pipeline: routing, then for forgot-password the checks in the order that
+//! costs least first — rate limit, key, size, media type — and only then the body.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::FutureExt;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use shared::event::{ClientContext, ResetRequested};
+use tracing::{Instrument, field::Empty};
+
+use crate::{
+    auth::ApiKeys,
+    body,
+    limit::{Limiter, client_ip},
+    publish::{Publisher, message_id},
+    reply::{self, ApiError},
+};
+
+/// What every request handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    pub keys: ApiKeys,
+    pub limiter: Limiter,
+    pub publisher: Publisher,
+    pub stream_name: String,
+    pub max_body: usize,
+    pub body_timeout: Duration,
+    pub trust_proxy: bool,
+}
+
+const REQUEST_ID: &str = "x-request-id";
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+const MAX_USER_AGENT: usize = 512;
+
+/// Serves one request. Never fails: every outcome is a `{code, message}` response carrying
+/// an `x-request-id`, and is logged once, with the outcome, in the request's span.
+pub async fn handle(
+    state: Arc<AppState>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let started = Instant::now();
+    let request_id = request_id(req.headers());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %req.method(),
+        path = %req.uri().path(),
+        client = Empty,
+        account = Empty,
+        event_id = Empty,
+        seq = Empty,
+        error = Empty,
+    );
+    // A panic anywhere below becomes a plain 500 instead of a dropped connection.
+    let outcome = AssertUnwindSafe(route(&state, peer, &request_id, req))
+        .catch_unwind()
+        .instrument(span.clone())
+        .await
+        .unwrap_or_else(|_| {
+            span.in_scope(|| tracing::error!("request handler panicked"));
+            Err(ApiError::Internal)
+        });
+    let mut response = match outcome {
+        Ok(response) => response,
+        Err(err) => {
+            span.record("error", tracing::field::display(&err));
+            err.into_response()
+        }
+    };
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    span.in_scope(|| {
+        tracing::info!(
+            status = response.status().as_u16(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "request finished"
+        );
+    });
+    Ok(response)
+}
+
+async fn route(
+    state: &AppState,
+    peer: SocketAddr,
+    request_id: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
+    match req.uri().path() {
+        "/auth/forgot-password" if req.method() == Method::POST => {
+            forgot_password(state, peer, request_id, req).await
+        }
+        "/auth/forgot-password" => Err(ApiError::MethodNotAllowed("POST")),
+        "/healthz" if read_only => Ok(reply::ok()),
+        "/readyz" if read_only => ready(state).await,
+        "/healthz" | "/readyz" => Err(ApiError::MethodNotAllowed("GET, HEAD")),
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+async fn forgot_password(
+    state: &AppState,
+    peer: SocketAddr,
+    request_id: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let span = tracing::Span::current();
+    let headers = req.headers();
+    let ip = client_ip(peer, headers, state.trust_proxy);
+    state.limiter.check(ip).map_err(ApiError::TooManyRequests)?;
+
+    let label = state
+        .keys
+        .authenticate(headers.get(header::AUTHORIZATION))
+        .ok_or(ApiError::Forbidden)?
+        .to_owned();
+    span.record("client", label.as_str());
+
+    if content_length(headers).is_some_and(|len| len > state.max_body as u64) {
+        return Err(ApiError::PayloadTooLarge(state.max_body));
+    }
+    let kind = body::media_type(headers.get(header::CONTENT_TYPE))?;
+    let idempotency_key = idempotency_key(headers)?;
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|ua| ua.chars().take(MAX_USER_AGENT).collect::<String>());
+
+    let bytes = read_body(req.into_body(), state.max_body, state.body_timeout).await?;
+    let account = body::parse(kind, &bytes)?;
+    span.record("account", account.masked());
+
+    let event = ResetRequested::new(
+        account,
+        request_id.to_owned(),
+        ClientContext {
+            ip: Some(ip),
+            user_agent,
+            api_key_label: label.clone(),
+        },
+    );
+    let msg_id = message_id(&label, idempotency_key.as_deref(), &event);
+    match state.publisher.publish(&event, &msg_id).await {
+        Ok(ack) => {
+            span.record("event_id", tracing::field::display(event.event_id));
+            span.record("seq", ack.sequence);
+            if ack.duplicate {
+                tracing::info!("duplicate Idempotency-Key: the earlier event stands");
+            }
+            Ok(reply::ok())
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "event not published");
+            Err(ApiError::Unavailable)
+        }
+    }
+}
+
+async fn ready(state: &AppState) -> Result<Response<Full<Bytes>>, ApiError> {
+    if !state.publisher.is_connected() {
+        return Err(ApiError::NotReady("NATS is not connected"));
+    }
+    let lookup = state.publisher.jetstream().get_stream(&state.stream_name);
+    match tokio::time::timeout(Duration::from_secs(2), lookup).await {
+        Ok(Ok(_)) => Ok(reply::ok()),
+        _ => Err(ApiError::NotReady("the event stream is not reachable")),
+    }
+}
+
+/// The client's `x-request-id` if it is a sane one, else a new UUIDv7.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| {
+            (1..=128).contains(&id.len())
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@'))
+        })
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let key = value.to_str().map_err(|_| ApiError::BadIdempotencyKey)?;
+    let sane = values.next().is_none()
+        && (1..=255).contains(&key.len())
+        && key.bytes().all(|b| b.is_ascii_graphic());
+    if sane {
+        Ok(Some(key.to_owned()))
+    } else {
+        Err(ApiError::BadIdempotencyKey)
+    }
+}
+
+/// Reads at most `max` bytes within `deadline`: a body longer than its Content-Length claimed
+/// (or chunked without one) is cut off at the limit, and a slow one cannot hold a worker.
+async fn read_body(body: Incoming, max: usize, deadline: Duration) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(deadline, Limited::new(body, max).collect()).await {
+        Err(_) => Err(ApiError::BodyTimeout(deadline.as_secs().max(1))),
+        Ok(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::PayloadTooLarge(max))
+        }
+        Ok(Err(_)) => Err(ApiError::BodyIncomplete),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sane_request_id_is_kept_and_anything_else_replaced() {
+        let mut headers = HeaderMap::new();
+        headers.insert(REQUEST_ID, HeaderValue::from_static("abc-123_x.y:z"));
+        assert_eq!(request_id(&headers), "abc-123_x.y:z");
+        headers.insert(REQUEST_ID, HeaderValue::from_static("has spaces"));
+        let replaced = request_id(&headers);
+        assert_ne!(replaced, "has spaces");
+        assert!(uuid::Uuid::parse_str(&replaced).is_ok());
+        assert!(uuid::Uuid::parse_str(&request_id(&HeaderMap::new())).is_ok());
+    }
+
+    #[test]
+    fn idempotency_keys_must_be_single_and_visible_ascii() {
+        let mut headers = HeaderMap::new();
+        assert!(matches!(idempotency_key(&headers), Ok(None)));
+        headers.insert(IDEMPOTENCY_KEY, HeaderValue::from_static("order-42"));
+        assert_eq!(
+            idempotency_key(&headers).ok().flatten().as_deref(),
+            Some("order-42")
+        );
+        headers.append(IDEMPOTENCY_KEY, HeaderValue::from_static("order-43"));
+        assert!(idempotency_key(&headers).is_err());
+        headers.insert(IDEMPOTENCY_KEY, HeaderValue::from_static("with space"));
+        assert!(idempotency_key(&headers).is_err());
+    }
+}

@@ -1,0 +1,192 @@
+//! Building and running the api: one path for `main` and for the tests.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::{server::conn::http1, service::service_fn};
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+};
+use shared::stream::{StreamSettings, ensure_stream};
+use tokio::net::TcpListener;
+
+use crate::{
+    config::{HttpSettings, Settings},
+    limit::Limiter,
+    publish::Publisher,
+    routes::{self, AppState},
+};
+
+/// Why the api cannot start. Each message says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(
+        "no API key configured: set API_KEYS to comma-separated label:key pairs, e.g. API_KEYS=web:$(openssl rand -hex 32)"
+    )]
+    NoApiKeys,
+    #[error("cannot listen on {addr} (API_ADDR): {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot set up the NATS client for {url} (NATS_URL): {source}")]
+    Nats {
+        url: String,
+        source: async_nats::ConnectError,
+    },
+}
+
+/// A bound, ready-to-run api.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    state: Arc<AppState>,
+    http: HttpSettings,
+    stream: StreamSettings,
+    client: async_nats::Client,
+}
+
+impl Application {
+    /// Binds the listener and sets up the NATS client. NATS need not be up yet: the client
+    /// connects in the background, requests get 503 until it has, and `/readyz` tells.
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let keys = settings.auth.api_keys.ok_or(StartupError::NoApiKeys)?;
+        let http = settings.http;
+        let listener = TcpListener::bind(http.addr)
+            .await
+            .map_err(|source| StartupError::Bind {
+                addr: http.addr,
+                source,
+            })?;
+        let client = shared::nats::connect(&settings.nats, "password-reset-api")
+            .await
+            .map_err(|source| StartupError::Nats {
+                url: settings.nats.nats_url.clone(),
+                source,
+            })?;
+        let publisher = Publisher::new(
+            client.clone(),
+            settings.stream.subjects().requested(),
+            http.publish_timeout,
+        );
+        let state = Arc::new(AppState {
+            keys,
+            limiter: Limiter::new(http.rate_limit),
+            publisher,
+            stream_name: settings.stream.stream.clone(),
+            max_body: http.max_body,
+            body_timeout: http.body_timeout,
+            trust_proxy: http.trust_proxy,
+        });
+        let app = Self {
+            listener,
+            state,
+            http,
+            stream: settings.stream,
+            client,
+        };
+        tracing::info!(
+            addr = %app.local_addr(),
+            clients = ?app.state.keys,
+            subject = %app.stream.subjects().requested(),
+            stream = %app.stream.stream,
+            "api listening"
+        );
+        Ok(app)
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.http.addr)
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, gives in-flight requests up to
+    /// `API_SHUTDOWN_TIMEOUT` to finish their publish, and flushes the NATS client.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
+        let background = [
+            tokio::spawn(keep_stream_ensured(
+                self.state.publisher.jetstream().clone(),
+                self.stream.clone(),
+            )),
+            tokio::spawn(forget_idle_clients(self.state.clone())),
+        ];
+
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.http.header_timeout)
+            .keep_alive(true);
+        let graceful = GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        // Responses are small and written at once: don't let Nagle hold them.
+                        let _ = stream.set_nodelay(true);
+                        let state = self.state.clone();
+                        let service = service_fn(move |req| routes::handle(state.clone(), peer, req));
+                        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                        tokio::spawn(async move {
+                            if let Err(err) = connection.await {
+                                tracing::debug!(error = %err, "connection closed with an error");
+                            }
+                        });
+                    }
+                    Err(err) => {
+                        // Out of file descriptors, typically: back off instead of spinning.
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                () = &mut shutdown => break,
+            }
+        }
+        drop(self.listener);
+        tracing::info!("no longer accepting connections; finishing in-flight requests");
+        if tokio::time::timeout(self.http.shutdown_timeout, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "in-flight requests still running after {:?}; exiting anyway",
+                self.http.shutdown_timeout
+            );
+        }
+        for task in background {
+            task.abort();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.client.flush()).await;
+        tracing::info!("api stopped");
+    }
+}
+
+/// Creates or updates the stream, retrying until NATS answers. Until then publishes fail
+/// with 503 and `/readyz` says why.
+async fn keep_stream_ensured(js: async_nats::jetstream::Context, settings: StreamSettings) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match ensure_stream(&js, &settings).await {
+            Ok(()) => {
+                tracing::info!(stream = %settings.stream, "event stream ready");
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, retry_in = ?delay, "event stream not ready");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+async fn forget_idle_clients(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        state.limiter.forget_idle();
+    }
+}
