@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use shared::{nats::NatsSettings, stream::StreamSettings, telemetry::LogSettings};
 
-use crate::{auth::ApiKeys, limit::RateLimit};
+use crate::limit::RateLimit;
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -69,5 +69,24 @@ pub struct AuthSettings {
     /// Comma-separated `label:key` pairs. The label names the client in logs and events; the
     /// key is what it sends as `Authorization: Bearer <key>`. Required.
     #[arg(long, env = "API_KEYS", hide_env_values = true)]
-    pub api_keys: Option<ApiKeys>,
+    pub api_keys: Option<SecretString>,
+}
+
+/// A setting that must never be printed: parsed after clap, so that a parse error cannot echo
+/// it, and shown as `<redacted>` by `Debug`.
+#[derive(Clone)]
+pub struct SecretString(pub String);
+
+impl std::str::FromStr for SecretString {
+    type Err = std::convert::Infallible;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        Ok(Self(raw.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }

@@ -8,7 +8,6 @@ async fn main() -> std::process::ExitCode {
         Ok(app) => app,
         Err(err) => {
             tracing::error!("api cannot start: {err}");
-            eprintln!("api cannot start: {err}");
             return std::process::ExitCode::FAILURE;
         }
     };

@@ -14,6 +14,7 @@ use shared::stream::{StreamSettings, ensure_stream};
 use tokio::net::TcpListener;
 
 use crate::{
+    auth::{ApiKeys, ApiKeysError},
     config::{HttpSettings, Settings},
     limit::Limiter,
     publish::Publisher,
@@ -27,6 +28,8 @@ pub enum StartupError {
         "no API key configured: set API_KEYS to comma-separated label:key pairs, e.g. API_KEYS=web:$(openssl rand -hex 32)"
     )]
     NoApiKeys,
+    #[error(transparent)]
+    ApiKeys(#[from] ApiKeysError),
     #[error("cannot listen on {addr} (API_ADDR): {source}")]
     Bind {
         addr: SocketAddr,
@@ -53,7 +56,13 @@ impl Application {
     /// Binds the listener and sets up the NATS client. NATS need not be up yet: the client
     /// connects in the background, requests get 503 until it has, and `/readyz` tells.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let keys = settings.auth.api_keys.ok_or(StartupError::NoApiKeys)?;
+        let keys: ApiKeys = settings
+            .auth
+            .api_keys
+            .as_ref()
+            .ok_or(StartupError::NoApiKeys)?
+            .0
+            .parse()?;
         let http = settings.http;
         let listener = TcpListener::bind(http.addr)
             .await

@@ -8,7 +8,6 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("worker failed: {err}");
-            eprintln!("worker failed: {err}");
             std::process::ExitCode::FAILURE
         }
     }
