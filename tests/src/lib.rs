@@ -1,1 +1,409 @@
+//! Helpers for the end-to-end tests: a real api on port 0 against the real nats-server, each
+//! test on its own stream and subject prefix, a private nats-server for tests that kill it,
+//! and a raw HTTP/1.1 client that can send exactly the bytes a test needs (half a body,
+//! a lying Content-Length) and read the answer.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use clap::Parser;
+use shared::event::ResetRequested;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The key tests authenticate with, and its label.
+pub const KEY: &str = "test-key-0123456789abcdef";
+pub const LABEL: &str = "tests";
+/// NATS as the machine runs it.
+pub const NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// A stream name and subject prefix no other test (or earlier run) uses.
+#[derive(Debug, Clone)]
+pub struct Isolation {
+    pub stream: String,
+    pub prefix: String,
+}
+
+impl Isolation {
+    pub fn new() -> Self {
+        let tag = uuid::Uuid::now_v7().simple().to_string();
+        Self {
+            stream: format!("TEST_{tag}"),
+            prefix: format!("test.{tag}.reset"),
+        }
+    }
+}
+
+impl Default for Isolation {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Api settings for a test: port 0, its own stream, rate limiting off, NATS on this machine.
+pub fn api_settings(iso: &Isolation) -> api::Settings {
+    let keys = format!("{LABEL}:{KEY},other:other-key-0123456789");
+    api::Settings::try_parse_from([
+        "api",
+        "--addr=127.0.0.1:0",
+        &format!("--api-keys={keys}"),
+        &format!("--nats-url={NATS_URL}"),
+        &format!("--stream={}", iso.stream),
+        &format!("--subject-prefix={}", iso.prefix),
+        "--retention=1h",
+        "--rate-limit=off",
+    ])
+    .expect("test settings parse")
+}
+
+/// A running api.
+#[derive(Debug)]
+pub struct TestApi {
+    pub addr: SocketAddr,
+    pub iso: Isolation,
+    pub nats_url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestApi {
+    /// Starts an api with default test settings and waits until it is ready.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Starts an api with settings changed by `tweak` and waits until it is ready.
+    pub async fn spawn_with(tweak: impl FnOnce(&mut api::Settings)) -> Self {
+        let api = Self::start(tweak).await;
+        api.wait_ready().await;
+        api
+    }
+
+    /// Starts an api without waiting for it to be ready (NATS may be unreachable on purpose).
+    pub async fn start(tweak: impl FnOnce(&mut api::Settings)) -> Self {
+        let iso = Isolation::new();
+        let mut settings = api_settings(&iso);
+        tweak(&mut settings);
+        let nats_url = settings.nats.nats_url.clone();
+        let app = api::Application::build(settings).await.expect("api starts");
+        let addr = app.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            iso,
+            nats_url,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub async fn wait_ready(&self) {
+        for _ in 0..100 {
+            if get(self.addr, "/readyz").await.status == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("api at {} never became ready", self.addr);
+    }
+
+    /// Asks the api to shut down (as SIGTERM would) without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Shuts the api down, waits for it, and removes the test's stream.
+    pub async fn stop(mut self) {
+        self.begin_shutdown();
+        self.wait_stopped().await;
+        if let Ok(client) = async_nats::connect(self.nats_url.as_str()).await {
+            let _ = jetstream::new(client).delete_stream(&self.iso.stream).await;
+        }
+    }
+
+    /// Waits for a shutdown begun with [`TestApi::begin_shutdown`].
+    pub async fn wait_stopped(&mut self) {
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("api stops within its shutdown deadline")
+                .expect("api task");
+        }
+    }
+
+    /// POSTs `body` to forgot-password with the test key and `content_type`.
+    pub async fn forgot(&self, content_type: &str, body: &str) -> RawResponse {
+        self.forgot_with(content_type, body, &[]).await
+    }
+
+    /// Like [`TestApi::forgot`], with extra headers.
+    pub async fn forgot_with(
+        &self,
+        content_type: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> RawResponse {
+        let mut all = vec![
+            ("Authorization", format!("Bearer {KEY}")),
+            ("Content-Type", content_type.to_owned()),
+        ];
+        all.extend(headers.iter().map(|(k, v)| ((*k), (*v).to_owned())));
+        post(self.addr, "/auth/forgot-password", &all, body).await
+    }
+
+    /// Every event in the test's stream, in order, with its message headers.
+    pub async fn events(&self) -> Vec<(ResetRequested, async_nats::HeaderMap)> {
+        let client = async_nats::connect(self.nats_url.as_str())
+            .await
+            .expect("nats");
+        let js = jetstream::new(client);
+        let mut stream = js.get_stream(&self.iso.stream).await.expect("stream");
+        let state = stream.info().await.expect("info").state.clone();
+        let mut events = Vec::new();
+        if state.messages == 0 {
+            return events;
+        }
+        for seq in state.first_sequence..=state.last_sequence {
+            let message = stream.get_raw_message(seq).await.expect("message");
+            let event = ResetRequested::decode(&message.payload).expect("decodable event");
+            events.push((event, message.headers));
+        }
+        events
+    }
+}
+
+/// A response as read off the wire.
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+
+    /// The `message` of a `{code, message}` body, after checking `code` matches the status.
+    pub fn message(&self) -> String {
+        let json = self.json();
+        assert_eq!(json["code"], self.status, "code matches status: {json}");
+        assert_eq!(self.header("content-type"), Some("application/json"));
+        json["message"].as_str().expect("message").to_owned()
+    }
+}
+
+/// Sends `request` as it is on a new connection and reads the response to the end
+/// (requests built here say `Connection: close`).
+pub async fn send_raw(addr: SocketAddr, request: &[u8]) -> RawResponse {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    read_response(&mut stream).await
+}
+
+/// Reads one response from a connection the server will close after it.
+pub async fn read_response(stream: &mut TcpStream) -> RawResponse {
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .expect("response within 10 s")
+        .expect("read");
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> RawResponse {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no complete response: {text:?}"));
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    RawResponse {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+/// The head of an authenticated JSON forgot-password request with `Connection: close`, with
+/// `extra` header lines (each ending in `\r\n`) added; the body is the caller's to send.
+pub fn forgot_head(extra: &str) -> String {
+    format!(
+        "POST /auth/forgot-password HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Authorization: Bearer {KEY}\r\nContent-Type: application/json\r\n{extra}\r\n"
+    )
+}
+
+/// Opens a connection and sends `bytes` on it, leaving it open for more.
+pub async fn open_with(addr: SocketAddr, bytes: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes.as_bytes()).await.expect("write");
+    stream
+}
+
+/// Builds a request with `Connection: close` and a correct Content-Length.
+pub fn request(method: &str, path: &str, headers: &[(&str, String)], body: &str) -> Vec<u8> {
+    let mut out = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if method != "GET" || !body.is_empty() {
+        out.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    out.push_str("\r\n");
+    out.push_str(body);
+    out.into_bytes()
+}
+
+pub async fn post(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &str,
+) -> RawResponse {
+    send_raw(addr, &request("POST", path, headers, body)).await
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> RawResponse {
+    send_raw(addr, &request("GET", path, &[], "")).await
+}
+
+/// A port nothing listens on.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// A nats-server of the test's own, on a free port with its own store, for tests that stop it.
+#[derive(Debug)]
+pub struct PrivateNats {
+    pub port: u16,
+    binary: PathBuf,
+    store: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivateNats {
+    /// The machine's nats-server (Debian's 2.9).
+    pub fn start() -> Self {
+        Self::start_binary(system_nats_server())
+    }
+
+    /// Any nats-server binary, e.g. [`latest_nats_server`].
+    pub fn start_binary(binary: PathBuf) -> Self {
+        let port = free_port();
+        let store =
+            std::env::temp_dir().join(format!("nats-test-{}", uuid::Uuid::now_v7().simple()));
+        let mut nats = Self {
+            port,
+            binary,
+            store,
+            child: None,
+        };
+        nats.restart();
+        nats
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port and store, and waits until it accepts connections.
+    pub fn restart(&mut self) {
+        let child = Command::new(&self.binary)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts (it is installed on this machine)");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("private nats-server did not come up on port {}", self.port);
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
+
+/// The nats-server this machine runs (Debian's 2.9.x).
+pub fn system_nats_server() -> PathBuf {
+    for candidate in [
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+        "/usr/local/bin/nats-server",
+    ] {
+        let path = PathBuf::from(candidate);
+        if path.exists() {
+            return path;
+        }
+    }
+    PathBuf::from("nats-server")
+}
+
+/// A current nats-server (2.15), installed into `.venv` by `scripts/test-deps`; its path comes
+/// from `NATS_SERVER_LATEST` or the workspace's `.venv`.
+pub fn latest_nats_server() -> PathBuf {
+    let path = std::env::var_os("NATS_SERVER_LATEST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/nats-server")
+        });
+    assert!(
+        path.exists(),
+        "no current nats-server at {}: run ./scripts/test (scripts/test-deps installs it)",
+        path.display()
+    );
+    path
+}
