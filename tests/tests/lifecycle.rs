@@ -199,3 +199,22 @@ async fn the_worker_creates_the_stream_and_stops_cleanly_on_shutdown() {
         .expect("worker exits cleanly");
     js.delete_stream(&iso.stream).await.expect("cleanup");
 }
+
+/// A client that opens a connection and sends its headers slowly (or not at all) is cut off
+/// after `API_HEADER_TIMEOUT`, so slow clients cannot pin connections.
+#[tokio::test]
+async fn clients_that_stall_on_their_headers_are_disconnected() {
+    use tokio::io::AsyncReadExt;
+    let api = TestApi::spawn_with(|s| s.http.header_timeout = Duration::from_millis(300)).await;
+    for partial in ["POST /auth/forgot-password HTTP/1.1\r\nHost: x\r\n", ""] {
+        let mut stream = open_with(api.addr, partial).await;
+        let started = std::time::Instant::now();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+            .await
+            .unwrap_or_else(|_| panic!("connection still open after 5 s ({partial:?})"))
+            .expect("read");
+        assert!(started.elapsed() < Duration::from_secs(3), "{partial:?}");
+    }
+    api.stop().await;
+}
