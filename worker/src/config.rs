@@ -1,4 +1,8 @@
 //! The worker's settings, all from the environment (or the matching `--flag`).
+//! `worker --help` lists every variable with its default.
+
+use std::path::PathBuf;
+use std::time::Duration;
 
 use shared::{nats::NatsSettings, stream::StreamSettings, telemetry::LogSettings};
 
@@ -10,9 +14,182 @@ use shared::{nats::NatsSettings, stream::StreamSettings, telemetry::LogSettings}
 )]
 pub struct Settings {
     #[command(flatten)]
+    pub consume: ConsumeSettings,
+    #[command(flatten)]
+    pub database: DatabaseSettings,
+    #[command(flatten)]
+    pub policy: PolicySettings,
+    #[command(flatten)]
+    pub mail: MailSettings,
+    #[command(flatten)]
     pub nats: NatsSettings,
     #[command(flatten)]
     pub stream: StreamSettings,
     #[command(flatten)]
     pub log: LogSettings,
+}
+
+/// How events are taken off the stream.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConsumeSettings {
+    /// Name of the durable consumer every worker process shares.
+    #[arg(long, env = "RESET_CONSUMER", default_value = "reset-worker")]
+    pub consumer: String,
+
+    /// Events handled at once by this process.
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+
+    /// Delays before each retry of a failed attempt, comma-separated; their count is the
+    /// number of retries.
+    #[arg(long, env = "WORKER_BACKOFF", default_value = "2s,10s,30s,2m,10m,30m", value_parser = parse_backoff)]
+    pub backoff: Backoff,
+
+    /// How long JetStream waits for an ack before redelivering (kept alive while working).
+    #[arg(long, env = "WORKER_ACK_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ack_wait: Duration,
+
+    /// On SIGTERM/SIGINT, how long in-flight events get to finish before the worker exits.
+    #[arg(long, env = "WORKER_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+/// The retry schedule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backoff(pub Vec<Duration>);
+
+impl Backoff {
+    /// Delay before retrying after failed attempt `attempt` (1-based), or `None` when it was
+    /// the last one allowed.
+    pub fn after(&self, attempt: u32) -> Option<Duration> {
+        let index = usize::try_from(attempt.checked_sub(1)?).ok()?;
+        self.0.get(index).copied()
+    }
+
+    /// Attempts in all: the first plus one per delay.
+    pub fn max_attempts(&self) -> u32 {
+        u32::try_from(self.0.len()).unwrap_or(u32::MAX - 1) + 1
+    }
+}
+
+fn parse_backoff(raw: &str) -> Result<Backoff, String> {
+    let delays = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| humantime::parse_duration(d).map_err(|e| format!("`{d}`: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if delays.iter().any(Duration::is_zero) {
+        return Err("a zero delay would redeliver at once; give every retry a delay".into());
+    }
+    Ok(Backoff(delays))
+}
+
+/// Where the processing records and tokens live.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatabaseSettings {
+    /// PostgreSQL URL. Migrations are applied at start-up.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// Largest number of database connections (default: concurrency + 2).
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS")]
+    pub database_max_connections: Option<u32>,
+}
+
+/// Tokens and throttling.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PolicySettings {
+    /// How long a reset link works. Events older than this are not mailed any more.
+    #[arg(long, env = "TOKEN_TTL", default_value = "30m", value_parser = humantime::parse_duration)]
+    pub token_ttl: Duration,
+
+    /// At most one email per account per this period.
+    #[arg(long, env = "RESET_COOLDOWN", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub cooldown: Duration,
+
+    /// At most this many emails per account per 24 hours.
+    #[arg(long, env = "RESET_DAILY_LIMIT", default_value_t = 5)]
+    pub daily_limit: u32,
+
+    /// The page the email links to; `token=<token>` is added to its query.
+    #[arg(
+        long,
+        env = "RESET_URL",
+        default_value = "http://localhost:3000/reset-password"
+    )]
+    pub reset_url: url::Url,
+}
+
+/// Rendering and sending.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MailSettings {
+    /// Folder of handlebars templates: `<locale>/<email kind>/{subject,text,html}.hbs`.
+    #[arg(long, env = "TEMPLATES_DIR", default_value = "templates")]
+    pub templates_dir: PathBuf,
+
+    /// Product name shown in the emails.
+    #[arg(long, env = "APP_NAME", default_value = "Example")]
+    pub app_name: String,
+
+    /// Address people can write to when a reset was not them.
+    #[arg(long, env = "SUPPORT_EMAIL", default_value = "support@example.com")]
+    pub support_email: String,
+
+    /// Sender of the emails, e.g. `Example <no-reply@example.com>`.
+    #[arg(
+        long,
+        env = "MAIL_FROM",
+        default_value = "Example <no-reply@example.com>"
+    )]
+    pub mail_from: String,
+
+    /// SMTP server: `smtp://host:port` (plain), `smtp://host:port?tls=required` (STARTTLS),
+    /// `smtps://host:port` (implicit TLS); credentials as `smtp://user:pass@host`. Unset: mail
+    /// is written to MAIL_OUTBOX instead.
+    #[arg(long, env = "SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+
+    /// Extra CA certificate (PEM) to trust for SMTP TLS, e.g. a private relay's.
+    #[arg(long, env = "SMTP_CA_FILE")]
+    pub smtp_ca_file: Option<PathBuf>,
+
+    /// SMTP connections kept open and used at once.
+    #[arg(long, env = "SMTP_POOL_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub smtp_pool_size: u16,
+
+    /// Longest an SMTP connect or send may take.
+    #[arg(long, env = "SMTP_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub smtp_timeout: Duration,
+
+    /// Folder that receives each email as an `.eml` file when SMTP_URL is unset.
+    #[arg(long, env = "MAIL_OUTBOX", default_value = "outbox")]
+    pub outbox: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_backoff_allows_seven_attempts() {
+        let backoff = parse_backoff("2s,10s,30s,2m,10m,30m").expect("backoff");
+        assert_eq!(backoff.max_attempts(), 7);
+        assert_eq!(backoff.after(1), Some(Duration::from_secs(2)));
+        assert_eq!(backoff.after(6), Some(Duration::from_secs(1800)));
+        assert_eq!(backoff.after(7), None);
+        assert_eq!(backoff.after(0), None);
+    }
+
+    #[test]
+    fn bad_backoffs_are_refused() {
+        assert!(parse_backoff("2s,soon").is_err());
+        assert!(parse_backoff("0s").is_err());
+        assert_eq!(parse_backoff("").expect("no retries").max_attempts(), 1);
+    }
 }

@@ -1,31 +1,93 @@
 //! The worker: consumes `ResetRequested` events from JetStream and sends the reset emails.
 //!
-//! At this stage it makes sure the event stream exists (so either binary may start first) and
-//! then waits for SIGTERM/SIGINT.
+//! Several worker processes share one durable pull consumer; each handles up to
+//! `WORKER_CONCURRENCY` events at once. For each event it finds the account, decides under a
+//! per-account lock whether a mail may go (throttling), mints a token whose hash it stores,
+//! renders the email from the templates and hands it to SMTP (or the outbox). Failures are
+//! retried on JetStream's schedule and end in the dead letters (`{prefix}.dead`).
+//!
+//! Layout: [`config`] (settings), [`consume`] (the JetStream side: acks, retries, dead
+//! letters), [`handle`] (one event, knowing nothing of JetStream), [`store`] (PostgreSQL),
+//! [`tokens`], [`templates`], [`mail`] (composing), [`transport`] (SMTP pool and outbox).
 
 pub mod config;
+pub mod consume;
+pub mod handle;
+pub mod mail;
+pub mod store;
+pub mod templates;
+pub mod tokens;
+pub mod transport;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use config::Settings;
+use futures::FutureExt;
 use shared::stream::ensure_stream;
 
-/// Why the worker stopped with an error.
+use crate::consume::{ConsumerSetupError, LoopSettings, ensure_consumer};
+use crate::handle::Deps;
+use crate::mail::{Composer, ComposerSettingsError};
+use crate::store::{Limits, Store};
+use crate::templates::{TemplateError, Templates};
+use crate::transport::{Mailer, TransportSettingsError};
+
+/// Why the worker stopped with an error. Each message says what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
+    #[error(transparent)]
+    Templates(#[from] TemplateError),
+    #[error(transparent)]
+    Composer(#[from] ComposerSettingsError),
+    #[error(transparent)]
+    Transport(#[from] TransportSettingsError),
     #[error("cannot set up the NATS client for {url} (NATS_URL): {source}")]
     Nats {
         url: String,
         source: async_nats::ConnectError,
     },
+    #[error("applying database migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Consumer(#[from] ConsumerSetupError),
 }
 
-/// Runs until `shutdown` resolves.
+/// Runs until `shutdown` resolves, then drains in-flight events and returns.
+///
+/// Broken settings (templates, addresses, URLs) fail at once. NATS and PostgreSQL may still
+/// be starting: the worker waits for them.
 pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
+    let shutdown = shutdown.shared();
+    let templates = Templates::load(&settings.mail.templates_dir)?;
+    let composer = Composer::new(
+        &settings.mail.mail_from,
+        settings.mail.app_name.clone(),
+        settings.mail.support_email.clone(),
+        settings.policy.reset_url.clone(),
+        settings.policy.token_ttl,
+    )?;
+    let mailer = Mailer::from_settings(&settings.mail)?;
+
+    let concurrency = usize::from(settings.consume.concurrency);
+    let max_connections = settings
+        .database
+        .database_max_connections
+        .unwrap_or(u32::from(settings.consume.concurrency) + 2);
+    let url = settings.database.database_url.clone();
+    let Some(store) = retry_until(shutdown.clone(), "PostgreSQL", || {
+        Store::connect(&url, max_connections)
+    })
+    .await
+    else {
+        return Ok(());
+    };
+    store.migrate().await?;
+
     let client = shared::nats::connect(&settings.nats, "password-reset-worker")
         .await
         .map_err(|source| WorkerError::Nats {
@@ -33,28 +95,88 @@ pub async fn run(
             source,
         })?;
     let js = async_nats::jetstream::new(client.clone());
-    let ensure = async {
-        let mut delay = Duration::from_millis(200);
-        loop {
-            match ensure_stream(&js, &settings.stream).await {
-                Ok(()) => {
-                    tracing::info!(stream = %settings.stream.stream, "event stream ready");
-                    break;
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, retry_in = ?delay, "event stream not ready");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-            }
-        }
-        std::future::pending::<()>().await
+    let ready = retry_until(shutdown.clone(), "the event stream", || async {
+        ensure_stream(&js, &settings.stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        js.get_stream(&settings.stream.stream)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let Some(stream) = ready else {
+        return Ok(());
     };
-    tokio::select! {
-        () = ensure => {}
-        () = shutdown => {}
-    }
+    let subjects = settings.stream.subjects();
+    let consumer = ensure_consumer(
+        &stream,
+        &settings.consume.consumer,
+        subjects.requested(),
+        &settings.consume.backoff,
+        settings.consume.ack_wait,
+    )
+    .await?;
+
+    tracing::info!(
+        consumer = %settings.consume.consumer,
+        concurrency,
+        mail = %mailer.describe(),
+        locales = ?templates.locales().collect::<Vec<_>>(),
+        "worker consuming"
+    );
+    let deps = Arc::new(Deps {
+        store,
+        templates,
+        composer,
+        mailer,
+        limits: Limits {
+            cooldown: settings.policy.cooldown,
+            daily_limit: settings.policy.daily_limit,
+            token_ttl: settings.policy.token_ttl,
+        },
+    });
+    let loop_settings = LoopSettings {
+        concurrency,
+        backoff: settings.consume.backoff.clone(),
+        ack_wait: settings.consume.ack_wait,
+        shutdown_timeout: settings.consume.shutdown_timeout,
+        token_ttl: settings.policy.token_ttl,
+        dead_subject: subjects.dead(),
+    };
+    consume::run(consumer, js, deps.clone(), loop_settings, shutdown).await;
+
+    deps.mailer.close().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+    deps.store.pool().close().await;
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// Calls `attempt` until it succeeds, backing off up to 10 s, or until `shutdown` (then `None`).
+async fn retry_until<T, E, F, Fut>(
+    shutdown: impl Future<Output = ()>,
+    what: &str,
+    mut attempt: F,
+) -> Option<T>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    tokio::pin!(shutdown);
+    let mut delay = Duration::from_millis(200);
+    loop {
+        tokio::select! {
+            result = attempt() => match result {
+                Ok(value) => return Some(value),
+                Err(err) => tracing::warn!(error = %err, retry_in = ?delay, "{what} not ready"),
+            },
+            () = &mut shutdown => return None,
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = &mut shutdown => return None,
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
 }

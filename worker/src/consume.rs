@@ -1,0 +1,398 @@
+//! Taking events off JetStream: the durable consumer, bounded concurrency, acks, retries with
+//! backoff, dead letters, and a clean stop.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{
+    self, AckKind,
+    consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
+    stream::ConsumerErrorKind,
+};
+use futures::{FutureExt, StreamExt};
+use shared::event::{DecodeError, HEADER_REQUEST_ID, ResetRequested};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::{Instrument, field::Empty};
+
+use crate::config::Backoff;
+use crate::handle::{Deps, Handled, handle};
+
+/// Headers on a dead letter, beside the original event's own.
+pub const HEADER_DEAD_REASON: &str = "Dead-Reason";
+pub const HEADER_DEAD_ATTEMPTS: &str = "Dead-Attempts";
+pub const HEADER_DEAD_ERROR: &str = "Dead-Error";
+pub const HEADER_DEAD_STREAM_SEQ: &str = "Dead-Stream-Seq";
+
+/// What the consume loop needs to know.
+#[derive(Debug, Clone)]
+pub struct LoopSettings {
+    pub concurrency: usize,
+    pub backoff: Backoff,
+    pub ack_wait: Duration,
+    pub shutdown_timeout: Duration,
+    pub token_ttl: Duration,
+    pub dead_subject: String,
+}
+
+/// Why the consumer could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerSetupError {
+    #[error("creating consumer {name}: {source}")]
+    Create {
+        name: String,
+        source: jetstream::stream::ConsumerError,
+    },
+    #[error("updating consumer {name} to the current settings: {source}")]
+    Update {
+        name: String,
+        source: jetstream::stream::ConsumerUpdateError,
+    },
+}
+
+/// Creates the durable consumer, or brings an existing one up to the current settings.
+///
+/// nats-server 2.9 updates a durable silently when it is created again with other settings;
+/// 2.10+ refuses, so that case is handled by an explicit update.
+pub async fn ensure_consumer(
+    stream: &jetstream::stream::Stream,
+    name: &str,
+    filter_subject: String,
+    backoff: &Backoff,
+    ack_wait: Duration,
+) -> Result<PullConsumer, ConsumerSetupError> {
+    let config = pull::Config {
+        durable_name: Some(name.to_owned()),
+        description: Some("Password-reset workers".into()),
+        filter_subject,
+        ack_policy: AckPolicy::Explicit,
+        deliver_policy: DeliverPolicy::All,
+        ack_wait,
+        // Retries are driven by naks with a delay, and the last attempt is dead-lettered by the
+        // worker itself. The server's own limit sits a little above ours, for deliveries that
+        // ended with a crash and not an answer.
+        max_deliver: i64::from(backoff.max_attempts()) + 3,
+        ..Default::default()
+    };
+    match stream.create_consumer(config.clone()).await {
+        Ok(consumer) => Ok(consumer),
+        Err(err) if already_exists(&err) => {
+            stream
+                .update_consumer(config)
+                .await
+                .map_err(|source| ConsumerSetupError::Update {
+                    name: name.to_owned(),
+                    source,
+                })
+        }
+        Err(source) => Err(ConsumerSetupError::Create {
+            name: name.to_owned(),
+            source,
+        }),
+    }
+}
+
+fn already_exists(err: &jetstream::stream::ConsumerError) -> bool {
+    matches!(
+        err.kind(),
+        ConsumerErrorKind::JetStream(inner)
+            if inner.error_code() == jetstream::ErrorCode::CONSUMER_ALREADY_EXISTS
+                || inner.error_code() == jetstream::ErrorCode::CONSUMER_NAME_EXIST
+    )
+}
+
+/// Consumes until `shutdown` resolves, then stops fetching, gives in-flight events up to
+/// `shutdown_timeout` to finish, and returns.
+pub async fn run(
+    consumer: PullConsumer,
+    js: jetstream::Context,
+    deps: Arc<Deps>,
+    settings: LoopSettings,
+    shutdown: impl Future<Output = ()>,
+) {
+    let settings = Arc::new(settings);
+    let permits = Arc::new(Semaphore::new(settings.concurrency));
+    let mut tasks = JoinSet::new();
+    tokio::pin!(shutdown);
+
+    'outer: loop {
+        let mut messages = tokio::select! {
+            started = consumer
+                .stream()
+                .max_messages_per_batch(settings.concurrency)
+                .heartbeat(Duration::from_secs(5))
+                .expires(Duration::from_secs(30))
+                .messages() => match started {
+                    Ok(messages) => messages,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot pull from the consumer; retrying");
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                            () = &mut shutdown => break 'outer,
+                        }
+                    }
+                },
+            () = &mut shutdown => break 'outer,
+        };
+        loop {
+            // Take a message only with a free slot, so none waits in memory while its
+            // ack_wait runs out.
+            let permit = tokio::select! {
+                permit = permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break 'outer,
+                },
+                () = &mut shutdown => {
+                    release_prefetched(&mut messages).await;
+                    break 'outer;
+                }
+            };
+            let next = tokio::select! {
+                next = messages.next() => next,
+                () = &mut shutdown => {
+                    release_prefetched(&mut messages).await;
+                    break 'outer;
+                }
+            };
+            match next {
+                Some(Ok(message)) => {
+                    let (js, deps, settings) = (js.clone(), deps.clone(), settings.clone());
+                    tasks.spawn(async move {
+                        process(message, &js, &deps, &settings).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(err)) => {
+                    tracing::warn!(error = %err, "pulling messages");
+                }
+                None => {
+                    tracing::warn!("the message stream ended; pulling again");
+                    continue 'outer;
+                }
+            }
+            while tasks.try_join_next().is_some() {}
+        }
+    }
+
+    tracing::info!(
+        in_flight = tasks.len(),
+        "stopped fetching; finishing in-flight events"
+    );
+    let drained = tokio::time::timeout(settings.shutdown_timeout, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            left = tasks.len(),
+            "in-flight events still running at the shutdown deadline; JetStream will redeliver them"
+        );
+        tasks.abort_all();
+    }
+}
+
+/// Hands messages already pulled but not started back to JetStream for another worker.
+async fn release_prefetched(messages: &mut pull::Stream) {
+    while let Some(Some(Ok(message))) = messages.next().now_or_never() {
+        let _ = message.ack_with(AckKind::Nak(None)).await;
+    }
+}
+
+async fn process(
+    message: jetstream::Message,
+    js: &jetstream::Context,
+    deps: &Deps,
+    settings: &LoopSettings,
+) {
+    let info = message.info().ok();
+    let attempt = info
+        .as_ref()
+        .map_or(1, |i| u32::try_from(i.delivered.max(1)).unwrap_or(u32::MAX));
+    let seq = info.as_ref().map_or(0, |i| i.stream_sequence);
+    let span = tracing::info_span!(
+        "event",
+        seq,
+        attempt,
+        event_id = Empty,
+        request_id = Empty,
+        account = Empty,
+    );
+    async {
+        let event = match ResetRequested::decode(&message.payload) {
+            Ok(event) => event,
+            Err(err) => {
+                let reason = match err {
+                    DecodeError::UnsupportedVersion(_) => "unsupported_version",
+                    DecodeError::Malformed(_) => "poison",
+                };
+                tracing::error!(error = %err, "event cannot be read");
+                dead_letter(js, settings, &message, reason, attempt, &err.to_string()).await;
+                return;
+            }
+        };
+        let span = tracing::Span::current();
+        span.record("event_id", tracing::field::display(event.event_id));
+        span.record("request_id", event.request_id.as_str());
+        span.record("account", shared::telemetry::mask_id(&event.id));
+
+        let ttl = time::Duration::try_from(settings.token_ttl).unwrap_or(time::Duration::MAX);
+        let deadline = event.requested_at + ttl;
+        if time::OffsetDateTime::now_utc() > deadline {
+            let why = "the request is older than TOKEN_TTL; a link sent now would outlive it";
+            give_up(js, deps, settings, &message, &event, "expired", attempt, why).await;
+            return;
+        }
+
+        let progress_every = (settings.ack_wait / 3).max(Duration::from_millis(100));
+        match with_progress(&message, progress_every, handle(&event, attempt, deps)).await {
+            Ok(handled) => {
+                if let Err(err) = message.double_ack().await {
+                    // The work is recorded; a redelivery finds it done and sends nothing.
+                    tracing::warn!(error = %err, "ack not confirmed");
+                }
+                tracing::info!(outcome = handled.as_str(), "event handled");
+                if let Handled::AlreadyDone(outcome) = handled {
+                    tracing::info!(previous = outcome.as_str(), "event had been handled before");
+                }
+            }
+            Err(err) if err.is_permanent() => {
+                give_up(js, deps, settings, &message, &event, "permanent", attempt, &err.to_string()).await;
+            }
+            Err(err) => {
+                let retry = settings
+                    .backoff
+                    .after(attempt)
+                    .filter(|delay| time::OffsetDateTime::now_utc() + *delay < deadline);
+                match retry {
+                    Some(delay) => {
+                        tracing::warn!(error = %err, retry_in = ?delay, "attempt failed; will retry");
+                        if let Err(db) = deps.store.record_failure(&event, attempt, &err.to_string(), false).await {
+                            tracing::warn!(error = %db, "recording the failed attempt");
+                        }
+                        if let Err(nak) = message.ack_with(AckKind::Nak(Some(delay))).await {
+                            tracing::warn!(error = %nak, "nak not sent; JetStream redelivers after ack_wait");
+                        }
+                    }
+                    None => {
+                        let reason = if settings.backoff.after(attempt).is_some() {
+                            "expired"
+                        } else {
+                            "retries_exhausted"
+                        };
+                        give_up(js, deps, settings, &message, &event, reason, attempt, &err.to_string()).await;
+                    }
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Records the event as failed and moves it to the dead letters.
+#[allow(clippy::too_many_arguments)]
+async fn give_up(
+    js: &jetstream::Context,
+    deps: &Deps,
+    settings: &LoopSettings,
+    message: &jetstream::Message,
+    event: &ResetRequested,
+    reason: &str,
+    attempt: u32,
+    error: &str,
+) {
+    tracing::error!(reason, error, "giving up on the event");
+    if let Err(db) = deps.store.record_failure(event, attempt, error, true).await {
+        tracing::warn!(error = %db, "recording the failure");
+    }
+    dead_letter(js, settings, message, reason, attempt, error).await;
+}
+
+/// Republishes the original event to `{prefix}.dead` with why, then terminates the message.
+/// If the dead letter cannot be stored, the message is nak'd instead so nothing is lost.
+async fn dead_letter(
+    js: &jetstream::Context,
+    settings: &LoopSettings,
+    message: &jetstream::Message,
+    reason: &str,
+    attempt: u32,
+    error: &str,
+) {
+    let seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+    let mut headers = HeaderMap::new();
+    if let Some(original) = &message.headers {
+        for name in ["Event-Type", "Event-Version", HEADER_REQUEST_ID] {
+            if let Some(value) = original.get(name) {
+                headers.insert(name, value.as_str());
+            }
+        }
+    }
+    headers.insert(HEADER_DEAD_REASON, reason);
+    headers.insert(HEADER_DEAD_ATTEMPTS, attempt.to_string().as_str());
+    headers.insert(HEADER_DEAD_ERROR, one_line(error).as_str());
+    headers.insert(HEADER_DEAD_STREAM_SEQ, seq.to_string().as_str());
+    // Dead-lettering the same delivery twice stores one letter.
+    headers.insert("Nats-Msg-Id", format!("dead-{seq}-{attempt}").as_str());
+    let published = async {
+        js.publish_with_headers(
+            settings.dead_subject.clone(),
+            headers,
+            message.payload.clone(),
+        )
+        .await?
+        .await
+    };
+    match published.await {
+        Ok(_) => {
+            if let Err(err) = message.ack_with(AckKind::Term).await {
+                tracing::warn!(error = %err, "terminating the dead-lettered message");
+            }
+            tracing::warn!(reason, "event moved to the dead letters");
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "dead letter not stored; the event stays in the consumer");
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                .await;
+        }
+    }
+}
+
+/// Keeps JetStream from redelivering a message while it is still being worked on.
+async fn with_progress<F: Future>(
+    message: &jetstream::Message,
+    every: Duration,
+    work: F,
+) -> F::Output {
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tick.tick() => {
+                let _ = message.ack_with(AckKind::Progress).await;
+            }
+        }
+    }
+}
+
+/// Header values are one line, and not endless.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(512)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_values_are_one_bounded_line() {
+        assert_eq!(one_line("a\r\nb\tc"), "a  b c");
+        assert_eq!(one_line(&"x".repeat(2000)).len(), 512);
+    }
+}

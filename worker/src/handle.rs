@@ -1,0 +1,124 @@
+//! What happens to one event, knowing nothing of JetStream: the consume loop owns acks,
+//! retries and dead letters; this decides and does.
+
+use shared::event::ResetRequested;
+
+use crate::mail::{ComposeError, Composer};
+use crate::store::{Claim, Limits, Lookup, Outcome, Store};
+use crate::templates::Templates;
+use crate::tokens::{MintError, Token};
+use crate::transport::{Mailer, SendError};
+
+/// What handling needs.
+#[derive(Debug)]
+pub struct Deps {
+    pub store: Store,
+    pub templates: Templates,
+    pub composer: Composer,
+    pub mailer: Mailer,
+    pub limits: Limits,
+}
+
+/// How an event ended when handling succeeded. Every one of these is acked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    Sent,
+    NoAccount,
+    Throttled,
+    /// Another delivery of this event already reached this outcome: nothing was done.
+    AlreadyDone(Outcome),
+}
+
+impl Handled {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sent => "sent",
+            Self::NoAccount => "no_account",
+            Self::Throttled => "throttled",
+            Self::AlreadyDone(_) => "already_done",
+        }
+    }
+}
+
+/// Why handling failed, sorted by whether another attempt can help.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("SMTP: {0}")]
+    Send(#[from] SendError),
+    #[error("composing the email: {0}")]
+    Compose(#[from] ComposeError),
+    #[error(transparent)]
+    Mint(#[from] MintError),
+}
+
+impl HandleError {
+    /// A permanent failure goes straight to the dead letters.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Send(SendError::Permanent(_)) | Self::Compose(_))
+    }
+}
+
+/// Handles delivery `attempt` (1-based) of `event`.
+pub async fn handle(
+    event: &ResetRequested,
+    attempt: u32,
+    deps: &Deps,
+) -> Result<Handled, HandleError> {
+    if let Some(done) = deps.store.final_outcome(event.event_id).await? {
+        return Ok(Handled::AlreadyDone(done));
+    }
+    let account = match deps.store.find_account(&event.id).await? {
+        Lookup::Found(account) => account,
+        Lookup::NotFound => {
+            deps.store
+                .record_outcome(event, attempt, None, Outcome::NoAccount, None)
+                .await?;
+            return Ok(Handled::NoAccount);
+        }
+        Lookup::Ambiguous(count) => {
+            let note = format!("{count} accounts share this email and none has it as id");
+            tracing::warn!("{note}: no email sent");
+            deps.store
+                .record_outcome(event, attempt, None, Outcome::NoAccount, Some(&note))
+                .await?;
+            return Ok(Handled::NoAccount);
+        }
+    };
+
+    let token = Token::mint()?;
+    match deps
+        .store
+        .claim(event, attempt, &account, &token.hash(), deps.limits)
+        .await?
+    {
+        Claim::Proceed => {}
+        Claim::Throttled => return Ok(Handled::Throttled),
+        Claim::AlreadyDone(done) => return Ok(Handled::AlreadyDone(done)),
+    }
+
+    let message = deps
+        .composer
+        .reset_email(&deps.templates, event, &account, token.plaintext())?;
+    drop(token);
+    deps.mailer
+        .send(&message, &event.event_id.to_string())
+        .await?;
+
+    // The email is out: recording it must not fail lightly, or a redelivery would send it
+    // again. A few quick retries cover a database blip.
+    let mut delay = std::time::Duration::from_millis(50);
+    for _ in 0..5 {
+        match deps.store.mark_sent(event.event_id).await {
+            Ok(()) => return Ok(Handled::Sent),
+            Err(err) => {
+                tracing::warn!(error = %err, "recording a sent email failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    }
+    deps.store.mark_sent(event.event_id).await?;
+    Ok(Handled::Sent)
+}

@@ -1,0 +1,196 @@
+//! Turning an event, an account and a token into an email.
+
+use std::time::Duration;
+
+use lettre::message::{
+    Mailbox, Message, MultiPart,
+    header::{Header, HeaderName, HeaderValue},
+};
+use shared::event::ResetRequested;
+use time::macros::format_description;
+
+use crate::store::Account;
+use crate::templates::{TemplateData, TemplateError, Templates};
+
+/// What every email shares: sender, product name, support address, link base.
+#[derive(Debug, Clone)]
+pub struct Composer {
+    from: Mailbox,
+    app_name: String,
+    support_email: String,
+    reset_url: url::Url,
+    token_ttl: Duration,
+}
+
+/// Why an email could not be put together. Retrying cannot help with any of these.
+#[derive(Debug, thiserror::Error)]
+pub enum ComposeError {
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error("the account's email address `{0}` is not a valid address")]
+    BadRecipient(String),
+    #[error("building the message: {0}")]
+    Build(#[from] lettre::error::Error),
+}
+
+/// Why the settings do not make a composer.
+#[derive(Debug, thiserror::Error)]
+pub enum ComposerSettingsError {
+    #[error("MAIL_FROM `{0}` is not an address like `Example <no-reply@example.com>`")]
+    From(String),
+    #[error("RESET_URL must be an absolute http(s) URL")]
+    ResetUrl,
+}
+
+impl Composer {
+    pub fn new(
+        mail_from: &str,
+        app_name: String,
+        support_email: String,
+        reset_url: url::Url,
+        token_ttl: Duration,
+    ) -> Result<Self, ComposerSettingsError> {
+        let from: Mailbox = mail_from
+            .parse()
+            .map_err(|_| ComposerSettingsError::From(mail_from.to_owned()))?;
+        if !matches!(reset_url.scheme(), "http" | "https") || reset_url.cannot_be_a_base() {
+            return Err(ComposerSettingsError::ResetUrl);
+        }
+        Ok(Self {
+            from,
+            app_name,
+            support_email,
+            reset_url,
+            token_ttl,
+        })
+    }
+
+    /// The link in the email: RESET_URL with `token=` added to whatever query it has.
+    /// It is built from settings only, never from anything the request carried.
+    pub fn reset_link(&self, token: &str) -> String {
+        let mut url = self.reset_url.clone();
+        url.query_pairs_mut().append_pair("token", token);
+        url.into()
+    }
+
+    /// The reset email for `account`, carrying `token`.
+    pub fn reset_email(
+        &self,
+        templates: &Templates,
+        event: &ResetRequested,
+        account: &Account,
+        token: &str,
+    ) -> Result<Message, ComposeError> {
+        let data = TemplateData {
+            display_name: account
+                .display_name
+                .clone()
+                .filter(|n| !n.trim().is_empty()),
+            email: account.email.clone(),
+            reset_url: self.reset_link(token),
+            expires_in_minutes: self.token_ttl.as_secs().div_ceil(60),
+            app_name: self.app_name.clone(),
+            support_email: self.support_email.clone(),
+            requested_at: event
+                .requested_at
+                .format(format_description!(
+                    "[year]-[month]-[day] [hour]:[minute] UTC"
+                ))
+                .unwrap_or_default(),
+            ip: event.client.ip.map(|ip| ip.to_string()),
+            user_agent: event.client.user_agent.clone(),
+        };
+        let rendered = templates.render("reset_password", account.locale.as_deref(), &data)?;
+        let to = Mailbox::new(
+            data.display_name.clone(),
+            account
+                .email
+                .parse()
+                .map_err(|_| ComposeError::BadRecipient(account.email.clone()))?,
+        );
+        let domain = self.from.email.domain().to_owned();
+        Ok(Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(rendered.subject)
+            // Stable per event: every attempt at the same request is the same message.
+            .message_id(Some(format!("<{}@{domain}>", event.event_id)))
+            .header(AutoSubmitted)
+            .multipart(MultiPart::alternative_plain_html(
+                rendered.text,
+                rendered.html,
+            ))?)
+    }
+}
+
+/// `Auto-Submitted: auto-generated` (RFC 3834): no out-of-office replies to this.
+#[derive(Debug, Clone, Copy)]
+struct AutoSubmitted;
+
+impl Header for AutoSubmitted {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("Auto-Submitted")
+    }
+
+    fn parse(_: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Self)
+    }
+
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), "auto-generated".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn composer(reset_url: &str) -> Composer {
+        Composer::new(
+            "Example <no-reply@example.com>",
+            "Example".into(),
+            "support@example.com".into(),
+            reset_url.parse().expect("url"),
+            Duration::from_secs(1800),
+        )
+        .expect("composer")
+    }
+
+    #[test]
+    fn the_token_is_added_to_an_existing_query() {
+        assert_eq!(
+            composer("https://app.example.com/reset").reset_link("abc_-1"),
+            "https://app.example.com/reset?token=abc_-1"
+        );
+        assert_eq!(
+            composer("https://app.example.com/reset?lang=de").reset_link("abc"),
+            "https://app.example.com/reset?lang=de&token=abc"
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let url: url::Url = "mailto:x@example.com".parse().expect("url");
+        assert!(matches!(
+            Composer::new(
+                "Example <a@b.c>",
+                "E".into(),
+                "s@e.c".into(),
+                url,
+                Duration::ZERO
+            ),
+            Err(ComposerSettingsError::ResetUrl)
+        ));
+        let url: url::Url = "https://e.com".parse().expect("url");
+        assert!(matches!(
+            Composer::new(
+                "not an address",
+                "E".into(),
+                "s@e.c".into(),
+                url,
+                Duration::ZERO
+            ),
+            Err(ComposerSettingsError::From(_))
+        ));
+    }
+}

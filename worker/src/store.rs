@@ -1,0 +1,326 @@
+//! Everything the worker keeps in PostgreSQL: processing records, tokens, and reads of
+//! `accounts`. Queries are checked at run time, so building needs no database.
+
+use std::time::Duration;
+
+use shared::event::ResetRequested;
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use uuid::Uuid;
+
+/// A row of `accounts`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Account {
+    pub id: String,
+    pub email: String,
+    pub display_name: Option<String>,
+    pub locale: Option<String>,
+}
+
+/// What a lookup of a request's `id` found.
+#[derive(Debug)]
+pub enum Lookup {
+    Found(Account),
+    NotFound,
+    /// No account has this id and several share this email: mailing any of them would be a guess.
+    Ambiguous(i64),
+}
+
+/// The final outcomes a processing record can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Sent,
+    NoAccount,
+    Throttled,
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sent => "sent",
+            Self::NoAccount => "no_account",
+            Self::Throttled => "throttled",
+            Self::Failed => "failed",
+        }
+    }
+
+    fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "sent" => Some(Self::Sent),
+            "no_account" => Some(Self::NoAccount),
+            "throttled" => Some(Self::Throttled),
+            "failed" => Some(Self::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// The per-account limits a claim enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub cooldown: Duration,
+    pub daily_limit: u32,
+    pub token_ttl: Duration,
+}
+
+/// The answer to "may this event be mailed now?".
+#[derive(Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Go ahead: the token is stored and the account's older tokens are invalidated.
+    Proceed,
+    /// The account had its email recently or too often today; recorded as throttled.
+    Throttled,
+    /// The event was already decided (another delivery of it finished first).
+    AlreadyDone(Outcome),
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, sqlx::Error> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies the embedded migrations. sqlx takes an advisory lock while migrating, so any
+    /// number of workers may start at once.
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        sqlx::migrate!("./migrations").run(&self.pool).await
+    }
+
+    /// The outcome already recorded for an event, if it is final.
+    pub async fn final_outcome(&self, event_id: Uuid) -> Result<Option<Outcome>, sqlx::Error> {
+        let outcome: Option<String> =
+            sqlx::query_scalar("SELECT outcome FROM reset_requests WHERE event_id = $1")
+                .bind(event_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(outcome.as_deref().and_then(Outcome::parse))
+    }
+
+    /// Finds the account an `id` names: by account id first, else by email, case-insensitively.
+    pub async fn find_account(&self, id: &str) -> Result<Lookup, sqlx::Error> {
+        let rows: Vec<Account> = sqlx::query_as(
+            "SELECT id, email, display_name, locale FROM accounts
+             WHERE id = $1 OR lower(email) = lower($1)
+             ORDER BY (id = $1) DESC
+             LIMIT 3",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut rows = rows.into_iter();
+        Ok(match rows.next() {
+            None => Lookup::NotFound,
+            Some(first) if first.id == id => Lookup::Found(first),
+            Some(first) => match rows.len() {
+                0 => Lookup::Found(first),
+                more => Lookup::Ambiguous(1 + more as i64),
+            },
+        })
+    }
+
+    /// Records a final outcome reached without mailing (no account).
+    pub async fn record_outcome(
+        &self,
+        event: &ResetRequested,
+        attempt: u32,
+        account_id: Option<&str>,
+        outcome: Outcome,
+        note: Option<&str>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO reset_requests
+                 (event_id, account_id, outcome, attempts, last_error, request_id, requested_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (event_id) DO UPDATE
+             SET outcome = EXCLUDED.outcome, attempts = GREATEST(reset_requests.attempts, EXCLUDED.attempts),
+                 last_error = EXCLUDED.last_error, updated_at = now()",
+        )
+        .bind(event.event_id)
+        .bind(account_id)
+        .bind(outcome.as_str())
+        .bind(attempt as i32)
+        .bind(note)
+        .bind(&event.request_id)
+        .bind(event.requested_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Decides, under a per-account lock, whether this event may be mailed now, and if so
+    /// stores the new token's hash, invalidates the account's other live tokens (including
+    /// one minted by an earlier attempt at this event) and marks the event pending.
+    ///
+    /// The lock serialises claims for one account across all workers, so a burst of requests
+    /// for one account yields one email however many workers take part.
+    pub async fn claim(
+        &self,
+        event: &ResetRequested,
+        attempt: u32,
+        account: &Account,
+        token_hash: &[u8; 32],
+        limits: Limits,
+    ) -> Result<Claim, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7041))")
+            .bind(&account.id)
+            .execute(&mut *tx)
+            .await?;
+
+        let existing: Option<String> =
+            sqlx::query_scalar("SELECT outcome FROM reset_requests WHERE event_id = $1 FOR UPDATE")
+                .bind(event.event_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some(done) = existing.as_deref().and_then(Outcome::parse) {
+            tx.commit().await?;
+            return Ok(Claim::AlreadyDone(done));
+        }
+
+        let (recent, today): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE claimed_at > now() - make_interval(secs => $3)),
+                    count(*)
+             FROM reset_requests
+             WHERE account_id = $1 AND event_id <> $2
+               AND outcome IN ('pending', 'sent')
+               AND claimed_at > now() - interval '24 hours'",
+        )
+        .bind(&account.id)
+        .bind(event.event_id)
+        .bind(limits.cooldown.as_secs_f64())
+        .fetch_one(&mut *tx)
+        .await?;
+        if recent > 0 || today >= i64::from(limits.daily_limit) {
+            let why = if recent > 0 {
+                "an email went to this account less than RESET_COOLDOWN ago"
+            } else {
+                "RESET_DAILY_LIMIT reached for this account"
+            };
+            upsert_request(&mut tx, event, attempt, &account.id, "throttled", Some(why)).await?;
+            tx.commit().await?;
+            return Ok(Claim::Throttled);
+        }
+
+        sqlx::query(
+            "UPDATE reset_tokens SET invalidated_at = now()
+             WHERE account_id = $1 AND used_at IS NULL AND invalidated_at IS NULL",
+        )
+        .bind(&account.id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO reset_tokens (token_hash, account_id, event_id, expires_at)
+             VALUES ($1, $2, $3, now() + make_interval(secs => $4))",
+        )
+        .bind(&token_hash[..])
+        .bind(&account.id)
+        .bind(event.event_id)
+        .bind(limits.token_ttl.as_secs_f64())
+        .execute(&mut *tx)
+        .await?;
+        upsert_request(&mut tx, event, attempt, &account.id, "pending", None).await?;
+        tx.commit().await?;
+        Ok(Claim::Proceed)
+    }
+
+    pub async fn mark_sent(&self, event_id: Uuid) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE reset_requests
+             SET outcome = 'sent', sent_at = now(), last_error = NULL, updated_at = now()
+             WHERE event_id = $1",
+        )
+        .bind(event_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Notes a failed attempt. When it is the last (`give_up`), the event is marked failed and
+    /// its token invalidated: the email carrying it may never have arrived.
+    pub async fn record_failure(
+        &self,
+        event: &ResetRequested,
+        attempt: u32,
+        error: &str,
+        give_up: bool,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO reset_requests
+                 (event_id, outcome, attempts, last_error, request_id, requested_at)
+             VALUES ($1, CASE WHEN $5 THEN 'failed' ELSE 'pending' END, $2, $3, $4, $6)
+             ON CONFLICT (event_id) DO UPDATE
+             SET last_error = EXCLUDED.last_error,
+                 attempts = GREATEST(reset_requests.attempts, EXCLUDED.attempts),
+                 outcome = CASE WHEN $5 THEN 'failed' ELSE reset_requests.outcome END,
+                 updated_at = now()
+             WHERE reset_requests.outcome IN ('pending', 'failed')",
+        )
+        .bind(event.event_id)
+        .bind(attempt as i32)
+        .bind(error)
+        .bind(&event.request_id)
+        .bind(give_up)
+        .bind(event.requested_at)
+        .execute(&mut *tx)
+        .await?;
+        if give_up {
+            sqlx::query(
+                "UPDATE reset_tokens SET invalidated_at = now()
+                 WHERE event_id = $1 AND used_at IS NULL AND invalidated_at IS NULL",
+            )
+            .bind(event.event_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await
+    }
+}
+
+async fn upsert_request(
+    tx: &mut sqlx::PgConnection,
+    event: &ResetRequested,
+    attempt: u32,
+    account_id: &str,
+    outcome: &str,
+    note: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO reset_requests
+             (event_id, account_id, outcome, attempts, last_error, request_id, requested_at, claimed_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, CASE WHEN $3 = 'pending' THEN now() END)
+         ON CONFLICT (event_id) DO UPDATE
+         SET account_id = EXCLUDED.account_id, outcome = EXCLUDED.outcome,
+             attempts = GREATEST(reset_requests.attempts, EXCLUDED.attempts),
+             last_error = COALESCE(EXCLUDED.last_error, reset_requests.last_error),
+             claimed_at = COALESCE(reset_requests.claimed_at, EXCLUDED.claimed_at),
+             updated_at = now()",
+    )
+    .bind(event.event_id)
+    .bind(account_id)
+    .bind(outcome)
+    .bind(attempt as i32)
+    .bind(note)
+    .bind(&event.request_id)
+    .bind(event.requested_at)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
