@@ -3,6 +3,10 @@
 //! and a raw HTTP/1.1 client that can send exactly the bytes a test needs (half a body,
 //! a lying Content-Length) and read the answer.
 
+pub mod db;
+pub mod sink;
+pub mod system;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -84,9 +88,19 @@ impl TestApi {
         api
     }
 
+    /// Starts an api on a given stream and prefix and waits until it is ready.
+    pub async fn spawn_in(iso: Isolation, tweak: impl FnOnce(&mut api::Settings)) -> Self {
+        let api = Self::start_in(iso, tweak).await;
+        api.wait_ready().await;
+        api
+    }
+
     /// Starts an api without waiting for it to be ready (NATS may be unreachable on purpose).
     pub async fn start(tweak: impl FnOnce(&mut api::Settings)) -> Self {
-        let iso = Isolation::new();
+        Self::start_in(Isolation::new(), tweak).await
+    }
+
+    async fn start_in(iso: Isolation, tweak: impl FnOnce(&mut api::Settings)) -> Self {
         let mut settings = api_settings(&iso);
         tweak(&mut settings);
         let nats_url = settings.nats.nats_url.clone();

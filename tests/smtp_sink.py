@@ -1,0 +1,94 @@
+"""A real SMTP server for the end-to-end tests, built on aiosmtpd.
+
+It accepts mail over TCP and writes each message to --dir as <received-ns>-<n>.eml, with two
+extra header lines on top: X-Sink-Rcpt-To and X-Sink-Received-At (Unix nanoseconds).
+
+Failures on demand, by recipient local part:
+  reject...@      550 at RCPT, every time
+  tempfailN...@   451 at RCPT for the first N attempts to that address, then accepted
+
+TLS (certificates made with trustme; the CA is written to <dir>/ca.pem):
+  --starttls      offer and require STARTTLS
+  --implicit-tls  TLS from the first byte (SMTPS)
+
+Prints "ready <port>" once it accepts connections, then serves until killed.
+"""
+
+import argparse
+import itertools
+import os
+import re
+import threading
+import time
+
+from aiosmtpd.controller import Controller
+
+
+class Sink:
+    def __init__(self, out):
+        self.out = out
+        self.seq = itertools.count()
+        self.tempfails = {}
+        self.lock = threading.Lock()
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        local = address.split("@", 1)[0].lower()
+        if local.startswith("reject"):
+            return "550 5.1.1 Mailbox unavailable"
+        match = re.match(r"tempfail(\d+)", local)
+        if match:
+            with self.lock:
+                seen = self.tempfails.get(address, 0) + 1
+                self.tempfails[address] = seen
+            if seen <= int(match.group(1)):
+                return "451 4.3.0 Try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        received = time.time_ns()
+        name = f"{received}-{next(self.seq):06d}"
+        partial = os.path.join(self.out, "." + name)
+        with open(partial, "wb") as f:
+            f.write(f"X-Sink-Rcpt-To: {', '.join(envelope.rcpt_tos)}\r\n".encode())
+            f.write(f"X-Sink-Received-At: {received}\r\n".encode())
+            f.write(envelope.original_content or envelope.content)
+        os.rename(partial, os.path.join(self.out, name + ".eml"))
+        return "250 2.0.0 Message accepted for delivery"
+
+
+def tls_context(out):
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    ca.cert_pem.write_to_path(os.path.join(out, "ca.pem"))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    return context
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--dir", required=True)
+    parser.add_argument("--starttls", action="store_true")
+    parser.add_argument("--implicit-tls", action="store_true")
+    args = parser.parse_args()
+    os.makedirs(args.dir, exist_ok=True)
+
+    options = {"enable_SMTPUTF8": True}
+    if args.starttls:
+        options.update(tls_context=tls_context(args.dir), require_starttls=True)
+    if args.implicit_tls:
+        options.update(ssl_context=tls_context(args.dir), server_hostname="localhost")
+    controller = Controller(Sink(args.dir), hostname="127.0.0.1", port=args.port, **options)
+    controller.start()
+    print(f"ready {args.port}", flush=True)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

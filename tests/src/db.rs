@@ -1,0 +1,81 @@
+//! A fresh PostgreSQL database per test, on the machine's server.
+
+use sqlx::{Connection, PgConnection, PgPool};
+
+/// The machine's PostgreSQL, where test databases are created.
+pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A database of the test's own, dropped by [`TestDb::drop_db`].
+#[derive(Debug)]
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn create() -> Self {
+        let name = format!("reset_test_{}", uuid::Uuid::now_v7().simple());
+        let mut admin = PgConnection::connect(ADMIN_URL)
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432 (scripts/services starts it)");
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut admin)
+            .await
+            .expect("create database");
+        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+        let pool = PgPool::connect(&url).await.expect("connect");
+        Self { name, url, pool }
+    }
+
+    /// Creates the worker's tables, as a worker would at start-up.
+    pub async fn migrated() -> Self {
+        let db = Self::create().await;
+        worker::store::Store::from_pool(db.pool.clone())
+            .migrate()
+            .await
+            .expect("migrate");
+        db
+    }
+
+    pub async fn add_account(
+        &self,
+        id: &str,
+        email: &str,
+        display_name: Option<&str>,
+        locale: Option<&str>,
+    ) {
+        sqlx::query(
+            "INSERT INTO accounts (id, email, display_name, locale) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id)
+        .bind(email)
+        .bind(display_name)
+        .bind(locale)
+        .execute(&self.pool)
+        .await
+        .expect("insert account");
+    }
+
+    /// Outcome counts of the processing records, e.g. `[("sent", 3), ("throttled", 2)]`.
+    pub async fn outcomes(&self) -> Vec<(String, i64)> {
+        sqlx::query_as(
+            "SELECT outcome, count(*) FROM reset_requests GROUP BY outcome ORDER BY outcome",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .expect("outcomes")
+    }
+
+    pub async fn drop_db(self) {
+        self.pool.close().await;
+        if let Ok(mut admin) = PgConnection::connect(ADMIN_URL).await {
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut admin)
+            .await;
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! The SMTP server the tests deliver to: `tests/smtp_sink.py` (aiosmtpd), run from `.venv`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use std::io::{BufRead, BufReader};
+
+/// How the sink secures its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkTls {
+    None,
+    StartTls,
+    Implicit,
+}
+
+/// A running SMTP sink writing each message it accepts to a folder.
+#[derive(Debug)]
+pub struct SmtpSink {
+    pub port: u16,
+    pub dir: PathBuf,
+    tls: SinkTls,
+    child: Child,
+}
+
+/// One message as the sink received it.
+#[derive(Debug, Clone)]
+pub struct ReceivedMail {
+    /// Envelope recipient.
+    pub to: String,
+    /// When the sink accepted it (Unix nanoseconds).
+    pub received_at_ns: u128,
+    pub subject: String,
+    pub message_id: String,
+    pub auto_submitted: Option<String>,
+    pub text: String,
+    pub html: String,
+    pub raw: String,
+}
+
+impl ReceivedMail {
+    /// The `token` query parameter of the first link in the text part.
+    pub fn token(&self) -> String {
+        let start = self.text.find("token=").expect("a link with a token") + "token=".len();
+        self.text[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .collect()
+    }
+
+    /// The first http(s) link of the text part.
+    pub fn link(&self) -> String {
+        let start = self.text.find("http").expect("a link");
+        self.text[start..]
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+fn python() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = root.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "no {}: run ./scripts/test (scripts/test-deps installs the SMTP sink)",
+        python.display()
+    );
+    python
+}
+
+impl SmtpSink {
+    pub fn start() -> Self {
+        Self::start_with(SinkTls::None)
+    }
+
+    pub fn start_with(tls: SinkTls) -> Self {
+        let port = crate::free_port();
+        let dir = std::env::temp_dir().join(format!("smtp-sink-{}", uuid::Uuid::now_v7().simple()));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("smtp_sink.py");
+        let mut command = Command::new(python());
+        command
+            .arg(script)
+            .args(["--port", &port.to_string(), "--dir"])
+            .arg(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        match tls {
+            SinkTls::None => {}
+            SinkTls::StartTls => {
+                command.arg("--starttls");
+            }
+            SinkTls::Implicit => {
+                command.arg("--implicit-tls");
+            }
+        }
+        let mut child = command.spawn().expect("the SMTP sink starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("the sink says it is ready");
+        assert!(line.starts_with("ready"), "sink said {line:?}");
+        Self {
+            port,
+            dir,
+            tls,
+            child,
+        }
+    }
+
+    /// The `SMTP_URL` that reaches this sink.
+    pub fn url(&self) -> String {
+        match self.tls {
+            SinkTls::None => format!("smtp://127.0.0.1:{}", self.port),
+            SinkTls::StartTls => format!("smtp://localhost:{}?tls=required", self.port),
+            SinkTls::Implicit => format!("smtps://localhost:{}", self.port),
+        }
+    }
+
+    /// The CA that signed the sink's certificate, for `SMTP_CA_FILE`.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// Every message received so far, oldest first.
+    pub fn messages(&self) -> Vec<ReceivedMail> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        files.iter().map(|f| parse(f)).collect()
+    }
+
+    /// Waits until at least `count` messages arrived (or `within` passed) and returns them all.
+    pub async fn wait_for(&self, count: usize, within: Duration) -> Vec<ReceivedMail> {
+        let deadline = Instant::now() + within;
+        loop {
+            let messages = self.messages();
+            if messages.len() >= count || Instant::now() > deadline {
+                return messages;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn parse(file: &Path) -> ReceivedMail {
+    let raw = std::fs::read(file).expect("read message");
+    let mail = mailparse::parse_mail(&raw).expect("a parsable message");
+    let header = |name: &str| {
+        mail.headers
+            .iter()
+            .find(|h| h.get_key().eq_ignore_ascii_case(name))
+            .map(|h| h.get_value())
+    };
+    let mut text = String::new();
+    let mut html = String::new();
+    for part in mail.parts() {
+        match part.ctype.mimetype.as_str() {
+            "text/plain" => text = part.get_body().expect("text body"),
+            "text/html" => html = part.get_body().expect("html body"),
+            _ => {}
+        }
+    }
+    ReceivedMail {
+        to: header("X-Sink-Rcpt-To").unwrap_or_default(),
+        received_at_ns: header("X-Sink-Received-At")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default(),
+        subject: header("Subject").unwrap_or_default(),
+        message_id: header("Message-ID").unwrap_or_default(),
+        auto_submitted: header("Auto-Submitted"),
+        text,
+        html,
+        raw: String::from_utf8_lossy(&raw).into_owned(),
+    }
+}

@@ -1,0 +1,174 @@
+//! The worker in tests: in-process like the api, or as a real process to kill, and the whole
+//! system (api, worker, database, SMTP sink) on one isolated stream.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use clap::Parser;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::{Isolation, NATS_URL, TestApi, db::TestDb, sink::SmtpSink};
+
+/// The reset page the tests configure; its query must survive the token being added.
+pub const RESET_URL: &str = "https://app.example.com/reset?lang=en";
+
+/// Command-line flags for a worker on `iso`, `db` and `smtp_url`, with quick retries.
+pub fn worker_args(iso: &Isolation, db_url: &str, smtp_url: &str) -> Vec<String> {
+    let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates");
+    [
+        format!("--nats-url={NATS_URL}"),
+        format!("--stream={}", iso.stream),
+        format!("--subject-prefix={}", iso.prefix),
+        "--retention=1h".into(),
+        "--consumer=test-worker".into(),
+        format!("--database-url={db_url}"),
+        format!("--smtp-url={smtp_url}"),
+        format!("--templates-dir={}", templates.display()),
+        format!("--reset-url={RESET_URL}"),
+        "--backoff=100ms,200ms,300ms".into(),
+        "--ack-wait=5s".into(),
+        "--shutdown-timeout=5s".into(),
+        "--app-name=Example".into(),
+    ]
+    .into()
+}
+
+/// Parsed worker settings for the same flags.
+pub fn worker_settings(iso: &Isolation, db_url: &str, smtp_url: &str) -> worker::Settings {
+    let mut args = vec!["worker".to_owned()];
+    args.extend(worker_args(iso, db_url, smtp_url));
+    worker::Settings::try_parse_from(args).expect("worker test settings parse")
+}
+
+/// A worker running in this process.
+#[derive(Debug)]
+pub struct TestWorker {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), worker::WorkerError>>>,
+}
+
+impl TestWorker {
+    pub fn spawn(settings: worker::Settings) -> Self {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(worker::run(settings, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops it as SIGTERM would and waits for a clean exit.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("worker stops within its shutdown deadline")
+                .expect("worker task")
+                .expect("worker exits cleanly");
+        }
+    }
+}
+
+/// A worker as its own OS process, for tests that kill it.
+#[derive(Debug)]
+pub struct WorkerProcess {
+    child: Child,
+}
+
+impl WorkerProcess {
+    pub fn spawn(args: &[String]) -> Self {
+        let child = Command::new(worker_binary())
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the worker binary starts");
+        Self { child }
+    }
+
+    /// SIGKILL: no chance to finish or nak anything.
+    pub fn kill_9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and the exit status once it has exited.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().expect("worker exits")
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The worker binary beside the test binaries, built first if it is not there.
+pub fn worker_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let target_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_owned();
+    let binary = target_dir.join("worker");
+    if !binary.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "worker", "--bin", "worker"])
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the worker binary failed");
+    }
+    binary
+}
+
+/// The api, one worker, a fresh database and an SMTP sink, all on one isolated stream.
+#[derive(Debug)]
+pub struct System {
+    pub api: TestApi,
+    pub worker: TestWorker,
+    pub db: TestDb,
+    pub sink: SmtpSink,
+}
+
+impl System {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts everything; `tweak` adjusts the worker's settings.
+    pub async fn start_with(tweak: impl FnOnce(&mut worker::Settings)) -> Self {
+        let iso = Isolation::new();
+        let db = TestDb::migrated().await;
+        let sink = SmtpSink::start();
+        let api = TestApi::spawn_in(iso.clone(), |_| {}).await;
+        let mut settings = worker_settings(&iso, &db.url, &sink.url());
+        tweak(&mut settings);
+        let worker = TestWorker::spawn(settings);
+        Self {
+            api,
+            worker,
+            db,
+            sink,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.worker.stop().await;
+        self.api.stop().await;
+        self.db.drop_db().await;
+    }
+}

@@ -1,0 +1,489 @@
+//! From an HTTP request to a mail in a real SMTP server: the worker against the real NATS,
+//! a fresh PostgreSQL database per test and aiosmtpd.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use e2e::db::TestDb;
+use e2e::sink::SmtpSink;
+use e2e::system::{RESET_URL, System, TestWorker, worker_settings};
+use e2e::{Isolation, NATS_URL, TestApi};
+use sha2::{Digest, Sha256};
+
+const JSON: &str = "application/json";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn json_id(id: &str) -> String {
+    serde_json::json!({ "id": id }).to_string()
+}
+
+#[tokio::test]
+async fn each_content_type_ends_in_one_mail_to_the_stored_address() {
+    let system = System::start().await;
+    let db = &system.db;
+    db.add_account("u-json", "json@example.com", Some("Jay Son"), None)
+        .await;
+    db.add_account("u-xml", "xml@example.com", None, None).await;
+    db.add_account("u-form", "form@example.com", None, None)
+        .await;
+
+    let api = &system.api;
+    // By id, and by email in another case: the mail goes to the stored address either way.
+    assert_eq!(api.forgot(JSON, &json_id("u-json")).await.status, 200);
+    assert_eq!(
+        api.forgot("application/xml", "<item><id>XML@Example.COM</id></item>")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        api.forgot(
+            "application/x-www-form-urlencoded",
+            r#"{"id":"form@example.com"}"#
+        )
+        .await
+        .status,
+        200
+    );
+
+    let mails = system.sink.wait_for(3, WAIT).await;
+    let mut to: Vec<&str> = mails.iter().map(|m| m.to.as_str()).collect();
+    to.sort();
+    assert_eq!(
+        to,
+        ["form@example.com", "json@example.com", "xml@example.com"]
+    );
+    let jay = mails
+        .iter()
+        .find(|m| m.to == "json@example.com")
+        .expect("mail");
+    assert_eq!(jay.subject, "Reset your Example password");
+    assert!(jay.text.starts_with("Hello Jay Son,"), "{}", jay.text);
+    assert_eq!(jay.auto_submitted.as_deref(), Some("auto-generated"));
+    assert!(jay.raw.contains("multipart/alternative"));
+    assert!(jay.html.contains("Choose a new password"));
+    let anonymous = mails
+        .iter()
+        .find(|m| m.to == "xml@example.com")
+        .expect("mail");
+    assert!(anonymous.text.starts_with("Hello,"));
+    assert_eq!(db.outcomes().await, [("sent".to_owned(), 3)]);
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn the_mailed_token_matches_the_stored_hash_and_its_plaintext_is_stored_nowhere() {
+    let system = System::start().await;
+    system
+        .db
+        .add_account("ada", "ada@example.com", Some("Ada"), None)
+        .await;
+    assert_eq!(system.api.forgot(JSON, &json_id("ada")).await.status, 200);
+    let mails = system.sink.wait_for(1, WAIT).await;
+    assert_eq!(mails.len(), 1);
+    let mail = &mails[0];
+    let token = mail.token();
+    assert_eq!(token.len(), 43, "32 random bytes, base64url: {token}");
+    assert!(
+        mail.link().starts_with(&format!("{RESET_URL}&token=")),
+        "{}",
+        mail.link()
+    );
+    // The link in the HTML part carries the same token.
+    assert!(mail.html.contains(&token));
+
+    let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let (account, live): (String, bool) = sqlx::query_as(
+        "SELECT account_id, used_at IS NULL AND invalidated_at IS NULL AND expires_at > now()
+         FROM reset_tokens WHERE token_hash = $1",
+    )
+    .bind(&hash[..])
+    .fetch_one(&system.db.pool)
+    .await
+    .expect("the token's hash is stored");
+    assert_eq!(account, "ada");
+    assert!(live);
+
+    // Not in any column of any table, in any form the database would print it.
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'",
+    )
+    .fetch_all(&system.db.pool)
+    .await
+    .expect("tables");
+    assert!(tables.len() >= 3, "{tables:?}");
+    for table in tables {
+        let found: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM \"{table}\" t WHERE row_to_json(t)::text LIKE '%' || $1 || '%'"
+        ))
+        .bind(&token)
+        .fetch_one(&system.db.pool)
+        .await
+        .expect("scan");
+        assert_eq!(found, 0, "the token's plaintext is in {table}");
+    }
+    // Nor in the event stream.
+    for (event, _) in system.api.events().await {
+        assert!(!String::from_utf8_lossy(&event.to_json()).contains(&token));
+    }
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_account_gets_the_same_answer_and_no_mail() {
+    let system = System::start().await;
+    system
+        .db
+        .add_account("known", "known@example.com", None, None)
+        .await;
+    let unknown = system
+        .api
+        .forgot(JSON, &json_id("nobody@example.com"))
+        .await;
+    let known = system.api.forgot(JSON, &json_id("known")).await;
+    assert_eq!(
+        (unknown.status, unknown.body.as_str()),
+        (known.status, known.body.as_str())
+    );
+
+    let mails = system.sink.wait_for(1, WAIT).await;
+    // Give a stray second mail the time to show up before asserting there is none.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mails_after = system.sink.messages();
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails_after.len(), 1);
+    assert_eq!(mails_after[0].to, "known@example.com");
+    assert_eq!(
+        system.db.outcomes().await,
+        [("no_account".to_owned(), 1), ("sent".to_owned(), 1)]
+    );
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn a_burst_for_one_account_gives_one_mail() {
+    let system = System::start().await;
+    system
+        .db
+        .add_account("ada", "ada@example.com", None, None)
+        .await;
+    let body = json_id("ada");
+    let requests = (0..10).map(|_| system.api.forgot(JSON, &body));
+    for response in futures::future::join_all(requests).await {
+        assert_eq!(response.status, 200);
+    }
+    let mails = system.sink.wait_for(1, WAIT).await;
+    let mut outcomes = Vec::new();
+    for _ in 0..100 {
+        outcomes = system.db.outcomes().await;
+        if outcomes.iter().map(|(_, n)| n).sum::<i64>() == 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        outcomes,
+        [("sent".to_owned(), 1), ("throttled".to_owned(), 9)]
+    );
+    assert_eq!(mails.len(), 1);
+    assert_eq!(system.sink.messages().len(), 1);
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn host_headers_never_reach_the_link() {
+    let system = System::start().await;
+    system
+        .db
+        .add_account("ada", "ada@example.com", None, None)
+        .await;
+    let response = system
+        .api
+        .forgot_with(
+            JSON,
+            &json_id("ada"),
+            &[
+                ("Host", "evil.example"),
+                ("X-Forwarded-Host", "evil.example"),
+            ],
+        )
+        .await;
+    assert_eq!(response.status, 200);
+    let mails = system.sink.wait_for(1, WAIT).await;
+    assert_eq!(mails.len(), 1);
+    assert!(
+        mails[0]
+            .link()
+            .starts_with("https://app.example.com/reset?")
+    );
+    assert!(!mails[0].raw.contains("evil.example"));
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn a_451_for_a_while_is_retried_then_delivered() {
+    let system = System::start().await;
+    // The sink answers 451 to this address twice, then accepts.
+    system
+        .db
+        .add_account("temp", "tempfail2@example.com", None, None)
+        .await;
+    assert_eq!(system.api.forgot(JSON, &json_id("temp")).await.status, 200);
+    let mails = system.sink.wait_for(1, WAIT).await;
+    assert_eq!(mails.len(), 1);
+    let (outcome, attempts): (String, i32) =
+        sqlx::query_as("SELECT outcome, attempts FROM reset_requests")
+            .fetch_one(&system.db.pool)
+            .await
+            .expect("record");
+    assert_eq!((outcome.as_str(), attempts), ("sent", 3));
+    // Each attempt minted a token and invalidated the one before: only the mailed one lives.
+    let live: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM reset_tokens WHERE used_at IS NULL AND invalidated_at IS NULL",
+    )
+    .fetch_one(&system.db.pool)
+    .await
+    .expect("tokens");
+    let all: i64 = sqlx::query_scalar("SELECT count(*) FROM reset_tokens")
+        .fetch_one(&system.db.pool)
+        .await
+        .expect("tokens");
+    assert_eq!((live, all), (1, 3));
+    system.stop().await;
+}
+
+/// Dead letters of a test's stream, with their headers.
+async fn dead_letters(iso: &Isolation) -> Vec<async_nats::HeaderMap> {
+    let js = jetstream::new(async_nats::connect(NATS_URL).await.expect("nats"));
+    let stream = js.get_stream(&iso.stream).await.expect("stream");
+    let subject = format!("{}.dead", iso.prefix);
+    let mut letters = Vec::new();
+    let mut seq = 1;
+    while let Ok(message) = stream.get_raw_message(seq).await {
+        if message.subject.as_str() == subject {
+            letters.push(message.headers);
+        }
+        seq += 1;
+    }
+    letters
+}
+
+async fn wait_for_dead_letters(iso: &Isolation, count: usize) -> Vec<async_nats::HeaderMap> {
+    for _ in 0..200 {
+        let letters = dead_letters(iso).await;
+        if letters.len() >= count {
+            return letters;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    dead_letters(iso).await
+}
+
+fn header<'a>(headers: &'a async_nats::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).map(|v| v.as_str())
+}
+
+#[tokio::test]
+async fn a_550_goes_to_the_dead_letters_after_one_attempt() {
+    let system = System::start().await;
+    system
+        .db
+        .add_account("gone", "reject@example.com", None, None)
+        .await;
+    assert_eq!(system.api.forgot(JSON, &json_id("gone")).await.status, 200);
+    let letters = wait_for_dead_letters(&system.api.iso, 1).await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(header(&letters[0], "Dead-Reason"), Some("permanent"));
+    assert_eq!(header(&letters[0], "Dead-Attempts"), Some("1"));
+    assert!(header(&letters[0], "Dead-Error").is_some_and(|e| e.contains("550")));
+    let (outcome, attempts, error): (String, i32, Option<String>) =
+        sqlx::query_as("SELECT outcome, attempts, last_error FROM reset_requests")
+            .fetch_one(&system.db.pool)
+            .await
+            .expect("record");
+    assert_eq!((outcome.as_str(), attempts), ("failed", 1));
+    assert!(error.is_some_and(|e| e.contains("550")));
+    // Its token cannot be used: the mail carrying it never arrived.
+    let live: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM reset_tokens WHERE used_at IS NULL AND invalidated_at IS NULL",
+    )
+    .fetch_one(&system.db.pool)
+    .await
+    .expect("tokens");
+    assert_eq!(live, 0);
+    // No retry follows.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(dead_letters(&system.api.iso).await.len(), 1);
+    assert!(system.sink.messages().is_empty());
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn a_poison_message_is_dead_lettered_and_the_next_one_delivered() {
+    let system = System::start().await;
+    system
+        .db
+        .add_account("ada", "ada@example.com", None, None)
+        .await;
+    let js = jetstream::new(async_nats::connect(NATS_URL).await.expect("nats"));
+    let subject = format!("{}.requested", system.api.iso.prefix);
+    js.publish(subject.clone(), "this is not an event".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    js.publish(subject, r#"{"version":99}"#.into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    assert_eq!(system.api.forgot(JSON, &json_id("ada")).await.status, 200);
+
+    let mails = system.sink.wait_for(1, WAIT).await;
+    assert_eq!(mails.len(), 1);
+    let letters = wait_for_dead_letters(&system.api.iso, 2).await;
+    let mut reasons: Vec<&str> = letters
+        .iter()
+        .filter_map(|h| header(h, "Dead-Reason"))
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons, ["poison", "unsupported_version"]);
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn a_redelivered_event_that_was_sent_is_not_mailed_again() {
+    let system = System::start().await;
+    system
+        .db
+        .add_account("ada", "ada@example.com", None, None)
+        .await;
+    assert_eq!(system.api.forgot(JSON, &json_id("ada")).await.status, 200);
+    assert_eq!(system.sink.wait_for(1, WAIT).await.len(), 1);
+
+    // The same event again, as a redelivery would bring it.
+    let (event, _) = system.api.events().await.remove(0);
+    let js = jetstream::new(async_nats::connect(NATS_URL).await.expect("nats"));
+    js.publish(
+        format!("{}.requested", system.api.iso.prefix),
+        event.to_json().into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("ack");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(system.sink.messages().len(), 1);
+    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM reset_requests")
+        .fetch_one(&system.db.pool)
+        .await
+        .expect("record");
+    assert_eq!(attempts, 1);
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn the_account_locale_picks_the_templates() {
+    let system = System::start().await;
+    system
+        .db
+        .add_account("hans", "hans@example.com", Some("Hans"), Some("de-AT"))
+        .await;
+    system
+        .db
+        .add_account("joao", "joao@example.com", None, Some("pt-BR"))
+        .await;
+    assert_eq!(system.api.forgot(JSON, &json_id("hans")).await.status, 200);
+    assert_eq!(system.api.forgot(JSON, &json_id("joao")).await.status, 200);
+    let mails = system.sink.wait_for(2, WAIT).await;
+    let hans = mails
+        .iter()
+        .find(|m| m.to == "hans@example.com")
+        .expect("mail");
+    assert_eq!(hans.subject, "Ihr Passwort für Example zurücksetzen");
+    assert!(hans.text.starts_with("Hallo Hans,"));
+    let joao = mails
+        .iter()
+        .find(|m| m.to == "joao@example.com")
+        .expect("mail");
+    assert_eq!(joao.subject, "Reset your Example password");
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn two_workers_and_200_requests_give_exactly_200_mails() {
+    let iso = Isolation::new();
+    let db = TestDb::migrated().await;
+    let sink = SmtpSink::start();
+    for n in 0..200 {
+        db.add_account(
+            &format!("user-{n}"),
+            &format!("user-{n}@example.com"),
+            None,
+            None,
+        )
+        .await;
+    }
+    let api = TestApi::spawn_in(iso.clone(), |_| {}).await;
+    let workers = [
+        TestWorker::spawn(worker_settings(&iso, &db.url, &sink.url())),
+        TestWorker::spawn(worker_settings(&iso, &db.url, &sink.url())),
+    ];
+    let requests = (0..200).map(|n| {
+        let api = &api;
+        async move {
+            api.forgot(JSON, &json_id(&format!("user-{n}")))
+                .await
+                .status
+        }
+    });
+    let statuses = futures::future::join_all(requests).await;
+    assert!(statuses.iter().all(|s| *s == 200));
+
+    let mails = sink.wait_for(200, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mails_after = sink.messages();
+    assert_eq!(mails.len(), 200);
+    assert_eq!(mails_after.len(), 200, "no extra mail");
+    let mut to: Vec<String> = mails_after.into_iter().map(|m| m.to).collect();
+    to.sort();
+    to.dedup();
+    assert_eq!(to.len(), 200, "every account once");
+    for worker in workers {
+        worker.stop().await;
+    }
+    api.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn without_smtp_the_mail_goes_to_the_outbox() {
+    let iso = Isolation::new();
+    let db = TestDb::migrated().await;
+    db.add_account("ada", "ada@example.com", None, None).await;
+    let outbox = std::env::temp_dir().join(format!("outbox-{}", uuid::Uuid::now_v7().simple()));
+    let mut settings = worker_settings(&iso, &db.url, "smtp://unused");
+    settings.mail.smtp_url = None;
+    settings.mail.outbox = outbox.clone();
+    let api = TestApi::spawn_in(iso.clone(), |_| {}).await;
+    let worker = TestWorker::spawn(settings);
+    assert_eq!(api.forgot(JSON, &json_id("ada")).await.status, 200);
+    let mut files = Vec::new();
+    for _ in 0..100 {
+        files = std::fs::read_dir(&outbox)
+            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        if !files.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].extension().is_some_and(|e| e == "eml"));
+    let content = std::fs::read_to_string(&files[0]).expect("eml");
+    assert!(content.contains("To: ada@example.com"), "{content}");
+    worker.stop().await;
+    api.stop().await;
+    db.drop_db().await;
+    let _ = std::fs::remove_dir_all(outbox);
+}
