@@ -1,0 +1,42 @@
+//! The api binary documents its settings and refuses to start without a key.
+
+use std::process::Command;
+
+#[test]
+fn help_lists_every_variable() {
+    let output = Command::new(env!("CARGO_BIN_EXE_api"))
+        .arg("--help")
+        .output()
+        .expect("api runs");
+    let help = String::from_utf8_lossy(&output.stdout);
+    for variable in [
+        "API_ADDR",
+        "API_KEYS",
+        "API_MAX_BODY",
+        "API_RATE_LIMIT",
+        "API_TRUST_PROXY",
+        "API_PUBLISH_TIMEOUT",
+        "API_HEADER_TIMEOUT",
+        "API_BODY_TIMEOUT",
+        "API_SHUTDOWN_TIMEOUT",
+        "NATS_URL",
+        "RESET_STREAM",
+        "RESET_SUBJECT_PREFIX",
+        "RESET_RETENTION",
+        "LOG_FORMAT",
+    ] {
+        assert!(help.contains(variable), "{variable} missing from --help");
+    }
+}
+
+#[test]
+fn without_a_key_it_exits_non_zero_saying_what_to_set() {
+    let output = Command::new(env!("CARGO_BIN_EXE_api"))
+        .env_remove("API_KEYS")
+        .env("API_ADDR", "127.0.0.1:0")
+        .output()
+        .expect("api runs");
+    assert!(!output.status.success());
+    let log = String::from_utf8_lossy(&output.stdout);
+    assert!(log.contains("set API_KEYS"), "{log}");
+}
