@@ -160,6 +160,12 @@ impl TestApi {
         self.forgot_with(content_type, body, &[]).await
     }
 
+    /// POSTs `{"id": id}` as JSON with the test key.
+    pub async fn forgot_id(&self, id: impl AsRef<str>) -> RawResponse {
+        let body = serde_json::json!({ "id": id.as_ref() }).to_string();
+        self.forgot("application/json", &body).await
+    }
+
     /// Like [`TestApi::forgot`], with extra headers.
     pub async fn forgot_with(
         &self,

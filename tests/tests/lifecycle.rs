@@ -168,19 +168,10 @@ async fn api_and_workers_starting_together_agree_on_one_stream() {
 
 #[tokio::test]
 async fn the_worker_creates_the_stream_and_stops_cleanly_on_shutdown() {
-    use clap::Parser;
     let iso = Isolation::new();
-    let settings = worker::Settings::try_parse_from([
-        "worker",
-        &format!("--nats-url={NATS_URL}"),
-        &format!("--stream={}", iso.stream),
-        &format!("--subject-prefix={}", iso.prefix),
-    ])
-    .expect("settings");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(worker::run(settings, async {
-        let _ = stopped.await;
-    }));
+    let db = e2e::db::TestDb::create().await;
+    let settings = e2e::system::worker_settings(&iso, &db.url, "smtp://127.0.0.1:1");
+    let worker = e2e::system::TestWorker::spawn(settings);
     let js = jetstream::new(async_nats::connect(NATS_URL).await.expect("nats"));
     let mut found = false;
     for _ in 0..50 {
@@ -191,13 +182,9 @@ async fn the_worker_creates_the_stream_and_stops_cleanly_on_shutdown() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(found, "the worker did not create the stream");
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(5), worker)
-        .await
-        .expect("worker stops promptly")
-        .expect("task")
-        .expect("worker exits cleanly");
+    worker.stop().await;
     js.delete_stream(&iso.stream).await.expect("cleanup");
+    db.drop_db().await;
 }
 
 /// A client that opens a connection and sends its headers slowly (or not at all) is cut off

@@ -29,7 +29,7 @@ async fn each_content_type_ends_in_one_mail_to_the_stored_address() {
 
     let api = &system.api;
     // By id, and by email in another case: the mail goes to the stored address either way.
-    assert_eq!(api.forgot(JSON, &json_id("u-json")).await.status, 200);
+    assert_eq!(api.forgot_id("u-json").await.status, 200);
     assert_eq!(
         api.forgot("application/xml", "<item><id>XML@Example.COM</id></item>")
             .await
@@ -78,7 +78,7 @@ async fn the_mailed_token_matches_the_stored_hash_and_its_plaintext_is_stored_no
         .db
         .add_account("ada", "ada@example.com", Some("Ada"), None)
         .await;
-    assert_eq!(system.api.forgot(JSON, &json_id("ada")).await.status, 200);
+    assert_eq!(system.api.forgot_id("ada").await.status, 200);
     let mails = system.sink.wait_for(1, WAIT).await;
     assert_eq!(mails.len(), 1);
     let mail = &mails[0];
@@ -136,11 +136,8 @@ async fn an_unknown_account_gets_the_same_answer_and_no_mail() {
         .db
         .add_account("known", "known@example.com", None, None)
         .await;
-    let unknown = system
-        .api
-        .forgot(JSON, &json_id("nobody@example.com"))
-        .await;
-    let known = system.api.forgot(JSON, &json_id("known")).await;
+    let unknown = system.api.forgot_id("nobody@example.com").await;
+    let known = system.api.forgot_id("known").await;
     assert_eq!(
         (unknown.status, unknown.body.as_str()),
         (known.status, known.body.as_str())
@@ -228,7 +225,7 @@ async fn a_451_for_a_while_is_retried_then_delivered() {
         .db
         .add_account("temp", "tempfail2@example.com", None, None)
         .await;
-    assert_eq!(system.api.forgot(JSON, &json_id("temp")).await.status, 200);
+    assert_eq!(system.api.forgot_id("temp").await.status, 200);
     let mails = system.sink.wait_for(1, WAIT).await;
     assert_eq!(mails.len(), 1);
     let (outcome, attempts): (String, i32) =
@@ -290,7 +287,7 @@ async fn a_550_goes_to_the_dead_letters_after_one_attempt() {
         .db
         .add_account("gone", "reject@example.com", None, None)
         .await;
-    assert_eq!(system.api.forgot(JSON, &json_id("gone")).await.status, 200);
+    assert_eq!(system.api.forgot_id("gone").await.status, 200);
     let letters = wait_for_dead_letters(&system.api.iso, 1).await;
     assert_eq!(letters.len(), 1);
     assert_eq!(header(&letters[0], "Dead-Reason"), Some("permanent"));
@@ -337,7 +334,7 @@ async fn a_poison_message_is_dead_lettered_and_the_next_one_delivered() {
         .expect("publish")
         .await
         .expect("ack");
-    assert_eq!(system.api.forgot(JSON, &json_id("ada")).await.status, 200);
+    assert_eq!(system.api.forgot_id("ada").await.status, 200);
 
     let mails = system.sink.wait_for(1, WAIT).await;
     assert_eq!(mails.len(), 1);
@@ -358,7 +355,7 @@ async fn a_redelivered_event_that_was_sent_is_not_mailed_again() {
         .db
         .add_account("ada", "ada@example.com", None, None)
         .await;
-    assert_eq!(system.api.forgot(JSON, &json_id("ada")).await.status, 200);
+    assert_eq!(system.api.forgot_id("ada").await.status, 200);
     assert_eq!(system.sink.wait_for(1, WAIT).await.len(), 1);
 
     // The same event again, as a redelivery would bring it.
@@ -393,8 +390,8 @@ async fn the_account_locale_picks_the_templates() {
         .db
         .add_account("joao", "joao@example.com", None, Some("pt-BR"))
         .await;
-    assert_eq!(system.api.forgot(JSON, &json_id("hans")).await.status, 200);
-    assert_eq!(system.api.forgot(JSON, &json_id("joao")).await.status, 200);
+    assert_eq!(system.api.forgot_id("hans").await.status, 200);
+    assert_eq!(system.api.forgot_id("joao").await.status, 200);
     let mails = system.sink.wait_for(2, WAIT).await;
     let hans = mails
         .iter()
@@ -467,7 +464,7 @@ async fn without_smtp_the_mail_goes_to_the_outbox() {
     settings.mail.outbox = outbox.clone();
     let api = TestApi::spawn_in(iso.clone(), |_| {}).await;
     let worker = TestWorker::spawn(settings);
-    assert_eq!(api.forgot(JSON, &json_id("ada")).await.status, 200);
+    assert_eq!(api.forgot_id("ada").await.status, 200);
     let mut files = Vec::new();
     for _ in 0..100 {
         files = std::fs::read_dir(&outbox)
