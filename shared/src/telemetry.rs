@@ -48,9 +48,48 @@ pub fn mask_id(id: &str) -> String {
     }
 }
 
+/// Masks every email address inside a free text (an SMTP server's error often quotes the
+/// recipient), so the text can be logged.
+pub fn mask_addresses(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if word.contains('@') {
+            out.push_str(&mask_id(word));
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if c.is_whitespace()
+            || matches!(
+                c,
+                '<' | '>' | '"' | '\'' | ',' | ';' | '(' | ')' | '[' | ']'
+            )
+        {
+            flush(&mut word, &mut out);
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_inside_text_are_masked() {
+        assert_eq!(
+            mask_addresses("550 5.1.1 <ada.lovelace@example.com>: Recipient rejected"),
+            "550 5.1.1 <a***@e***.com>: Recipient rejected"
+        );
+        assert_eq!(mask_addresses("no address here"), "no address here");
+    }
 
     #[test]
     fn emails_keep_only_first_letters_and_tld() {

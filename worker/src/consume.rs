@@ -13,6 +13,7 @@ use async_nats::jetstream::{
 };
 use futures::{FutureExt, StreamExt};
 use shared::event::{DecodeError, HEADER_REQUEST_ID, ResetRequested};
+use shared::telemetry::mask_addresses;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{Instrument, field::Empty};
@@ -267,7 +268,11 @@ async fn process(
                     .filter(|delay| time::OffsetDateTime::now_utc() + *delay < deadline);
                 match retry {
                     Some(delay) => {
-                        tracing::warn!(error = %err, retry_in = ?delay, "attempt failed; will retry");
+                        tracing::warn!(
+                            error = %mask_addresses(&err.to_string()),
+                            retry_in = ?delay,
+                            "attempt failed; will retry"
+                        );
                         if let Err(db) = deps.store.record_failure(&event, attempt, &err.to_string(), false).await {
                             tracing::warn!(error = %db, "recording the failed attempt");
                         }
@@ -303,7 +308,7 @@ async fn give_up(
     attempt: u32,
     error: &str,
 ) {
-    tracing::error!(reason, error, "giving up on the event");
+    tracing::error!(reason, error = %mask_addresses(error), "giving up on the event");
     if let Err(db) = deps.store.record_failure(event, attempt, error, true).await {
         tracing::warn!(error = %db, "recording the failure");
     }
