@@ -6,6 +6,7 @@ extra header lines on top: X-Sink-Rcpt-To and X-Sink-Received-At (Unix nanosecon
 Failures on demand, by recipient local part:
   reject...@      550 at RCPT, every time
   tempfailN...@   451 at RCPT for the first N attempts to that address, then accepted
+  slowN...@       accepted, but the answer to DATA takes N milliseconds
 
 TLS (certificates made with trustme; the CA is written to <dir>/ca.pem):
   --starttls      offer and require STARTTLS
@@ -15,6 +16,7 @@ Prints "ready <port>" once it accepts connections, then serves until killed.
 """
 
 import argparse
+import asyncio
 import itertools
 import os
 import re
@@ -46,6 +48,10 @@ class Sink:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        for rcpt in envelope.rcpt_tos:
+            slow = re.match(r"slow(\d+)", rcpt.split("@", 1)[0].lower())
+            if slow:
+                await asyncio.sleep(int(slow.group(1)) / 1000)
         received = time.time_ns()
         name = f"{received}-{next(self.seq):06d}"
         partial = os.path.join(self.out, "." + name)

@@ -52,3 +52,44 @@ async fn the_api_works_against_nats_server_2_9() {
 async fn the_api_works_against_a_current_nats_server() {
     the_api_works_against(latest_nats_server()).await;
 }
+
+/// The worker's pull consumer, naks with delays and dead letters on a current server too.
+#[tokio::test]
+async fn the_worker_delivers_and_dead_letters_against_a_current_nats_server() {
+    use e2e::db::TestDb;
+    use e2e::sink::SmtpSink;
+    use e2e::system::{TestWorker, worker_settings};
+
+    let nats = PrivateNats::start_binary(latest_nats_server());
+    let url = nats.url();
+    let db = TestDb::migrated().await;
+    db.add_account("ada", "ada@example.com", None, None).await;
+    db.add_account("temp", "tempfail1@example.com", None, None)
+        .await;
+    db.add_account("gone", "reject@example.com", None, None)
+        .await;
+    let sink = SmtpSink::start();
+    let api = TestApi::spawn_with(|s| s.nats.nats_url = url.clone()).await;
+    let mut settings = worker_settings(&api.iso, &db.url, &sink.url());
+    settings.nats.nats_url = url.clone();
+    let worker = TestWorker::spawn(settings);
+    for id in ["ada", "temp", "gone"] {
+        assert_eq!(api.forgot_id(id).await.status, 200);
+    }
+    let mails = sink.wait_for(2, Duration::from_secs(20)).await;
+    let mut to: Vec<&str> = mails.iter().map(|m| m.to.as_str()).collect();
+    to.sort();
+    assert_eq!(to, ["ada@example.com", "tempfail1@example.com"]);
+    let mut outcomes = Vec::new();
+    for _ in 0..100 {
+        outcomes = db.outcomes().await;
+        if outcomes.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(outcomes, [("failed".to_owned(), 1), ("sent".to_owned(), 2)]);
+    worker.stop().await;
+    api.stop().await;
+    db.drop_db().await;
+}

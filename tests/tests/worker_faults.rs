@@ -294,3 +294,59 @@ async fn sequential_sends_on_one_connection_do_not_wait_for_delayed_acks() {
     assert_eq!(sink.wait_for(26, Duration::from_secs(5)).await.len(), 26);
     mailer.close().await;
 }
+
+/// A send slower than WORKER_ACK_WAIT is kept alive with in-progress acks: JetStream does not
+/// hand the event to another worker mid-send, so one mail goes out.
+#[tokio::test]
+async fn a_send_slower_than_ack_wait_is_not_redelivered_mid_send() {
+    let system = System::start_with(|s| s.consume.ack_wait = Duration::from_secs(1)).await;
+    system
+        .db
+        .add_account("slow", "slow2500@example.com", None, None)
+        .await;
+    assert_eq!(system.api.forgot_id("slow").await.status, 200);
+    let mails = system.sink.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(mails.len(), 1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(system.sink.messages().len(), 1);
+    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM reset_requests")
+        .fetch_one(&system.db.pool)
+        .await
+        .expect("record");
+    assert_eq!(attempts, 1);
+    system.stop().await;
+}
+
+/// Workers starting together on an empty database each run the migrations; sqlx's advisory
+/// lock makes that safe, and all of them consume.
+#[tokio::test]
+async fn workers_starting_together_on_an_empty_database_all_come_up() {
+    let iso = Isolation::new();
+    let db = TestDb::create().await;
+    let sink = SmtpSink::start();
+    let workers: Vec<TestWorker> = (0..3)
+        .map(|_| TestWorker::spawn(worker_settings(&iso, &db.url, &sink.url())))
+        .collect();
+    let api = TestApi::spawn_in(iso.clone(), |_| {}).await;
+    let mut migrated = false;
+    for _ in 0..100 {
+        if sqlx::query("SELECT 1 FROM accounts")
+            .fetch_all(&db.pool)
+            .await
+            .is_ok()
+        {
+            migrated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(migrated, "no worker created the tables");
+    db.add_account("ada", "ada@example.com", None, None).await;
+    assert_eq!(api.forgot_id("ada").await.status, 200);
+    assert_eq!(sink.wait_for(1, Duration::from_secs(20)).await.len(), 1);
+    for worker in workers {
+        worker.stop().await;
+    }
+    api.stop().await;
+    db.drop_db().await;
+}
