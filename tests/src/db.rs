@@ -67,6 +67,42 @@ impl TestDb {
         .expect("outcomes")
     }
 
+    /// Waits until `count` events have a final outcome (or 10 s pass); returns the counts.
+    pub async fn wait_for_outcomes(&self, count: i64) -> Vec<(String, i64)> {
+        let mut outcomes = Vec::new();
+        for _ in 0..200 {
+            outcomes = self.outcomes().await;
+            let done: i64 = outcomes
+                .iter()
+                .filter(|(o, _)| o != "pending")
+                .map(|(_, n)| n)
+                .sum();
+            if done >= count {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        outcomes
+    }
+
+    /// The only processing record's outcome and attempts.
+    pub async fn only_record(&self) -> (String, i32) {
+        sqlx::query_as("SELECT outcome, attempts FROM reset_requests")
+            .fetch_one(&self.pool)
+            .await
+            .expect("exactly one processing record")
+    }
+
+    /// Tokens that would still work (not used, not invalidated).
+    pub async fn live_tokens(&self) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM reset_tokens WHERE used_at IS NULL AND invalidated_at IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .expect("count tokens")
+    }
+
     pub async fn drop_db(self) {
         self.pool.close().await;
         if let Ok(mut admin) = PgConnection::connect(ADMIN_URL).await {

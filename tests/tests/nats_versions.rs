@@ -80,14 +80,7 @@ async fn the_worker_delivers_and_dead_letters_against_a_current_nats_server() {
     let mut to: Vec<&str> = mails.iter().map(|m| m.to.as_str()).collect();
     to.sort();
     assert_eq!(to, ["ada@example.com", "tempfail1@example.com"]);
-    let mut outcomes = Vec::new();
-    for _ in 0..100 {
-        outcomes = db.outcomes().await;
-        if outcomes.len() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let outcomes = db.wait_for_outcomes(3).await;
     assert_eq!(outcomes, [("failed".to_owned(), 1), ("sent".to_owned(), 2)]);
     worker.stop().await;
     api.stop().await;

@@ -170,14 +170,7 @@ async fn a_burst_for_one_account_gives_one_mail() {
         assert_eq!(response.status, 200);
     }
     let mails = system.sink.wait_for(1, WAIT).await;
-    let mut outcomes = Vec::new();
-    for _ in 0..100 {
-        outcomes = system.db.outcomes().await;
-        if outcomes.iter().map(|(_, n)| n).sum::<i64>() == 10 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let outcomes = system.db.wait_for_outcomes(10).await;
     assert_eq!(
         outcomes,
         [("sent".to_owned(), 1), ("throttled".to_owned(), 9)]
@@ -228,19 +221,9 @@ async fn a_451_for_a_while_is_retried_then_delivered() {
     assert_eq!(system.api.forgot_id("temp").await.status, 200);
     let mails = system.sink.wait_for(1, WAIT).await;
     assert_eq!(mails.len(), 1);
-    let (outcome, attempts): (String, i32) =
-        sqlx::query_as("SELECT outcome, attempts FROM reset_requests")
-            .fetch_one(&system.db.pool)
-            .await
-            .expect("record");
-    assert_eq!((outcome.as_str(), attempts), ("sent", 3));
+    assert_eq!(system.db.only_record().await, ("sent".to_owned(), 3));
     // Each attempt minted a token and invalidated the one before: only the mailed one lives.
-    let live: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM reset_tokens WHERE used_at IS NULL AND invalidated_at IS NULL",
-    )
-    .fetch_one(&system.db.pool)
-    .await
-    .expect("tokens");
+    let live = system.db.live_tokens().await;
     let all: i64 = sqlx::query_scalar("SELECT count(*) FROM reset_tokens")
         .fetch_one(&system.db.pool)
         .await
@@ -301,12 +284,7 @@ async fn a_550_goes_to_the_dead_letters_after_one_attempt() {
     assert_eq!((outcome.as_str(), attempts), ("failed", 1));
     assert!(error.is_some_and(|e| e.contains("550")));
     // Its token cannot be used: the mail carrying it never arrived.
-    let live: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM reset_tokens WHERE used_at IS NULL AND invalidated_at IS NULL",
-    )
-    .fetch_one(&system.db.pool)
-    .await
-    .expect("tokens");
+    let live = system.db.live_tokens().await;
     assert_eq!(live, 0);
     // No retry follows.
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -371,11 +349,7 @@ async fn a_redelivered_event_that_was_sent_is_not_mailed_again() {
     .expect("ack");
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(system.sink.messages().len(), 1);
-    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM reset_requests")
-        .fetch_one(&system.db.pool)
-        .await
-        .expect("record");
-    assert_eq!(attempts, 1);
+    assert_eq!(system.db.only_record().await, ("sent".to_owned(), 1));
     system.stop().await;
 }
 

@@ -138,12 +138,7 @@ async fn the_daily_limit_caps_mails_per_account() {
     );
     assert_eq!(system.sink.messages().len(), 2);
     // Each new token invalidated the one before: only the last mailed link works.
-    let live: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM reset_tokens WHERE used_at IS NULL AND invalidated_at IS NULL",
-    )
-    .fetch_one(&system.db.pool)
-    .await
-    .expect("tokens");
+    let live = system.db.live_tokens().await;
     assert_eq!(live, 1);
     system.stop().await;
 }
@@ -165,14 +160,8 @@ async fn an_email_shared_by_several_accounts_gets_no_mail() {
     let mails = system.sink.wait_for(1, Duration::from_secs(20)).await;
     assert_eq!(mails.len(), 1);
     assert_eq!(mails[0].to, "Shared@Example.com");
-    for _ in 0..50 {
-        if system.db.outcomes().await.len() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     assert_eq!(
-        system.db.outcomes().await,
+        system.db.wait_for_outcomes(2).await,
         [("no_account".to_owned(), 1), ("sent".to_owned(), 1)]
     );
     system.stop().await;
@@ -309,11 +298,7 @@ async fn a_send_slower_than_ack_wait_is_not_redelivered_mid_send() {
     assert_eq!(mails.len(), 1);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(system.sink.messages().len(), 1);
-    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM reset_requests")
-        .fetch_one(&system.db.pool)
-        .await
-        .expect("record");
-    assert_eq!(attempts, 1);
+    assert_eq!(system.db.only_record().await, ("sent".to_owned(), 1));
     system.stop().await;
 }
 
