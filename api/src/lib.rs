@@ -8,7 +8,8 @@
 //!
 //! Layout: [`config`] (settings), [`startup`] (building and running the server, shared by `main`
 //! and the tests), [`routes`] (the request pipeline), [`body`], [`auth`], [`limit`],
-//! [`publish`], [`reply`] (the response shape and every error status).
+//! [`publish`], [`reply`] (the response shape and every error status), [`telemetry`]
+//! (metrics).
 
 pub mod auth;
 pub mod body;
@@ -18,6 +19,7 @@ pub mod publish;
 pub mod reply;
 pub mod routes;
 pub mod startup;
+pub mod telemetry;
 
 pub use config::Settings;
 pub use startup::Application;

@@ -90,6 +90,15 @@ pub fn ok() -> Response<Full<Bytes>> {
     json(StatusCode::OK, "OK")
 }
 
+/// A 200 with a body that is not the JSON shape (the metrics text).
+pub fn text(content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
 fn json(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     let body = serde_json::json!({ "code": status.as_u16(), "message": message }).to_string();
     let mut response = Response::new(Full::new(Bytes::from(body)));

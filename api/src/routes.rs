@@ -21,6 +21,7 @@ use crate::{
     limit::{Limiter, client_ip},
     publish::{Publisher, message_id},
     reply::{self, ApiError},
+    telemetry::{ApiMetrics, route_label},
 };
 
 /// What every request handler shares.
@@ -33,6 +34,7 @@ pub struct AppState {
     pub max_body: usize,
     pub body_timeout: Duration,
     pub trust_proxy: bool,
+    pub metrics: ApiMetrics,
 }
 
 const REQUEST_ID: &str = "x-request-id";
@@ -48,6 +50,7 @@ pub async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let started = Instant::now();
     let request_id = request_id(req.headers());
+    let route_name = route_label(req.uri().path());
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
@@ -78,6 +81,10 @@ pub async fn handle(
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
+    state
+        .metrics
+        .requests
+        .inc(&[route_name, response.status().as_str()]);
     span.in_scope(|| {
         tracing::info!(
             status = response.status().as_u16(),
@@ -102,7 +109,11 @@ async fn route(
         "/auth/forgot-password" => Err(ApiError::MethodNotAllowed("POST")),
         "/healthz" if read_only => Ok(reply::ok()),
         "/readyz" if read_only => ready(state).await,
-        "/healthz" | "/readyz" => Err(ApiError::MethodNotAllowed("GET, HEAD")),
+        "/metrics" if read_only => Ok(reply::text(
+            shared::metrics::CONTENT_TYPE,
+            state.metrics.render(),
+        )),
+        "/healthz" | "/readyz" | "/metrics" => Err(ApiError::MethodNotAllowed("GET, HEAD")),
         _ => Err(ApiError::NotFound),
     }
 }
@@ -149,7 +160,14 @@ async fn forgot_password(
         },
     );
     let msg_id = message_id(&label, idempotency_key.as_deref(), &event);
-    match state.publisher.publish(&event, &msg_id).await {
+    let publish_started = Instant::now();
+    let published = state.publisher.publish(&event, &msg_id).await;
+    let result = if published.is_ok() { "ok" } else { "error" };
+    state
+        .metrics
+        .publish
+        .observe_duration(&[result], publish_started.elapsed());
+    match published {
         Ok(ack) => {
             span.record("event_id", tracing::field::display(event.event_id));
             span.record("seq", ack.sequence);

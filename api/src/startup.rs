@@ -89,6 +89,7 @@ impl Application {
             max_body: http.max_body,
             body_timeout: http.body_timeout,
             trust_proxy: http.trust_proxy,
+            metrics: Default::default(),
         });
         let app = Self {
             listener,

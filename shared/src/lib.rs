@@ -12,6 +12,7 @@
 
 pub mod account;
 pub mod event;
+pub mod metrics;
 pub mod nats;
 pub mod stream;
 pub mod telemetry;
