@@ -14,6 +14,8 @@ use shared::{nats::NatsSettings, stream::StreamSettings, telemetry::LogSettings}
 )]
 pub struct Settings {
     #[command(flatten)]
+    pub status: StatusSettings,
+    #[command(flatten)]
     pub consume: ConsumeSettings,
     #[command(flatten)]
     pub database: DatabaseSettings,
@@ -27,6 +29,14 @@ pub struct Settings {
     pub stream: StreamSettings,
     #[command(flatten)]
     pub log: LogSettings,
+}
+
+/// The worker's own HTTP listener.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusSettings {
+    /// Address of the listener serving /metrics, /healthz and /readyz (port 0 picks one).
+    #[arg(long = "addr", env = "WORKER_ADDR", default_value = "127.0.0.1:9090")]
+    pub addr: std::net::SocketAddr,
 }
 
 /// How events are taken off the stream.

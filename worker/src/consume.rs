@@ -20,12 +20,16 @@ use tracing::{Instrument, field::Empty};
 
 use crate::config::Backoff;
 use crate::handle::{Deps, Handled, handle};
+use crate::store::Mode;
 
 /// Headers on a dead letter, beside the original event's own.
 pub const HEADER_DEAD_REASON: &str = "Dead-Reason";
 pub const HEADER_DEAD_ATTEMPTS: &str = "Dead-Attempts";
 pub const HEADER_DEAD_ERROR: &str = "Dead-Error";
 pub const HEADER_DEAD_STREAM_SEQ: &str = "Dead-Stream-Seq";
+/// On an event republished by `worker dead-letters retry`: the dead letter it came from. Such
+/// an event is processed even if it failed before, and even if it is older than TOKEN_TTL.
+pub const HEADER_RETRY_OF: &str = "Retry-Of";
 
 /// What the consume loop needs to know.
 #[derive(Debug, Clone)]
@@ -229,7 +233,7 @@ async fn process(
                     DecodeError::Malformed(_) => "poison",
                 };
                 tracing::error!(error = %err, "event cannot be read");
-                dead_letter(js, settings, &message, reason, attempt, &err.to_string()).await;
+                dead_letter(js, deps, settings, &message, reason, attempt, &err.to_string()).await;
                 return;
             }
         };
@@ -238,8 +242,18 @@ async fn process(
         span.record("request_id", event.request_id.as_str());
         span.record("account", shared::telemetry::mask_id(&event.id));
 
+        let retried = message
+            .headers
+            .as_ref()
+            .is_some_and(|h| h.get(HEADER_RETRY_OF).is_some());
+        let mode = if retried { Mode::Again } else { Mode::Normal };
+        // An operator's retry counts its time from now, not from the original request.
         let ttl = time::Duration::try_from(settings.token_ttl).unwrap_or(time::Duration::MAX);
-        let deadline = event.requested_at + ttl;
+        let deadline = if retried {
+            time::OffsetDateTime::now_utc() + ttl
+        } else {
+            event.requested_at + ttl
+        };
         if time::OffsetDateTime::now_utc() > deadline {
             let why = "the request is older than TOKEN_TTL; a link sent now would outlive it";
             give_up(js, deps, settings, &message, &event, "expired", attempt, why).await;
@@ -247,13 +261,15 @@ async fn process(
         }
 
         let progress_every = (settings.ack_wait / 3).max(Duration::from_millis(100));
-        match with_progress(&message, progress_every, handle(&event, attempt, deps)).await {
+        match with_progress(&message, progress_every, handle(&event, attempt, mode, deps)).await {
             Ok(handled) => {
                 if let Err(err) = message.double_ack().await {
                     // The work is recorded; a redelivery finds it done and sends nothing.
                     tracing::warn!(error = %err, "ack not confirmed");
                 }
                 tracing::info!(outcome = handled.as_str(), "event handled");
+                deps.status.metrics.events.inc(&[handled.as_str()]);
+                deps.status.metrics.attempts.observe(&[], f64::from(attempt));
                 if let Handled::AlreadyDone(outcome) = handled {
                     tracing::info!(previous = outcome.as_str(), "event had been handled before");
                 }
@@ -276,6 +292,7 @@ async fn process(
                         if let Err(db) = deps.store.record_failure(&event, attempt, &err.to_string(), false).await {
                             tracing::warn!(error = %db, "recording the failed attempt");
                         }
+                        deps.status.metrics.events.inc(&["retried"]);
                         if let Err(nak) = message.ack_with(AckKind::Nak(Some(delay))).await {
                             tracing::warn!(error = %nak, "nak not sent; JetStream redelivers after ack_wait");
                         }
@@ -312,13 +329,15 @@ async fn give_up(
     if let Err(db) = deps.store.record_failure(event, attempt, error, true).await {
         tracing::warn!(error = %db, "recording the failure");
     }
-    dead_letter(js, settings, message, reason, attempt, error).await;
+    dead_letter(js, deps, settings, message, reason, attempt, error).await;
 }
 
 /// Republishes the original event to `{prefix}.dead` with why, then terminates the message.
 /// If the dead letter cannot be stored, the message is nak'd instead so nothing is lost.
+#[allow(clippy::too_many_arguments)]
 async fn dead_letter(
     js: &jetstream::Context,
+    deps: &Deps,
     settings: &LoopSettings,
     message: &jetstream::Message,
     reason: &str,
@@ -355,6 +374,12 @@ async fn dead_letter(
                 tracing::warn!(error = %err, "terminating the dead-lettered message");
             }
             tracing::warn!(reason, "event moved to the dead letters");
+            deps.status.metrics.events.inc(&["dead_lettered"]);
+            deps.status.metrics.dead_letters.inc(&[reason]);
+            deps.status
+                .metrics
+                .attempts
+                .observe(&[], f64::from(attempt));
         }
         Err(err) => {
             tracing::error!(error = %err, "dead letter not stored; the event stays in the consumer");

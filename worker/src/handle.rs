@@ -1,10 +1,14 @@
 //! What happens to one event, knowing nothing of JetStream: the consume loop owns acks,
 //! retries and dead letters; this decides and does.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use shared::event::ResetRequested;
 
 use crate::mail::{ComposeError, Composer};
-use crate::store::{Claim, Limits, Lookup, Outcome, Store};
+use crate::store::{Claim, Limits, Lookup, Mode, Outcome, Store};
+use crate::telemetry::Status;
 use crate::templates::Templates;
 use crate::tokens::{MintError, Token};
 use crate::transport::{Mailer, SendError};
@@ -17,6 +21,7 @@ pub struct Deps {
     pub composer: Composer,
     pub mailer: Mailer,
     pub limits: Limits,
+    pub status: Arc<Status>,
 }
 
 /// How an event ended when handling succeeded. Every one of these is acked.
@@ -60,13 +65,15 @@ impl HandleError {
     }
 }
 
-/// Handles delivery `attempt` (1-based) of `event`.
+/// Handles delivery `attempt` (1-based) of `event`. In [`Mode::Again`] an earlier failure or
+/// skip is decided anew; a sent event is never mailed twice.
 pub async fn handle(
     event: &ResetRequested,
     attempt: u32,
+    mode: Mode,
     deps: &Deps,
 ) -> Result<Handled, HandleError> {
-    if let Some(done) = deps.store.final_outcome(event.event_id).await? {
+    if let Some(done) = deps.store.standing_outcome(event.event_id, mode).await? {
         return Ok(Handled::AlreadyDone(done));
     }
     let account = match deps.store.find_account(&event.id).await? {
@@ -90,7 +97,7 @@ pub async fn handle(
     let token = Token::mint()?;
     match deps
         .store
-        .claim(event, attempt, &account, &token.hash(), deps.limits)
+        .claim(event, attempt, &account, &token.hash(), deps.limits, mode)
         .await?
     {
         Claim::Proceed => {}
@@ -102,9 +109,21 @@ pub async fn handle(
         .composer
         .reset_email(&deps.templates, event, &account, token.plaintext())?;
     drop(token);
-    deps.mailer
+    let started = Instant::now();
+    let sent = deps
+        .mailer
         .send(&message, &event.event_id.to_string())
-        .await?;
+        .await;
+    let result = match &sent {
+        Ok(()) => "ok",
+        Err(SendError::Transient(_)) => "transient",
+        Err(SendError::Permanent(_)) => "permanent",
+    };
+    deps.status
+        .metrics
+        .send
+        .observe_duration(&[result], started.elapsed());
+    sent?;
 
     // The email is out: recording it must not fail lightly, or a redelivery would send it
     // again. A few quick retries cover a database blip.

@@ -8,13 +8,18 @@
 //!
 //! Layout: [`config`] (settings), [`consume`] (the JetStream side: acks, retries, dead
 //! letters), [`handle`] (one event, knowing nothing of JetStream), [`store`] (PostgreSQL),
-//! [`tokens`], [`templates`], [`mail`] (composing), [`transport`] (SMTP pool and outbox).
+//! [`tokens`], [`templates`], [`mail`] (composing), [`transport`] (SMTP pool and outbox),
+//! [`telemetry`] (metrics and health on `WORKER_ADDR`), [`cli`] and [`ops`] (the operator
+//! commands `replay` and `dead-letters`).
 
+pub mod cli;
 pub mod config;
 pub mod consume;
 pub mod handle;
 pub mod mail;
+pub mod ops;
 pub mod store;
+pub mod telemetry;
 pub mod templates;
 pub mod tokens;
 pub mod transport;
@@ -31,6 +36,7 @@ use crate::consume::{ConsumerSetupError, LoopSettings, ensure_consumer};
 use crate::handle::Deps;
 use crate::mail::{Composer, ComposerSettingsError};
 use crate::store::{Limits, Store};
+use crate::telemetry::Status;
 use crate::templates::{TemplateError, Templates};
 use crate::transport::{Mailer, TransportSettingsError};
 
@@ -52,6 +58,11 @@ pub enum WorkerError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Consumer(#[from] ConsumerSetupError),
+    #[error("cannot listen on {addr} (WORKER_ADDR): {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Runs until `shutdown` resolves, then drains in-flight events and returns.
@@ -72,7 +83,27 @@ pub async fn run(
         settings.policy.token_ttl,
     )?;
     let mailer = Mailer::from_settings(&settings.mail)?;
+    let status = Arc::new(Status::default());
+    let (bound, listener) = telemetry::serve(settings.status.addr, status.clone())
+        .await
+        .map_err(|source| WorkerError::Listen {
+            addr: settings.status.addr,
+            source,
+        })?;
+    tracing::info!(addr = %bound, "metrics and health listening");
+    let result = consume_until(settings, templates, composer, mailer, status, shutdown).await;
+    listener.abort();
+    result
+}
 
+async fn consume_until(
+    settings: Settings,
+    templates: Templates,
+    composer: Composer,
+    mailer: Mailer,
+    status: Arc<Status>,
+    shutdown: futures::future::Shared<impl Future<Output = ()>>,
+) -> Result<(), WorkerError> {
     let concurrency = usize::from(settings.consume.concurrency);
     let max_connections = settings
         .database
@@ -87,6 +118,7 @@ pub async fn run(
         return Ok(());
     };
     store.migrate().await?;
+    let _ = status.database.set(store.pool().clone());
 
     let client = shared::nats::connect(&settings.nats, "password-reset-worker")
         .await
@@ -94,6 +126,7 @@ pub async fn run(
             url: settings.nats.nats_url.clone(),
             source,
         })?;
+    let _ = status.nats.set(client.clone());
     let js = async_nats::jetstream::new(client.clone());
     let ready = retry_until(shutdown.clone(), "the event stream", || async {
         ensure_stream(&js, &settings.stream)
@@ -116,6 +149,7 @@ pub async fn run(
         settings.consume.ack_wait,
     )
     .await?;
+    let _ = status.consumer.set(consumer.clone());
 
     tracing::info!(
         consumer = %settings.consume.consumer,
@@ -134,6 +168,7 @@ pub async fn run(
             daily_limit: settings.policy.daily_limit,
             token_ttl: settings.policy.token_ttl,
         },
+        status,
     });
     let loop_settings = LoopSettings {
         concurrency,

@@ -63,6 +63,35 @@ pub struct Limits {
     pub token_ttl: Duration,
 }
 
+/// Whether an earlier final outcome of the same event stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Any final outcome stands: a redelivery changes nothing.
+    Normal,
+    /// An operator asked to process the event again (replay, dead-letter retry): only `sent`
+    /// stands, so an event is never mailed twice, but a failed or skipped one is decided anew.
+    Again,
+}
+
+impl Mode {
+    fn keeps(self, outcome: Outcome) -> bool {
+        self == Self::Normal || outcome == Outcome::Sent
+    }
+}
+
+/// A processing record as an operator reads it.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct Record {
+    pub outcome: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub account_id: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub sent_at: Option<time::OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: time::OffsetDateTime,
+}
+
 /// The answer to "may this event be mailed now?".
 #[derive(Debug, PartialEq, Eq)]
 pub enum Claim {
@@ -103,14 +132,43 @@ impl Store {
         sqlx::migrate!("./migrations").run(&self.pool).await
     }
 
-    /// The outcome already recorded for an event, if it is final.
-    pub async fn final_outcome(&self, event_id: Uuid) -> Result<Option<Outcome>, sqlx::Error> {
+    /// The outcome already recorded for an event, if it is final and stands in `mode`.
+    pub async fn standing_outcome(
+        &self,
+        event_id: Uuid,
+        mode: Mode,
+    ) -> Result<Option<Outcome>, sqlx::Error> {
         let outcome: Option<String> =
             sqlx::query_scalar("SELECT outcome FROM reset_requests WHERE event_id = $1")
                 .bind(event_id)
                 .fetch_optional(&self.pool)
                 .await?;
-        Ok(outcome.as_deref().and_then(Outcome::parse))
+        Ok(outcome
+            .as_deref()
+            .and_then(Outcome::parse)
+            .filter(|o| mode.keeps(*o)))
+    }
+
+    /// The processing record of an event, if any.
+    pub async fn record(&self, event_id: Uuid) -> Result<Option<Record>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT outcome, attempts, last_error, account_id, sent_at, updated_at
+             FROM reset_requests WHERE event_id = $1",
+        )
+        .bind(event_id)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// Why a mail to `account_id` would be throttled now (not counting `event_id` itself).
+    pub async fn throttle_reason(
+        &self,
+        account_id: &str,
+        event_id: Uuid,
+        limits: Limits,
+    ) -> Result<Option<&'static str>, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        throttle_reason(&mut conn, account_id, event_id, limits).await
     }
 
     /// Finds the account an `id` names: by account id first, else by email, case-insensitively.
@@ -177,6 +235,7 @@ impl Store {
         account: &Account,
         token_hash: &[u8; 32],
         limits: Limits,
+        mode: Mode,
     ) -> Result<Claim, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7041))")
@@ -189,30 +248,16 @@ impl Store {
                 .bind(event.event_id)
                 .fetch_optional(&mut *tx)
                 .await?;
-        if let Some(done) = existing.as_deref().and_then(Outcome::parse) {
+        if let Some(done) = existing
+            .as_deref()
+            .and_then(Outcome::parse)
+            .filter(|o| mode.keeps(*o))
+        {
             tx.commit().await?;
             return Ok(Claim::AlreadyDone(done));
         }
 
-        let (recent, today): (i64, i64) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE claimed_at > now() - make_interval(secs => $3)),
-                    count(*)
-             FROM reset_requests
-             WHERE account_id = $1 AND event_id <> $2
-               AND outcome IN ('pending', 'sent')
-               AND claimed_at > now() - interval '24 hours'",
-        )
-        .bind(&account.id)
-        .bind(event.event_id)
-        .bind(limits.cooldown.as_secs_f64())
-        .fetch_one(&mut *tx)
-        .await?;
-        if recent > 0 || today >= i64::from(limits.daily_limit) {
-            let why = if recent > 0 {
-                "an email went to this account less than RESET_COOLDOWN ago"
-            } else {
-                "RESET_DAILY_LIMIT reached for this account"
-            };
+        if let Some(why) = throttle_reason(&mut tx, &account.id, event.event_id, limits).await? {
             upsert_request(&mut tx, event, attempt, &account.id, "throttled", Some(why)).await?;
             tx.commit().await?;
             return Ok(Claim::Throttled);
@@ -292,6 +337,34 @@ impl Store {
         }
         tx.commit().await
     }
+}
+
+async fn throttle_reason(
+    conn: &mut sqlx::PgConnection,
+    account_id: &str,
+    event_id: Uuid,
+    limits: Limits,
+) -> Result<Option<&'static str>, sqlx::Error> {
+    let (recent, today): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE claimed_at > now() - make_interval(secs => $3)),
+                count(*)
+         FROM reset_requests
+         WHERE account_id = $1 AND event_id <> $2
+           AND outcome IN ('pending', 'sent')
+           AND claimed_at > now() - interval '24 hours'",
+    )
+    .bind(account_id)
+    .bind(event_id)
+    .bind(limits.cooldown.as_secs_f64())
+    .fetch_one(conn)
+    .await?;
+    Ok(if recent > 0 {
+        Some("an email went to this account less than RESET_COOLDOWN ago")
+    } else if today >= i64::from(limits.daily_limit) {
+        Some("RESET_DAILY_LIMIT reached for this account")
+    } else {
+        None
+    })
 }
 
 async fn upsert_request(
