@@ -19,13 +19,29 @@ pub struct LogSettings {
     pub log_format: LogFormat,
 }
 
-/// Installs the global subscriber. A second call (several apps in one test process) is a no-op.
+/// Installs the global subscriber, logging to stdout. A second call (several apps in one test
+/// process) is a no-op.
 pub fn init(settings: &LogSettings) {
+    init_to(settings, false);
+}
+
+/// Like [`init`], but to stderr: for commands whose stdout is their output.
+pub fn init_to_stderr(settings: &LogSettings) {
+    init_to(settings, true);
+}
+
+fn init_to(settings: &LogSettings, stderr: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = fmt().with_env_filter(filter);
-    let _ = match settings.log_format {
-        LogFormat::Pretty => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let _ = match (settings.log_format, stderr) {
+        (LogFormat::Pretty, false) => builder.try_init(),
+        (LogFormat::Pretty, true) => builder.with_writer(std::io::stderr).try_init(),
+        (LogFormat::Json, false) => builder.json().flatten_event(true).try_init(),
+        (LogFormat::Json, true) => builder
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .try_init(),
     };
 }
 

@@ -73,15 +73,21 @@ impl Composer {
         url.into()
     }
 
-    /// The reset email for `account`, carrying `token`.
-    pub fn reset_email(
+    /// The reset email's subject and text part, as `worker replay --render` shows them.
+    pub fn render_reset(
         &self,
         templates: &Templates,
         event: &ResetRequested,
         account: &Account,
         token: &str,
-    ) -> Result<Message, ComposeError> {
-        let data = TemplateData {
+    ) -> Result<(String, String), ComposeError> {
+        let data = self.reset_data(event, account, token);
+        let rendered = templates.render("reset_password", account.locale.as_deref(), &data)?;
+        Ok((rendered.subject, rendered.text))
+    }
+
+    fn reset_data(&self, event: &ResetRequested, account: &Account, token: &str) -> TemplateData {
+        TemplateData {
             display_name: account
                 .display_name
                 .clone()
@@ -99,7 +105,18 @@ impl Composer {
                 .unwrap_or_default(),
             ip: event.client.ip.map(|ip| ip.to_string()),
             user_agent: event.client.user_agent.clone(),
-        };
+        }
+    }
+
+    /// The reset email for `account`, carrying `token`.
+    pub fn reset_email(
+        &self,
+        templates: &Templates,
+        event: &ResetRequested,
+        account: &Account,
+        token: &str,
+    ) -> Result<Message, ComposeError> {
+        let data = self.reset_data(event, account, token);
         let rendered = templates.render("reset_password", account.locale.as_deref(), &data)?;
         let to = Mailbox::new(
             data.display_name.clone(),

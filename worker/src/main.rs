@@ -1,10 +1,30 @@
 use clap::Parser;
+use worker::cli::{Cli, Command};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let settings = worker::Settings::parse();
-    shared::telemetry::init(&settings.log);
-    match worker::run(settings, shared::shutdown_signal()).await {
+    let cli = Cli::parse();
+    if cli.command.is_some() {
+        shared::telemetry::init_to_stderr(&cli.settings.log);
+    } else {
+        shared::telemetry::init(&cli.settings.log);
+    }
+    let result = match &cli.command {
+        None => worker::run(cli.settings, shared::shutdown_signal())
+            .await
+            .map_err(|e| e.to_string()),
+        Some(Command::Replay(args)) => {
+            worker::ops::replay(&cli.settings, args, &mut std::io::stdout())
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Some(Command::DeadLetters(command)) => {
+            worker::ops::dead_letters(&cli.settings, command, &mut std::io::stdout())
+                .await
+                .map_err(|e| e.to_string())
+        }
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("worker failed: {err}");

@@ -195,7 +195,7 @@ impl Templates {
         locale: Option<&str>,
         data: &TemplateData,
     ) -> Result<Rendered, TemplateError> {
-        let locale = self.pick_locale(kind, locale);
+        let locale = self.locale_for(kind, locale);
         let render = |registry: &Handlebars<'static>, part: &str| {
             let name = name(&locale, kind, part);
             registry
@@ -215,7 +215,8 @@ impl Templates {
         })
     }
 
-    fn pick_locale(&self, kind: &str, wanted: Option<&str>) -> String {
+    /// The locale whose templates an account with locale `wanted` gets for `kind`.
+    pub fn locale_for(&self, kind: &str, wanted: Option<&str>) -> String {
         let has = |locale: &str| self.plain.has_template(&name(locale, kind, "subject"));
         if let Some(wanted) = wanted {
             let wanted = wanted.trim().to_lowercase().replace('_', "-");
