@@ -57,6 +57,19 @@ impl TestDb {
         .expect("insert account");
     }
 
+    /// Adds accounts `{prefix}0` … `{prefix}{n-1}`, each with the email `{id}@example.com`.
+    pub async fn add_numbered_accounts(&self, prefix: &str, n: i32) {
+        sqlx::query(
+            "INSERT INTO accounts (id, email)
+             SELECT $1 || i, $1 || i || '@example.com' FROM generate_series(0, $2 - 1) AS i",
+        )
+        .bind(prefix)
+        .bind(n)
+        .execute(&self.pool)
+        .await
+        .expect("insert accounts");
+    }
+
     /// Outcome counts of the processing records, e.g. `[("sent", 3), ("throttled", 2)]`.
     pub async fn outcomes(&self) -> Vec<(String, i64)> {
         sqlx::query_as(

@@ -18,6 +18,7 @@ pub const RESET_URL: &str = "https://app.example.com/reset?lang=en";
 pub fn worker_args(iso: &Isolation, db_url: &str, smtp_url: &str) -> Vec<String> {
     let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates");
     [
+        "--addr=127.0.0.1:0".into(),
         format!("--nats-url={NATS_URL}"),
         format!("--stream={}", iso.stream),
         format!("--subject-prefix={}", iso.prefix),
@@ -84,10 +85,15 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     pub fn spawn(args: &[String]) -> Self {
-        let child = Command::new(worker_binary())
+        Self::spawn_logging(args, Stdio::null(), "warn")
+    }
+
+    /// Like [`WorkerProcess::spawn`], with its log lines (at `level`) going to `stdout`.
+    pub fn spawn_logging(args: &[String], stdout: impl Into<Stdio>, level: &str) -> Self {
+        let child = Command::new(binary("worker"))
             .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .env("RUST_LOG", level)
+            .stdout(stdout)
             .stderr(Stdio::inherit())
             .spawn()
             .expect("the worker binary starts");
@@ -116,21 +122,22 @@ impl Drop for WorkerProcess {
     }
 }
 
-/// The worker binary beside the test binaries, built first if it is not there.
-pub fn worker_binary() -> PathBuf {
+/// A workspace binary (`api`, `worker`) beside the test binaries, built first if it is not
+/// there. `cargo test --workspace` builds both, for their own packages' tests.
+pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let target_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("target dir")
         .to_owned();
-    let binary = target_dir.join("worker");
+    let binary = target_dir.join(name);
     if !binary.exists() {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "worker", "--bin", "worker"])
+            .args(["build", "--quiet", "-p", name, "--bin", name])
             .status()
             .expect("cargo runs");
-        assert!(status.success(), "building the worker binary failed");
+        assert!(status.success(), "building the {name} binary failed");
     }
     binary
 }

@@ -1,0 +1,457 @@
+//! Operating the service: replay, dead-letter tools, metrics, logs, several workers.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use e2e::db::TestDb;
+use e2e::sink::SmtpSink;
+use e2e::system::{System, WorkerProcess, binary, worker_args, worker_settings};
+use e2e::{Isolation, KEY, TestApi, free_port, get};
+use worker::cli::{DeadLetterCommand, ReplayArgs};
+
+fn replay_args() -> ReplayArgs {
+    ReplayArgs {
+        since: None,
+        from_seq: None,
+        until: None,
+        id: None,
+        limit: None,
+        render: false,
+        json: true,
+        execute: false,
+    }
+}
+
+async fn replay(settings: &worker::Settings, args: ReplayArgs) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    worker::ops::replay(settings, &args, &mut out)
+        .await
+        .expect("replay");
+    String::from_utf8(out)
+        .expect("utf8")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect()
+}
+
+async fn dead_letters(settings: &worker::Settings, command: DeadLetterCommand) -> String {
+    let mut out = Vec::new();
+    worker::ops::dead_letters(settings, &command, &mut out)
+        .await
+        .expect("dead-letters");
+    String::from_utf8(out).expect("utf8")
+}
+
+fn ops_settings(system: &System) -> worker::Settings {
+    worker_settings(&system.api.iso, &system.db.url, &system.sink.url())
+}
+
+/// "Why did this person get no email?" answered from the stream and the records, changing
+/// nothing.
+#[tokio::test]
+async fn a_dry_replay_shows_each_event_then_and_now_and_changes_nothing() {
+    let system = System::start().await;
+    system
+        .db
+        .add_account("ada", "ada@example.com", None, Some("de"))
+        .await;
+    for id in ["ada", "nobody@example.com", "ada"] {
+        assert_eq!(system.api.forgot_id(id).await.status, 200);
+    }
+    system.db.wait_for_outcomes(3).await;
+    let settings = ops_settings(&system);
+
+    let lines = replay(&settings, replay_args()).await;
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[1]["record"]["outcome"], "no_account");
+    assert_eq!(lines[1]["decision"]["action"], "no_account");
+    assert_eq!(lines[1]["id"], "n***@e***.com");
+    // The two requests for ada were handled concurrently: either may be the one sent.
+    let mut ada: Vec<(String, String)> = [&lines[0], &lines[2]]
+        .iter()
+        .map(|l| {
+            (
+                l["record"]["outcome"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                l["decision"]["action"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    ada.sort();
+    assert_eq!(
+        ada,
+        [
+            ("sent".to_owned(), "already_sent".to_owned()),
+            ("throttled".to_owned(), "throttled".to_owned())
+        ]
+    );
+    assert_eq!(lines[2]["decision"]["locale"], "de");
+    assert!(lines.iter().all(|l| l["request_id"].is_string()));
+
+    let only_ada = replay(
+        &settings,
+        ReplayArgs {
+            id: Some("ADA".into()),
+            ..replay_args()
+        },
+    )
+    .await;
+    assert_eq!(only_ada.len(), 2);
+    let first = replay(
+        &settings,
+        ReplayArgs {
+            limit: Some(1),
+            ..replay_args()
+        },
+    )
+    .await;
+    assert_eq!(first.len(), 1);
+    let last_seq = lines[2]["seq"].as_u64().expect("seq");
+    let from = replay(
+        &settings,
+        ReplayArgs {
+            from_seq: Some(last_seq),
+            ..replay_args()
+        },
+    )
+    .await;
+    assert_eq!(from.len(), 1);
+    let rendered = replay(
+        &settings,
+        ReplayArgs {
+            render: true,
+            limit: Some(1),
+            ..replay_args()
+        },
+    )
+    .await;
+    let text = rendered[0]["rendered"]["text"].as_str().expect("text");
+    assert!(text.contains("token=TOKEN-PLACEHOLDER"), "{text}");
+    assert_eq!(
+        rendered[0]["rendered"]["subject"],
+        "Ihr Passwort für Example zurücksetzen"
+    );
+
+    // Nothing was sent or recorded by looking.
+    assert_eq!(system.sink.messages().len(), 1);
+    assert_eq!(
+        system.db.outcomes().await,
+        [
+            ("no_account".to_owned(), 1),
+            ("sent".to_owned(), 1),
+            ("throttled".to_owned(), 1)
+        ]
+    );
+    let mut text_out = Vec::new();
+    worker::ops::replay(
+        &settings,
+        &ReplayArgs {
+            json: false,
+            ..replay_args()
+        },
+        &mut text_out,
+    )
+    .await
+    .expect("text replay");
+    let text_out = String::from_utf8(text_out).expect("utf8");
+    assert!(
+        text_out.contains("then: sent after 1 attempt(s)"),
+        "{text_out}"
+    );
+    assert!(
+        !text_out.contains("ada@example.com"),
+        "addresses are masked: {text_out}"
+    );
+    system.stop().await;
+}
+
+/// After an outage the worker gave up on (here: SMTP answering 451 past the last retry),
+/// `replay --execute` sends what failed, once.
+#[tokio::test]
+async fn replay_execute_recovers_events_that_failed_during_an_outage() {
+    let system = System::start_with(|s| {
+        s.consume.backoff = worker::config::Backoff(vec![Duration::from_millis(100)]);
+    })
+    .await;
+    system
+        .db
+        .add_account("temp", "tempfail2@example.com", None, None)
+        .await;
+    system
+        .db
+        .add_account("ada", "ada@example.com", None, None)
+        .await;
+    assert_eq!(system.api.forgot_id("temp").await.status, 200);
+    assert_eq!(system.api.forgot_id("ada").await.status, 200);
+    assert_eq!(
+        system.db.wait_for_outcomes(2).await,
+        [("failed".to_owned(), 1), ("sent".to_owned(), 1)]
+    );
+
+    let settings = ops_settings(&system);
+    let lines = replay(
+        &settings,
+        ReplayArgs {
+            execute: true,
+            ..replay_args()
+        },
+    )
+    .await;
+    let executed: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l["executed"].as_str())
+        .collect();
+    assert_eq!(executed, ["sent", "already_done"]);
+    let mails = system.sink.messages();
+    let mut to: Vec<&str> = mails.iter().map(|m| m.to.as_str()).collect();
+    to.sort();
+    assert_eq!(to, ["ada@example.com", "tempfail2@example.com"]);
+    assert_eq!(system.db.outcomes().await, [("sent".to_owned(), 2)]);
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_shown_and_retried_into_a_mail() {
+    let system = System::start_with(|s| {
+        s.consume.backoff = worker::config::Backoff(vec![Duration::from_millis(100)]);
+    })
+    .await;
+    system
+        .db
+        .add_account("temp", "tempfail2@example.com", None, None)
+        .await;
+    assert_eq!(system.api.forgot_id("temp").await.status, 200);
+    assert_eq!(
+        system.db.wait_for_outcomes(1).await,
+        [("failed".to_owned(), 1)]
+    );
+    let settings = ops_settings(&system);
+
+    let mut listed = String::new();
+    for _ in 0..50 {
+        listed = dead_letters(&settings, DeadLetterCommand::List { json: true }).await;
+        if !listed.trim().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let letter: serde_json::Value = serde_json::from_str(listed.trim()).expect("one dead letter");
+    assert_eq!(letter["reason"], "retries_exhausted");
+    assert_eq!(letter["attempts"], 2);
+    assert!(
+        letter["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("451"))
+    );
+    let seq = letter["seq"].as_u64().expect("seq");
+
+    let shown = dead_letters(&settings, DeadLetterCommand::Show { seq }).await;
+    assert!(shown.contains("Dead-Reason: retries_exhausted"), "{shown}");
+    assert!(shown.contains("\"id\": \"temp\""), "{shown}");
+
+    let retried = dead_letters(
+        &settings,
+        DeadLetterCommand::Retry {
+            seq: None,
+            all: true,
+        },
+    )
+    .await;
+    assert!(
+        retried.contains("1 dead letter(s) republished"),
+        "{retried}"
+    );
+    let mails = system.sink.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(mails.len(), 1);
+    assert_eq!(
+        system.db.wait_for_outcomes(1).await,
+        [("sent".to_owned(), 1)]
+    );
+    assert_eq!(
+        dead_letters(&settings, DeadLetterCommand::List { json: false })
+            .await
+            .trim(),
+        "no dead letters"
+    );
+    system.stop().await;
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn the_api_counts_requests_and_publish_latency() {
+    let api = TestApi::spawn().await;
+    assert_eq!(api.forgot_id("ada").await.status, 200);
+    assert_eq!(get(api.addr, "/nope").await.status, 404);
+    let metrics = get(api.addr, "/metrics").await;
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("text/plain"))
+    );
+    let body = &metrics.body;
+    assert_eq!(
+        metric(
+            body,
+            r#"api_requests_total{route="/auth/forgot-password",status="200"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(body, r#"api_requests_total{route="other",status="404"}"#),
+        1.0
+    );
+    assert_eq!(
+        metric(body, r#"api_publish_duration_seconds_count{result="ok"}"#),
+        1.0
+    );
+    api.stop().await;
+}
+
+/// Three worker processes on one consumer: 1,000 requests, every mail exactly once, and each
+/// worker did part of the work (as its own metrics say).
+#[tokio::test]
+async fn three_workers_share_1000_requests_and_each_mail_goes_out_once() {
+    const REQUESTS: usize = 1000;
+    let iso = Isolation::new();
+    let db = TestDb::migrated().await;
+    db.add_numbered_accounts("user-", REQUESTS as i32).await;
+    let sink = SmtpSink::start();
+    let api = TestApi::spawn_in(iso.clone(), |_| {}).await;
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let workers: Vec<WorkerProcess> = ports
+        .iter()
+        .map(|port| {
+            let mut args: Vec<String> = worker_args(&iso, &db.url, &sink.url())
+                .into_iter()
+                .filter(|a| !a.starts_with("--addr="))
+                .collect();
+            args.push(format!("--addr=127.0.0.1:{port}"));
+            WorkerProcess::spawn(&args)
+        })
+        .collect();
+
+    for chunk in (0..REQUESTS).collect::<Vec<_>>().chunks(100) {
+        let requests = chunk.iter().map(|n| api.forgot_id(format!("user-{n}")));
+        for response in futures::future::join_all(requests).await {
+            assert_eq!(response.status, 200);
+        }
+    }
+    let mails = sink.wait_for(REQUESTS, Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mails_after = sink.messages();
+    assert_eq!(mails.len(), REQUESTS);
+    assert_eq!(mails_after.len(), REQUESTS, "no extra mail");
+    let mut to: Vec<String> = mails_after.into_iter().map(|m| m.to).collect();
+    to.sort();
+    to.dedup();
+    assert_eq!(to.len(), REQUESTS, "every account exactly once");
+
+    let mut total = 0.0;
+    for port in &ports {
+        let addr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let body = get(addr, "/metrics").await.body;
+        let sent = metric(&body, r#"worker_events_total{outcome="sent"}"#);
+        assert!(sent > 0.0, "worker on {port} sent nothing");
+        total += sent;
+        assert_eq!(get(addr, "/readyz").await.status, 200);
+    }
+    assert_eq!(total as usize, REQUESTS);
+    drop(workers);
+    api.stop().await;
+    db.drop_db().await;
+}
+
+/// One request followed through the JSON logs of a real api and a real worker process: the
+/// request id is in both, and no key, token or full address is in either.
+#[tokio::test]
+async fn one_request_can_be_followed_through_the_logs_which_hold_no_secret() {
+    let iso = Isolation::new();
+    let db = TestDb::migrated().await;
+    db.add_account("ada", "ada.lovelace@example.com", None, None)
+        .await;
+    let sink = SmtpSink::start();
+    let logs = std::env::temp_dir().join(format!("logs-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&logs).expect("mkdir");
+    let worker_log = std::fs::File::create(logs.join("worker.log")).expect("log file");
+    let api_log = std::fs::File::create(logs.join("api.log")).expect("log file");
+
+    let mut worker_args = worker_args(&iso, &db.url, &sink.url());
+    worker_args.push("--log-format=json".into());
+    let worker = WorkerProcess::spawn_logging(&worker_args, worker_log, "info");
+    let port = free_port();
+    let mut api = std::process::Command::new(binary("api"))
+        .env("API_ADDR", format!("127.0.0.1:{port}"))
+        .env("API_KEYS", format!("tests:{KEY}"))
+        .env("RESET_STREAM", &iso.stream)
+        .env("RESET_SUBJECT_PREFIX", &iso.prefix)
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::from(api_log))
+        .spawn()
+        .expect("api starts");
+    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut ready = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok()
+            && get(addr, "/readyz").await.status == 200
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "api process never became ready");
+    let request = e2e::request(
+        "POST",
+        "/auth/forgot-password",
+        &[
+            ("Authorization", format!("Bearer {KEY}")),
+            ("Content-Type", "application/json".into()),
+            ("X-Request-Id", "follow-me-123".into()),
+        ],
+        r#"{"id":"ada.lovelace@example.com"}"#,
+    );
+    assert_eq!(e2e::send_raw(addr, &request).await.status, 200);
+    let mails = sink.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(mails.len(), 1);
+    let token = mails[0].token();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &api.id().to_string()])
+        .status();
+    let _ = api.wait();
+    drop(worker);
+
+    let api_text = std::fs::read_to_string(logs.join("api.log")).expect("api log");
+    let worker_text = std::fs::read_to_string(logs.join("worker.log")).expect("worker log");
+    assert!(api_text.contains("follow-me-123"), "{api_text}");
+    assert!(worker_text.contains("follow-me-123"), "{worker_text}");
+    for (name, text) in [("api", &api_text), ("worker", &worker_text)] {
+        for line in text.lines() {
+            serde_json::from_str::<serde_json::Value>(line)
+                .unwrap_or_else(|_| panic!("{name} log line is not JSON: {line}"));
+        }
+        assert!(!text.contains(KEY), "{name} log holds the API key");
+        assert!(!text.contains(&token), "{name} log holds the token");
+        assert!(
+            !text.contains("ada.lovelace@example.com"),
+            "{name} log holds the address"
+        );
+    }
+    let _ = std::fs::remove_dir_all(logs);
+    db.drop_db().await;
+}
