@@ -23,6 +23,7 @@ fn help_lists_every_variable() {
         "RESET_STREAM",
         "RESET_SUBJECT_PREFIX",
         "RESET_RETENTION",
+        "RESET_REPLICAS",
         "LOG_FORMAT",
     ] {
         assert!(help.contains(variable), "{variable} missing from --help");

@@ -7,7 +7,8 @@ use async_nats::{ConnectOptions, Event};
 /// Where NATS is.
 #[derive(Debug, Clone, clap::Args)]
 pub struct NatsSettings {
-    /// NATS server URL (credentials may be given in it: `nats://user:pass@host:4222`).
+    /// NATS server URL, or several separated by commas for a cluster (credentials may be given
+    /// in it: `nats://user:pass@host:4222`).
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
 }
@@ -29,6 +30,30 @@ pub async fn connect(
                 other => tracing::info!(event = %other, "NATS event"),
             }
         })
-        .connect(settings.nats_url.as_str())
+        .connect(urls(&settings.nats_url).as_slice())
         .await
+}
+
+/// The seed servers of a comma-separated `NATS_URL`. (The client also learns the rest of a
+/// cluster from the servers themselves.)
+fn urls(raw: &str) -> Vec<&str> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn several_urls_are_split_on_commas() {
+        assert_eq!(
+            super::urls("nats://n1:4222, nats://n2:4222,nats://n3:4222"),
+            ["nats://n1:4222", "nats://n2:4222", "nats://n3:4222"]
+        );
+        assert_eq!(
+            super::urls("nats://127.0.0.1:4222"),
+            ["nats://127.0.0.1:4222"]
+        );
+    }
 }

@@ -26,6 +26,11 @@ pub struct StreamSettings {
     /// How long events stay in the stream, replayable (e.g. `7d`, `36h`).
     #[arg(long, env = "RESET_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
     pub retention: Duration,
+
+    /// Copies of the stream kept by a NATS cluster: 1 on a single server, 3 on a
+    /// three-node cluster (a PubAck then means a majority stored the event).
+    #[arg(long, env = "RESET_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub replicas: u8,
 }
 
 impl StreamSettings {
@@ -46,6 +51,7 @@ impl StreamSettings {
             storage: StorageType::File,
             max_age: self.retention,
             duplicate_window: DUPLICATE_WINDOW,
+            num_replicas: usize::from(self.replicas),
             ..Default::default()
         }
     }
