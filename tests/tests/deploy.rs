@@ -1,0 +1,223 @@
+//! docker-compose files and NATS configs, checked statically (no Docker engine runs here):
+//! they parse, every service can be built or pulled, the environment names only settings the
+//! binaries have, URLs point at services that exist on the ports they listen on, and the
+//! worker can be scaled.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use e2e::latest_nats_server;
+use e2e::system::binary;
+use serde_yaml::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn load(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).expect("compose file");
+    let mut value: Value = serde_yaml::from_str(&text).expect("compose file is YAML");
+    value.apply_merge().expect("merge keys resolve");
+    value
+}
+
+/// The settings a binary takes, from its own --help.
+fn variables(binary_name: &str) -> BTreeSet<String> {
+    let output = Command::new(binary(binary_name))
+        .arg("--help")
+        .output()
+        .expect("binary runs");
+    String::from_utf8_lossy(&output.stdout)
+        .split("[env: ")
+        .skip(1)
+        .filter_map(|rest| rest.split(['=', ']']).next())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn str_of(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        other => panic!("expected a scalar, got {other:?}"),
+    }
+}
+
+fn check(compose_path: &Path, nats_services: &[&str]) {
+    let compose = load(compose_path);
+    let dir = compose_path.parent().expect("dir");
+    let services = compose["services"].as_mapping().expect("services");
+    let names: BTreeSet<String> = services.keys().map(str_of).collect();
+    for required in ["postgres", "mailpit", "api", "worker"] {
+        assert!(
+            names.contains(required),
+            "{}: no {required} service",
+            compose_path.display()
+        );
+    }
+    let declared_volumes: BTreeSet<String> = compose["volumes"]
+        .as_mapping()
+        .map(|m| m.keys().map(str_of).collect())
+        .unwrap_or_default();
+
+    for (name, service) in services {
+        let name = str_of(name);
+        let build = service.get("build");
+        assert!(
+            service.get("image").is_some() || build.is_some(),
+            "{name} has neither image nor build"
+        );
+        if let Some(context) = build.and_then(Value::as_str) {
+            assert!(
+                dir.join(context).join("Dockerfile").exists(),
+                "{name}: no Dockerfile in {context}"
+            );
+        }
+        for volume in service["volumes"].as_sequence().into_iter().flatten() {
+            let volume = str_of(volume);
+            let source = volume.split(':').next().unwrap_or_default();
+            if source.starts_with('.') || source.starts_with('/') {
+                assert!(dir.join(source).exists(), "{name}: {source} does not exist");
+            } else {
+                assert!(
+                    declared_volumes.contains(source),
+                    "{name}: volume {source} not declared"
+                );
+            }
+        }
+        for dependency in service["depends_on"]
+            .as_mapping()
+            .into_iter()
+            .flat_map(|m| m.keys())
+        {
+            assert!(
+                names.contains(&str_of(dependency)),
+                "{name} depends on a missing service"
+            );
+        }
+    }
+
+    let env = |service: &str| -> Vec<(String, String)> {
+        services[service]["environment"]
+            .as_mapping()
+            .expect("environment as a map")
+            .iter()
+            .map(|(k, v)| (str_of(k), str_of(v)))
+            .collect()
+    };
+    for (service, known) in [("api", variables("api")), ("worker", variables("worker"))] {
+        for (key, _) in env(service) {
+            assert!(
+                known.contains(&key),
+                "{service}: {key} is not a setting of the {service} binary"
+            );
+        }
+    }
+
+    // URLs point at services of this file, on the ports those services listen on.
+    let host_port = |url: &str| -> (String, Option<u16>) {
+        let parsed = url::Url::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        (
+            parsed.host_str().unwrap_or_default().to_owned(),
+            parsed.port(),
+        )
+    };
+    for (service, vars) in [("api", env("api")), ("worker", env("worker"))] {
+        for (key, value) in vars {
+            match key.as_str() {
+                "NATS_URL" => {
+                    for url in value.split(',') {
+                        let (host, port) = host_port(url.trim());
+                        assert!(
+                            nats_services.contains(&host.as_str()),
+                            "{service}: NATS_URL host {host}"
+                        );
+                        assert_eq!(port, Some(4222));
+                    }
+                }
+                "DATABASE_URL" => assert_eq!(host_port(&value), ("postgres".into(), Some(5432))),
+                "SMTP_URL" => assert_eq!(host_port(&value), ("mailpit".into(), Some(1025))),
+                "API_ADDR" => {
+                    let port = value.rsplit(':').next().unwrap_or_default();
+                    let published = services["api"]["ports"]
+                        .as_sequence()
+                        .expect("api ports")
+                        .iter()
+                        .any(|p| str_of(p).ends_with(&format!(":{port}")));
+                    assert!(published, "API_ADDR port {port} is not published");
+                }
+                _ => {}
+            }
+        }
+    }
+    let worker = &services["worker"];
+    assert!(
+        worker.get("container_name").is_none(),
+        "a container_name prevents --scale worker=3"
+    );
+    assert!(
+        worker.get("ports").is_none(),
+        "host ports prevent --scale worker=3"
+    );
+    assert_eq!(worker["command"][0], "worker");
+    assert_eq!(services["api"]["command"][0], "api");
+}
+
+#[test]
+fn docker_compose_is_consistent() {
+    check(&root().join("docker-compose.yml"), &["nats"]);
+}
+
+#[test]
+fn the_cluster_example_is_consistent_and_keeps_three_replicas() {
+    let path = root().join("deploy/cluster/docker-compose.yml");
+    check(&path, &["n1", "n2", "n3"]);
+    let compose = load(&path);
+    for service in ["api", "worker"] {
+        assert_eq!(
+            compose["services"][service]["environment"]["RESET_REPLICAS"],
+            "3"
+        );
+    }
+}
+
+#[test]
+fn the_nats_configs_are_valid_and_sync_every_write() {
+    let configs = [
+        root().join("deploy/nats.conf"),
+        root().join("deploy/cluster/nats-1.conf"),
+        root().join("deploy/cluster/nats-2.conf"),
+        root().join("deploy/cluster/nats-3.conf"),
+    ];
+    for config in configs {
+        // The images run 2.10+, which knows sync_interval (2.9 does not).
+        let output = Command::new(latest_nats_server())
+            .arg("-c")
+            .arg(&config)
+            .arg("-t")
+            .output()
+            .expect("nats-server runs");
+        assert!(
+            output.status.success(),
+            "{}: {}",
+            config.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let text = std::fs::read_to_string(&config).expect("config");
+        assert!(
+            text.contains("sync_interval: always"),
+            "{}",
+            config.display()
+        );
+    }
+}
+
+#[test]
+fn the_dockerfile_builds_both_binaries_and_ships_the_templates() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).expect("Dockerfile");
+    assert!(dockerfile.contains("--bin api --bin worker"));
+    assert!(dockerfile.contains("COPY templates /app/templates"));
+    assert!(dockerfile.contains("TEMPLATES_DIR=/app/templates"));
+    assert!(dockerfile.contains("USER reset"), "runs unprivileged");
+}
