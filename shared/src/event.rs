@@ -41,6 +41,8 @@ pub const HEADER_EVENT_VERSION: &str = "Event-Version";
 pub const HEADER_REQUEST_ID: &str = "Request-Id";
 /// Value of [`HEADER_EVENT_TYPE`] for [`ResetRequested`].
 pub const RESET_REQUESTED: &str = "ResetRequested";
+/// Value of [`HEADER_EVENT_TYPE`] for [`PasswordChanged`].
+pub const PASSWORD_CHANGED: &str = "PasswordChanged";
 
 /// A client asked for a password-reset email for the account `id` names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,16 +95,67 @@ impl ResetRequested {
     /// Reads an event, checking its version before anything else so that a future version is
     /// reported as such rather than as a malformed payload.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        #[derive(Deserialize)]
-        struct Probe {
-            version: u64,
-        }
-        let probe: Probe = serde_json::from_slice(bytes)?;
-        if probe.version != u64::from(EVENT_VERSION) {
-            return Err(DecodeError::UnsupportedVersion(probe.version));
-        }
-        Ok(serde_json::from_slice(bytes)?)
+        decode_versioned(bytes)
     }
+}
+
+/// An account's password was changed through a completed reset. Published by the api to
+/// `{prefix}.changed`; the worker mails the owner "your password was changed".
+///
+/// ```json
+/// {
+///   "version": 1,
+///   "event_id": "0193a5c2-9a10-7c55-8e3b-5f0d2b4c8a11",
+///   "account_id": "u-42",
+///   "changed_at": "2026-11-27T20:05:00.5Z",
+///   "request_id": "0193a5c2-9a10-7c55-8e3b-5f0d2b4c8a10",
+///   "client": { "ip": "203.0.113.7", "user_agent": "Mozilla/5.0", "api_key_label": "web" }
+/// }
+/// ```
+///
+/// It names the account by id and carries no password, hash or token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasswordChanged {
+    pub version: u32,
+    pub event_id: Uuid,
+    pub account_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub changed_at: OffsetDateTime,
+    pub request_id: String,
+    pub client: ClientContext,
+}
+
+impl PasswordChanged {
+    pub fn new(account_id: String, request_id: String, client: ClientContext) -> Self {
+        Self {
+            version: EVENT_VERSION,
+            event_id: Uuid::now_v7(),
+            account_id,
+            changed_at: OffsetDateTime::now_utc(),
+            request_id,
+            client,
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        decode_versioned(bytes)
+    }
+}
+
+fn decode_versioned<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    #[derive(Deserialize)]
+    struct Probe {
+        version: u64,
+    }
+    let probe: Probe = serde_json::from_slice(bytes)?;
+    if probe.version != u64::from(EVENT_VERSION) {
+        return Err(DecodeError::UnsupportedVersion(probe.version));
+    }
+    Ok(serde_json::from_slice(bytes)?)
 }
 
 #[cfg(test)]
@@ -139,6 +192,34 @@ mod tests {
                 "request_id": "req-1",
                 "client": {"ip": "203.0.113.7", "user_agent": "curl/8.5.0", "api_key_label": "web"}
             })
+        );
+    }
+
+    #[test]
+    fn password_changed_field_names_are_pinned_and_round_trip() {
+        let event = PasswordChanged {
+            version: 1,
+            event_id: Uuid::parse_str("0193a5c2-9a10-7c55-8e3b-5f0d2b4c8a11").expect("uuid"),
+            account_id: "u-42".into(),
+            changed_at: time::macros::datetime!(2026-11-27 20:05:00.5 UTC),
+            request_id: "req-2".into(),
+            client: sample().client,
+        };
+        let value: serde_json::Value = serde_json::from_slice(&event.to_json()).expect("json");
+        assert_eq!(
+            value,
+            json!({
+                "version": 1,
+                "event_id": "0193a5c2-9a10-7c55-8e3b-5f0d2b4c8a11",
+                "account_id": "u-42",
+                "changed_at": "2026-11-27T20:05:00.5Z",
+                "request_id": "req-2",
+                "client": {"ip": "203.0.113.7", "user_agent": "curl/8.5.0", "api_key_label": "web"}
+            })
+        );
+        assert_eq!(
+            PasswordChanged::decode(&event.to_json()).expect("decode"),
+            event
         );
     }
 

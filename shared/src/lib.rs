@@ -8,9 +8,11 @@
 //! - [`account`]: [`AccountRef`](account::AccountRef), the validated `id` a request names;
 //! - [`stream`]: subject names and the JetStream stream both sides create or update;
 //! - [`nats`]: connecting to NATS with the same options everywhere;
+//! - [`db`]: the PostgreSQL schema (migrations) both binaries use;
 //! - [`telemetry`]: `tracing` set-up (`LOG_FORMAT`) and masking of personal data in logs.
 
 pub mod account;
+pub mod db;
 pub mod event;
 pub mod metrics;
 pub mod nats;

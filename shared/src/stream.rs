@@ -75,6 +75,11 @@ impl Subjects {
         format!("{}.requested", self.prefix)
     }
 
+    /// `{prefix}.changed`: one `PasswordChanged` per completed reset.
+    pub fn changed(&self) -> String {
+        format!("{}.changed", self.prefix)
+    }
+
     /// `{prefix}.dead`: events the worker gave up on.
     pub fn dead(&self) -> String {
         format!("{}.dead", self.prefix)
