@@ -98,16 +98,10 @@ fn parse_backoff(raw: &str) -> Result<Backoff, String> {
 /// Where the processing records and tokens live.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DatabaseSettings {
-    /// PostgreSQL URL. Migrations are applied at start-up.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
-        hide_env_values = true
-    )]
-    pub database_url: String,
+    #[command(flatten)]
+    pub url: shared::db::DatabaseUrl,
 
-    /// Largest number of database connections (default: concurrency + 2).
+    /// Largest number of database connections (default: concurrency + 4).
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS")]
     pub database_max_connections: Option<u32>,
 }

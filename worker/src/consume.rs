@@ -12,21 +12,23 @@ use async_nats::jetstream::{
     stream::ConsumerErrorKind,
 };
 use futures::{FutureExt, StreamExt};
-use shared::event::{DecodeError, HEADER_REQUEST_ID, ResetRequested};
+use shared::event::{DecodeError, HEADER_REQUEST_ID, PasswordChanged, ResetRequested};
 use shared::telemetry::mask_addresses;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{Instrument, field::Empty};
 
 use crate::config::Backoff;
-use crate::handle::{Deps, Handled, handle};
-use crate::store::Mode;
+use crate::handle::{Deps, Handled, handle, handle_changed};
+use crate::store::{EventMeta, Mode};
 
 /// Headers on a dead letter, beside the original event's own.
 pub const HEADER_DEAD_REASON: &str = "Dead-Reason";
 pub const HEADER_DEAD_ATTEMPTS: &str = "Dead-Attempts";
 pub const HEADER_DEAD_ERROR: &str = "Dead-Error";
 pub const HEADER_DEAD_STREAM_SEQ: &str = "Dead-Stream-Seq";
+/// The subject the event was on, so a retry republishes it there.
+pub const HEADER_DEAD_SUBJECT: &str = "Dead-Subject";
 /// On an event republished by `worker dead-letters retry`: the dead letter it came from. Such
 /// an event is processed even if it failed before, and even if it is older than TOKEN_TTL.
 pub const HEADER_RETRY_OF: &str = "Retry-Of";
@@ -40,6 +42,30 @@ pub struct LoopSettings {
     pub shutdown_timeout: Duration,
     pub token_ttl: Duration,
     pub dead_subject: String,
+    /// Messages on this subject are `PasswordChanged`; all others `ResetRequested`.
+    pub changed_subject: String,
+}
+
+/// The events the worker consumes.
+enum Incoming {
+    Reset(ResetRequested),
+    Changed(PasswordChanged),
+}
+
+impl Incoming {
+    fn meta(&self) -> EventMeta {
+        match self {
+            Self::Reset(event) => event.into(),
+            Self::Changed(event) => event.into(),
+        }
+    }
+
+    fn masked_account(&self) -> String {
+        match self {
+            Self::Reset(event) => shared::telemetry::mask_id(&event.id),
+            Self::Changed(event) => shared::telemetry::mask_id(&event.account_id),
+        }
+    }
 }
 
 /// Why the consumer could not be set up.
@@ -225,7 +251,13 @@ async fn process(
         account = Empty,
     );
     async {
-        let event = match ResetRequested::decode(&message.payload) {
+        let changed = message.subject.as_str() == settings.changed_subject;
+        let decoded = if changed {
+            PasswordChanged::decode(&message.payload).map(Incoming::Changed)
+        } else {
+            ResetRequested::decode(&message.payload).map(Incoming::Reset)
+        };
+        let event = match decoded {
             Ok(event) => event,
             Err(err) => {
                 let reason = match err {
@@ -237,10 +269,11 @@ async fn process(
                 return;
             }
         };
+        let meta = event.meta();
         let span = tracing::Span::current();
-        span.record("event_id", tracing::field::display(event.event_id));
-        span.record("request_id", event.request_id.as_str());
-        span.record("account", shared::telemetry::mask_id(&event.id));
+        span.record("event_id", tracing::field::display(meta.event_id));
+        span.record("request_id", meta.request_id.as_str());
+        span.record("account", event.masked_account());
 
         let retried = message
             .headers
@@ -249,19 +282,26 @@ async fn process(
         let mode = if retried { Mode::Again } else { Mode::Normal };
         // An operator's retry counts its time from now, not from the original request.
         let ttl = time::Duration::try_from(settings.token_ttl).unwrap_or(time::Duration::MAX);
-        let deadline = if retried {
-            time::OffsetDateTime::now_utc() + ttl
-        } else {
-            event.requested_at + ttl
+        // A notification carries no link: it does not expire.
+        let deadline = match &event {
+            Incoming::Changed(_) => time::OffsetDateTime::now_utc() + time::Duration::days(365),
+            Incoming::Reset(_) if retried => time::OffsetDateTime::now_utc() + ttl,
+            Incoming::Reset(event) => event.requested_at + ttl,
         };
         if time::OffsetDateTime::now_utc() > deadline {
             let why = "the request is older than TOKEN_TTL; a link sent now would outlive it";
-            give_up(js, deps, settings, &message, &event, "expired", attempt, why).await;
+            give_up(js, deps, settings, &message, &meta, "expired", attempt, why).await;
             return;
         }
 
         let progress_every = (settings.ack_wait / 3).max(Duration::from_millis(100));
-        match with_progress(&message, progress_every, handle(&event, attempt, mode, deps)).await {
+        let work = async {
+            match &event {
+                Incoming::Reset(event) => handle(event, attempt, mode, deps).await,
+                Incoming::Changed(event) => handle_changed(event, attempt, mode, deps).await,
+            }
+        };
+        match with_progress(&message, progress_every, work).await {
             Ok(handled) => {
                 if let Err(err) = message.double_ack().await {
                     // The work is recorded; a redelivery finds it done and sends nothing.
@@ -275,7 +315,7 @@ async fn process(
                 }
             }
             Err(err) if err.is_permanent() => {
-                give_up(js, deps, settings, &message, &event, "permanent", attempt, &err.to_string()).await;
+                give_up(js, deps, settings, &message, &meta, "permanent", attempt, &err.to_string()).await;
             }
             Err(err) => {
                 let retry = settings
@@ -289,7 +329,7 @@ async fn process(
                             retry_in = ?delay,
                             "attempt failed; will retry"
                         );
-                        if let Err(db) = deps.store.record_failure(&event, attempt, &err.to_string(), false).await {
+                        if let Err(db) = deps.store.record_failure(&meta, attempt, &err.to_string(), false).await {
                             tracing::warn!(error = %db, "recording the failed attempt");
                         }
                         deps.status.metrics.events.inc(&["retried"]);
@@ -303,7 +343,7 @@ async fn process(
                         } else {
                             "retries_exhausted"
                         };
-                        give_up(js, deps, settings, &message, &event, reason, attempt, &err.to_string()).await;
+                        give_up(js, deps, settings, &message, &meta, reason, attempt, &err.to_string()).await;
                     }
                 }
             }
@@ -320,7 +360,7 @@ async fn give_up(
     deps: &Deps,
     settings: &LoopSettings,
     message: &jetstream::Message,
-    event: &ResetRequested,
+    event: &EventMeta,
     reason: &str,
     attempt: u32,
     error: &str,
@@ -357,6 +397,7 @@ async fn dead_letter(
     headers.insert(HEADER_DEAD_ATTEMPTS, attempt.to_string().as_str());
     headers.insert(HEADER_DEAD_ERROR, one_line(error).as_str());
     headers.insert(HEADER_DEAD_STREAM_SEQ, seq.to_string().as_str());
+    headers.insert(HEADER_DEAD_SUBJECT, message.subject.as_str());
     // Dead-lettering the same delivery twice stores one letter.
     headers.insert("Nats-Msg-Id", format!("dead-{seq}-{attempt}").as_str());
     let published = async {

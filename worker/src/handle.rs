@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use shared::event::ResetRequested;
+use shared::event::{PasswordChanged, ResetRequested};
 
 use crate::mail::{ComposeError, Composer};
-use crate::store::{Claim, Limits, Lookup, Mode, Outcome, Store};
+use crate::store::{Claim, EventMeta, Limits, Lookup, Mode, Outcome, Store};
 use crate::telemetry::Status;
 use crate::templates::Templates;
 use crate::tokens::{MintError, Token};
@@ -80,7 +80,7 @@ pub async fn handle(
         Lookup::Found(account) => account,
         Lookup::NotFound => {
             deps.store
-                .record_outcome(event, attempt, None, Outcome::NoAccount, None)
+                .record_outcome(&event.into(), attempt, None, Outcome::NoAccount, None)
                 .await?;
             return Ok(Handled::NoAccount);
         }
@@ -88,7 +88,13 @@ pub async fn handle(
             let note = format!("{count} accounts share this email and none has it as id");
             tracing::warn!("{note}: no email sent");
             deps.store
-                .record_outcome(event, attempt, None, Outcome::NoAccount, Some(&note))
+                .record_outcome(
+                    &event.into(),
+                    attempt,
+                    None,
+                    Outcome::NoAccount,
+                    Some(&note),
+                )
                 .await?;
             return Ok(Handled::NoAccount);
         }
@@ -109,11 +115,44 @@ pub async fn handle(
         .composer
         .reset_email(&deps.templates, event, &account, token.plaintext())?;
     drop(token);
+    deliver(deps, &message, event.event_id).await
+}
+
+/// Handles delivery `attempt` of a `PasswordChanged` event: mails the owner. Not throttled:
+/// a security notice always goes out, once per event.
+pub async fn handle_changed(
+    event: &PasswordChanged,
+    attempt: u32,
+    mode: Mode,
+    deps: &Deps,
+) -> Result<Handled, HandleError> {
+    if let Some(done) = deps.store.standing_outcome(event.event_id, mode).await? {
+        return Ok(Handled::AlreadyDone(done));
+    }
+    let meta = EventMeta::from(event);
+    let Some(account) = deps.store.account_by_id(&event.account_id).await? else {
+        deps.store
+            .record_outcome(&meta, attempt, None, Outcome::NoAccount, None)
+            .await?;
+        return Ok(Handled::NoAccount);
+    };
+    deps.store
+        .begin_notification(&meta, attempt, &account.id)
+        .await?;
+    let message = deps
+        .composer
+        .changed_email(&deps.templates, event, &account)?;
+    deliver(deps, &message, event.event_id).await
+}
+
+/// Hands the message over and records it as sent.
+async fn deliver(
+    deps: &Deps,
+    message: &lettre::Message,
+    event_id: uuid::Uuid,
+) -> Result<Handled, HandleError> {
     let started = Instant::now();
-    let sent = deps
-        .mailer
-        .send(&message, &event.event_id.to_string())
-        .await;
+    let sent = deps.mailer.send(message, &event_id.to_string()).await;
     let result = match &sent {
         Ok(()) => "ok",
         Err(SendError::Transient(_)) => "transient",
@@ -129,7 +168,7 @@ pub async fn handle(
     // again. A few quick retries cover a database blip.
     let mut delay = std::time::Duration::from_millis(50);
     for _ in 0..5 {
-        match deps.store.mark_sent(event.event_id).await {
+        match deps.store.mark_sent(event_id).await {
             Ok(()) => return Ok(Handled::Sent),
             Err(err) => {
                 tracing::warn!(error = %err, "recording a sent email failed; retrying");
@@ -138,6 +177,6 @@ pub async fn handle(
             }
         }
     }
-    deps.store.mark_sent(event.event_id).await?;
+    deps.store.mark_sent(event_id).await?;
     Ok(Handled::Sent)
 }

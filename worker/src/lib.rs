@@ -108,8 +108,8 @@ async fn consume_until(
     let max_connections = settings
         .database
         .database_max_connections
-        .unwrap_or(u32::from(settings.consume.concurrency) + 2);
-    let url = settings.database.database_url.clone();
+        .unwrap_or(u32::from(settings.consume.concurrency) + 4);
+    let url = settings.database.url.database_url.clone();
     let Some(store) = retry_until(shutdown.clone(), "PostgreSQL", || {
         Store::connect(&url, max_connections)
     })
@@ -150,6 +150,14 @@ async fn consume_until(
     )
     .await?;
     let _ = status.consumer.set(consumer.clone());
+    let changed_consumer = ensure_consumer(
+        &stream,
+        &format!("{}-changed", settings.consume.consumer),
+        subjects.changed(),
+        &settings.consume.backoff,
+        settings.consume.ack_wait,
+    )
+    .await?;
 
     tracing::info!(
         consumer = %settings.consume.consumer,
@@ -177,8 +185,29 @@ async fn consume_until(
         shutdown_timeout: settings.consume.shutdown_timeout,
         token_ttl: settings.policy.token_ttl,
         dead_subject: subjects.dead(),
+        changed_subject: subjects.changed(),
     };
-    consume::run(consumer, js, deps.clone(), loop_settings, shutdown).await;
+    // Notifications are few: a quarter of the slots is plenty.
+    let changed_settings = LoopSettings {
+        concurrency: (concurrency / 4).max(1),
+        ..loop_settings.clone()
+    };
+    tokio::join!(
+        consume::run(
+            consumer,
+            js.clone(),
+            deps.clone(),
+            loop_settings,
+            shutdown.clone()
+        ),
+        consume::run(
+            changed_consumer,
+            js,
+            deps.clone(),
+            changed_settings,
+            shutdown
+        ),
+    );
 
     deps.mailer.close().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;

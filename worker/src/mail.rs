@@ -6,11 +6,11 @@ use lettre::message::{
     Mailbox, Message, MultiPart,
     header::{Header, HeaderName, HeaderValue},
 };
-use shared::event::ResetRequested;
+use shared::event::{PasswordChanged, ResetRequested};
 use time::macros::format_description;
 
 use crate::store::Account;
-use crate::templates::{TemplateData, TemplateError, Templates};
+use crate::templates::{ChangedData, Rendered, TemplateData, TemplateError, Templates};
 
 /// What every email shares: sender, product name, support address, link base.
 #[derive(Debug, Clone)]
@@ -97,12 +97,7 @@ impl Composer {
             expires_in_minutes: self.token_ttl.as_secs().div_ceil(60),
             app_name: self.app_name.clone(),
             support_email: self.support_email.clone(),
-            requested_at: event
-                .requested_at
-                .format(format_description!(
-                    "[year]-[month]-[day] [hour]:[minute] UTC"
-                ))
-                .unwrap_or_default(),
+            requested_at: minutes(event.requested_at),
             ip: event.client.ip.map(|ip| ip.to_string()),
             user_agent: event.client.user_agent.clone(),
         }
@@ -118,8 +113,43 @@ impl Composer {
     ) -> Result<Message, ComposeError> {
         let data = self.reset_data(event, account, token);
         let rendered = templates.render("reset_password", account.locale.as_deref(), &data)?;
+        self.message(account, event.event_id, rendered)
+    }
+
+    /// The "your password was changed" email for `account`.
+    pub fn changed_email(
+        &self,
+        templates: &Templates,
+        event: &PasswordChanged,
+        account: &Account,
+    ) -> Result<Message, ComposeError> {
+        let data = ChangedData {
+            display_name: account
+                .display_name
+                .clone()
+                .filter(|n| !n.trim().is_empty()),
+            email: account.email.clone(),
+            app_name: self.app_name.clone(),
+            support_email: self.support_email.clone(),
+            changed_at: minutes(event.changed_at),
+            ip: event.client.ip.map(|ip| ip.to_string()),
+            user_agent: event.client.user_agent.clone(),
+        };
+        let rendered = templates.render("password_changed", account.locale.as_deref(), &data)?;
+        self.message(account, event.event_id, rendered)
+    }
+
+    fn message(
+        &self,
+        account: &Account,
+        event_id: uuid::Uuid,
+        rendered: Rendered,
+    ) -> Result<Message, ComposeError> {
         let to = Mailbox::new(
-            data.display_name.clone(),
+            account
+                .display_name
+                .clone()
+                .filter(|n| !n.trim().is_empty()),
             account
                 .email
                 .parse()
@@ -131,13 +161,22 @@ impl Composer {
             .to(to)
             .subject(rendered.subject)
             // Stable per event: every attempt at the same request is the same message.
-            .message_id(Some(format!("<{}@{domain}>", event.event_id)))
+            .message_id(Some(format!("<{event_id}@{domain}>")))
             .header(AutoSubmitted)
             .multipart(MultiPart::alternative_plain_html(
                 rendered.text,
                 rendered.html,
             ))?)
     }
+}
+
+/// A time as emails show it: `2026-11-27 20:01 UTC`.
+fn minutes(at: time::OffsetDateTime) -> String {
+    at.to_offset(time::UtcOffset::UTC)
+        .format(format_description!(
+            "[year]-[month]-[day] [hour]:[minute] UTC"
+        ))
+        .unwrap_or_default()
 }
 
 /// `Auto-Submitted: auto-generated` (RFC 3834): no out-of-office replies to this.

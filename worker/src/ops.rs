@@ -23,7 +23,7 @@ use crate::cli::{DeadLetterCommand, ReplayArgs};
 use crate::config::Settings;
 use crate::consume::{
     HEADER_DEAD_ATTEMPTS, HEADER_DEAD_ERROR, HEADER_DEAD_REASON, HEADER_DEAD_STREAM_SEQ,
-    HEADER_RETRY_OF,
+    HEADER_DEAD_SUBJECT, HEADER_RETRY_OF,
 };
 use crate::handle::{Deps, handle};
 use crate::mail::Composer;
@@ -252,7 +252,7 @@ async fn describe(
                 let give_up = err.is_permanent();
                 let _ = deps
                     .store
-                    .record_failure(&event, attempt, &err.to_string(), give_up)
+                    .record_failure(&(&event).into(), attempt, &err.to_string(), give_up)
                     .await;
                 format!(
                     "error: {}",
@@ -333,7 +333,7 @@ async fn deps_for(settings: &Settings) -> Result<Deps, OpsError> {
     )
     .map_err(crate::WorkerError::from)?;
     let mailer = Mailer::from_settings(&settings.mail).map_err(crate::WorkerError::from)?;
-    let store = Store::connect(&settings.database.database_url, 4).await?;
+    let store = Store::connect(&settings.database.url.database_url, 4).await?;
     Ok(Deps {
         store,
         templates,
@@ -425,7 +425,14 @@ pub async fn dead_letters(
                 }
                 headers.insert(HEADER_RETRY_OF, seq.to_string().as_str());
                 headers.insert("Nats-Msg-Id", format!("retry-{seq}").as_str());
-                js.publish_with_headers(subjects.requested(), headers, message.payload.clone())
+                // Back where it came from: reset requests and notifications alike.
+                let subject = message
+                    .headers
+                    .get(HEADER_DEAD_SUBJECT)
+                    .map(|v| v.as_str().to_owned())
+                    .filter(|s| *s == subjects.changed())
+                    .unwrap_or_else(|| subjects.requested());
+                js.publish_with_headers(subject, headers, message.payload.clone())
                     .await
                     .map_err(|e| OpsError::Publish(e.to_string()))?
                     .await

@@ -55,6 +55,53 @@ impl Outcome {
     }
 }
 
+/// Which kind of email a processing record is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Reset,
+    PasswordChanged,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reset => "reset",
+            Self::PasswordChanged => "password_changed",
+        }
+    }
+}
+
+/// What a processing record needs to know of an event, whatever its type.
+#[derive(Debug, Clone)]
+pub struct EventMeta {
+    pub event_id: Uuid,
+    pub request_id: String,
+    pub at: time::OffsetDateTime,
+    pub kind: Kind,
+}
+
+impl From<&ResetRequested> for EventMeta {
+    fn from(event: &ResetRequested) -> Self {
+        Self {
+            event_id: event.event_id,
+            request_id: event.request_id.clone(),
+            at: event.requested_at,
+            kind: Kind::Reset,
+        }
+    }
+}
+
+impl From<&shared::event::PasswordChanged> for EventMeta {
+    fn from(event: &shared::event::PasswordChanged) -> Self {
+        Self {
+            event_id: event.event_id,
+            request_id: event.request_id.clone(),
+            at: event.changed_at,
+            kind: Kind::PasswordChanged,
+        }
+    }
+}
+
 /// The per-account limits a claim enforces.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -129,7 +176,7 @@ impl Store {
     /// Applies the embedded migrations. sqlx takes an advisory lock while migrating, so any
     /// number of workers may start at once.
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
-        sqlx::migrate!("./migrations").run(&self.pool).await
+        shared::db::migrate(&self.pool).await
     }
 
     /// The outcome already recorded for an event, if it is final and stands in `mode`.
@@ -193,10 +240,29 @@ impl Store {
         })
     }
 
+    /// The account with exactly this id.
+    pub async fn account_by_id(&self, id: &str) -> Result<Option<Account>, sqlx::Error> {
+        sqlx::query_as("SELECT id, email, display_name, locale FROM accounts WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// Marks a notification as being sent (attempt `attempt`). Notifications are not throttled.
+    pub async fn begin_notification(
+        &self,
+        event: &EventMeta,
+        attempt: u32,
+        account_id: &str,
+    ) -> Result<(), sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        upsert_request(&mut conn, event, attempt, account_id, "pending", None).await
+    }
+
     /// Records a final outcome reached without mailing (no account).
     pub async fn record_outcome(
         &self,
-        event: &ResetRequested,
+        event: &EventMeta,
         attempt: u32,
         account_id: Option<&str>,
         outcome: Outcome,
@@ -204,8 +270,8 @@ impl Store {
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
             "INSERT INTO reset_requests
-                 (event_id, account_id, outcome, attempts, last_error, request_id, requested_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 (event_id, account_id, outcome, attempts, last_error, request_id, requested_at, kind)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (event_id) DO UPDATE
              SET outcome = EXCLUDED.outcome, attempts = GREATEST(reset_requests.attempts, EXCLUDED.attempts),
                  last_error = EXCLUDED.last_error, updated_at = now()",
@@ -216,7 +282,8 @@ impl Store {
         .bind(attempt as i32)
         .bind(note)
         .bind(&event.request_id)
-        .bind(event.requested_at)
+        .bind(event.at)
+        .bind(event.kind.as_str())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -258,7 +325,15 @@ impl Store {
         }
 
         if let Some(why) = throttle_reason(&mut tx, &account.id, event.event_id, limits).await? {
-            upsert_request(&mut tx, event, attempt, &account.id, "throttled", Some(why)).await?;
+            upsert_request(
+                &mut tx,
+                &event.into(),
+                attempt,
+                &account.id,
+                "throttled",
+                Some(why),
+            )
+            .await?;
             tx.commit().await?;
             return Ok(Claim::Throttled);
         }
@@ -271,8 +346,11 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO reset_tokens (token_hash, account_id, event_id, expires_at)
-             VALUES ($1, $2, $3, now() + make_interval(secs => $4))",
+            "INSERT INTO reset_tokens
+                 (token_hash, account_id, event_id, expires_at, password_fingerprint)
+             VALUES ($1, $2, $3, now() + make_interval(secs => $4),
+                     (SELECT sha256(convert_to(coalesce(password_hash, ''), 'UTF8'))
+                      FROM accounts WHERE id = $2))",
         )
         .bind(&token_hash[..])
         .bind(&account.id)
@@ -280,7 +358,15 @@ impl Store {
         .bind(limits.token_ttl.as_secs_f64())
         .execute(&mut *tx)
         .await?;
-        upsert_request(&mut tx, event, attempt, &account.id, "pending", None).await?;
+        upsert_request(
+            &mut tx,
+            &event.into(),
+            attempt,
+            &account.id,
+            "pending",
+            None,
+        )
+        .await?;
         tx.commit().await?;
         Ok(Claim::Proceed)
     }
@@ -301,7 +387,7 @@ impl Store {
     /// its token invalidated: the email carrying it may never have arrived.
     pub async fn record_failure(
         &self,
-        event: &ResetRequested,
+        event: &EventMeta,
         attempt: u32,
         error: &str,
         give_up: bool,
@@ -309,8 +395,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO reset_requests
-                 (event_id, outcome, attempts, last_error, request_id, requested_at)
-             VALUES ($1, CASE WHEN $5 THEN 'failed' ELSE 'pending' END, $2, $3, $4, $6)
+                 (event_id, outcome, attempts, last_error, request_id, requested_at, kind)
+             VALUES ($1, CASE WHEN $5 THEN 'failed' ELSE 'pending' END, $2, $3, $4, $6, $7)
              ON CONFLICT (event_id) DO UPDATE
              SET last_error = EXCLUDED.last_error,
                  attempts = GREATEST(reset_requests.attempts, EXCLUDED.attempts),
@@ -323,7 +409,8 @@ impl Store {
         .bind(error)
         .bind(&event.request_id)
         .bind(give_up)
-        .bind(event.requested_at)
+        .bind(event.at)
+        .bind(event.kind.as_str())
         .execute(&mut *tx)
         .await?;
         if give_up {
@@ -349,7 +436,7 @@ async fn throttle_reason(
         "SELECT count(*) FILTER (WHERE claimed_at > now() - make_interval(secs => $3)),
                 count(*)
          FROM reset_requests
-         WHERE account_id = $1 AND event_id <> $2
+         WHERE account_id = $1 AND event_id <> $2 AND kind = 'reset'
            AND outcome IN ('pending', 'sent')
            AND claimed_at > now() - interval '24 hours'",
     )
@@ -369,7 +456,7 @@ async fn throttle_reason(
 
 async fn upsert_request(
     tx: &mut sqlx::PgConnection,
-    event: &ResetRequested,
+    event: &EventMeta,
     attempt: u32,
     account_id: &str,
     outcome: &str,
@@ -377,8 +464,9 @@ async fn upsert_request(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO reset_requests
-             (event_id, account_id, outcome, attempts, last_error, request_id, requested_at, claimed_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, CASE WHEN $3 = 'pending' THEN now() END)
+             (event_id, account_id, outcome, attempts, last_error, request_id, requested_at, claimed_at, kind)
+         VALUES ($1, $2, $3, $4, $5, $6, $7,
+                 CASE WHEN $3 = 'pending' AND $8 = 'reset' THEN now() END, $8)
          ON CONFLICT (event_id) DO UPDATE
          SET account_id = EXCLUDED.account_id, outcome = EXCLUDED.outcome,
              attempts = GREATEST(reset_requests.attempts, EXCLUDED.attempts),
@@ -392,7 +480,8 @@ async fn upsert_request(
     .bind(attempt as i32)
     .bind(note)
     .bind(&event.request_id)
-    .bind(event.requested_at)
+    .bind(event.at)
+    .bind(event.kind.as_str())
     .execute(tx)
     .await?;
     Ok(())

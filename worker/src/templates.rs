@@ -23,7 +23,7 @@ use serde::Serialize;
 pub const FALLBACK_LOCALE: &str = "en";
 
 /// The email kinds this build sends, each a folder per locale.
-pub const KINDS: &[&str] = &["reset_password"];
+pub const KINDS: &[&str] = &["reset_password", "password_changed"];
 
 const PARTS: [&str; 3] = ["subject", "text", "html"];
 
@@ -57,6 +57,42 @@ impl TemplateData {
             user_agent: Some("Mozilla/5.0".into()),
         }
     }
+}
+
+/// What the `password_changed` templates may use.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangedData {
+    pub display_name: Option<String>,
+    pub email: String,
+    pub app_name: String,
+    pub support_email: String,
+    pub changed_at: String,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl ChangedData {
+    pub fn sample() -> Self {
+        Self {
+            display_name: Some("Ada Lovelace".into()),
+            email: "ada@example.com".into(),
+            app_name: "Example".into(),
+            support_email: "support@example.com".into(),
+            changed_at: "2026-01-01 12:00 UTC".into(),
+            ip: Some("203.0.113.7".into()),
+            user_agent: Some("Mozilla/5.0".into()),
+        }
+    }
+}
+
+/// Sample data for the start-up check of `kind`.
+fn sample(kind: &str) -> serde_json::Value {
+    let value = if kind == "password_changed" {
+        serde_json::to_value(ChangedData::sample())
+    } else {
+        serde_json::to_value(TemplateData::sample())
+    };
+    value.unwrap_or_default()
 }
 
 /// One rendered email.
@@ -149,8 +185,8 @@ impl Templates {
 
     /// Every kind has fallback templates, and every template renders with sample data.
     fn check(&self, dir: &Path) -> Result<(), TemplateError> {
-        let sample = TemplateData::sample();
         for kind in KINDS {
+            let sample = sample(kind);
             if !self
                 .plain
                 .has_template(&name(FALLBACK_LOCALE, kind, "subject"))
@@ -189,11 +225,11 @@ impl Templates {
 
     /// Renders `kind` in the account's locale: the exact locale (`pt-br`), else its language
     /// (`pt`), else [`FALLBACK_LOCALE`].
-    pub fn render(
+    pub fn render<T: Serialize>(
         &self,
         kind: &str,
         locale: Option<&str>,
-        data: &TemplateData,
+        data: &T,
     ) -> Result<Rendered, TemplateError> {
         let locale = self.locale_for(kind, locale);
         let render = |registry: &Handlebars<'static>, part: &str| {
@@ -244,6 +280,13 @@ mod tests {
     fn shipped() -> Templates {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates");
         Templates::load(&dir).expect("the shipped templates load")
+    }
+
+    /// A minimal valid template set in `en` for every kind but `except`.
+    fn write_other_kinds(dir: &Path, except: &str) {
+        for kind in KINDS.iter().filter(|k| **k != except) {
+            write(dir, "en", kind, ["s", "t", "h"]);
+        }
     }
 
     fn write(dir: &Path, locale: &str, kind: &str, parts: [&str; 3]) {
@@ -329,6 +372,7 @@ mod tests {
     #[test]
     fn a_misspelt_variable_stops_loading_and_names_the_file() {
         let dir = scratch();
+        write_other_kinds(&dir, "reset_password");
         write(
             &dir,
             "en",
@@ -344,6 +388,7 @@ mod tests {
     #[test]
     fn a_syntax_error_names_the_file() {
         let dir = scratch();
+        write_other_kinds(&dir, "reset_password");
         write(
             &dir,
             "en",
