@@ -49,20 +49,20 @@ pub enum BodyError {
     XmlRoot(String),
     #[error("the XML body must hold exactly one <item> element")]
     XmlRootCount,
-    #[error("`id` must hold text only, not elements")]
+    #[error("fields must hold text only, not elements")]
     XmlNested,
-    #[error("unexpected text outside <id>")]
+    #[error("unexpected text outside the fields")]
     XmlStrayText,
     #[error("unknown XML entity `&{0};`")]
     XmlEntity(String),
-    #[error("`id` is missing")]
-    MissingId,
-    #[error("`id` is given more than once: send exactly one")]
-    RepeatedId,
-    #[error("`id` must be a string, not {0}")]
-    IdNotString(&'static str),
-    #[error("unexpected field `{0}`: the body takes only `id`")]
-    UnknownField(String),
+    #[error("`{0}` is missing")]
+    Missing(&'static str),
+    #[error("`{0}` is given more than once: send exactly one")]
+    Repeated(&'static str),
+    #[error("`{0}` must be a string, not {1}")]
+    NotString(&'static str, &'static str),
+    #[error("unexpected field `{0}`: the body takes only {1}")]
+    UnknownField(String, String),
     #[error(transparent)]
     Id(#[from] AccountRefError),
 }
@@ -96,18 +96,29 @@ pub fn media_type(header: Option<&HeaderValue>) -> Result<MediaType, MediaTypeEr
 }
 
 /// Reads the `id` from a body of the given media type.
+pub fn parse(kind: MediaType, body: &[u8]) -> Result<AccountRef, BodyError> {
+    let [id] = parse_fields(kind, body, ["id"])?;
+    Ok(AccountRef::parse(&id)?)
+}
+
+/// Reads exactly the named string fields, each once, and nothing else, in the order named.
 ///
 /// A form body that is a JSON object is read as JSON: the published example sends exactly
 /// that (`content-type: application/x-www-form-urlencoded` with `{"id":"..."}`), and a form
 /// field name never starts with `{`.
-pub fn parse(kind: MediaType, body: &[u8]) -> Result<AccountRef, BodyError> {
+pub fn parse_fields<const N: usize>(
+    kind: MediaType,
+    body: &[u8],
+    names: [&'static str; N],
+) -> Result<[String; N], BodyError> {
     let text = std::str::from_utf8(body).map_err(|_| BodyError::NotUtf8)?;
-    match kind {
-        MediaType::Json => parse_json(text),
-        MediaType::Form if text.trim_start().starts_with('{') => parse_json(text),
-        MediaType::Form => parse_form(text),
-        MediaType::Xml => parse_xml(text),
-    }
+    let fields = match kind {
+        MediaType::Json => json_fields(text)?,
+        MediaType::Form if text.trim_start().starts_with('{') => json_fields(text)?,
+        MediaType::Form => form_fields(text)?,
+        MediaType::Xml => xml_fields(text)?,
+    };
+    pick(fields, names)
 }
 
 /// One field of a body, with only as much of its value as the rules need.
@@ -116,26 +127,38 @@ enum Field {
     NotText(&'static str),
 }
 
-/// Applies the shared rules to a body's fields: exactly one `id`, a string, nothing else.
-fn pick_id(fields: impl IntoIterator<Item = (String, Field)>) -> Result<AccountRef, BodyError> {
-    let mut found = None;
+/// Applies the shared rules to a body's fields: each named field exactly once, a string,
+/// and nothing else.
+fn pick<const N: usize>(
+    fields: Vec<(String, Field)>,
+    names: [&'static str; N],
+) -> Result<[String; N], BodyError> {
+    let mut found: [Option<Field>; N] = std::array::from_fn(|_| None);
     for (name, value) in fields {
-        if name != "id" {
+        let Some(index) = names.iter().position(|n| *n == name) else {
             // `id[]=a&id[]=b` and `id[0]=a` are how forms smuggle arrays in.
-            if name.starts_with("id[") || name.starts_with("id.") {
-                return Err(BodyError::IdNotString("an array or an object"));
+            if let Some(field) = names
+                .iter()
+                .find(|n| name.starts_with(&format!("{n}[")) || name.starts_with(&format!("{n}.")))
+            {
+                return Err(BodyError::NotString(field, "an array or an object"));
             }
-            return Err(BodyError::UnknownField(clip(&name)));
+            let expected = names.map(|n| format!("`{n}`")).join(" and ");
+            return Err(BodyError::UnknownField(clip(&name), expected));
+        };
+        if found[index].is_some() {
+            return Err(BodyError::Repeated(names[index]));
         }
-        if found.is_some() {
-            return Err(BodyError::RepeatedId);
+        found[index] = Some(value);
+    }
+    let mut values: [String; N] = std::array::from_fn(|_| String::new());
+    for (index, field) in found.into_iter().enumerate() {
+        match field.ok_or(BodyError::Missing(names[index]))? {
+            Field::Text(text) => values[index] = text,
+            Field::NotText(kind) => return Err(BodyError::NotString(names[index], kind)),
         }
-        found = Some(value);
     }
-    match found.ok_or(BodyError::MissingId)? {
-        Field::Text(text) => Ok(AccountRef::parse(&text)?),
-        Field::NotText(kind) => Err(BodyError::IdNotString(kind)),
-    }
+    Ok(values)
 }
 
 /// A JSON object's members in order, duplicates kept (serde_json's own maps keep only the last).
@@ -169,13 +192,13 @@ impl<'de> Deserialize<'de> for JsonFields {
     }
 }
 
-fn parse_json(text: &str) -> Result<AccountRef, BodyError> {
+fn json_fields(text: &str) -> Result<Vec<(String, Field)>, BodyError> {
     let JsonFields(fields) =
         serde_json::from_str(text).map_err(|e| BodyError::Json(e.to_string()))?;
-    pick_id(fields)
+    Ok(fields)
 }
 
-fn parse_form(text: &str) -> Result<AccountRef, BodyError> {
+fn form_fields(text: &str) -> Result<Vec<(String, Field)>, BodyError> {
     let pairs: Vec<(String, String)> =
         serde_urlencoded::from_str(text).map_err(|e| BodyError::Form(e.to_string()))?;
     // Percent-decoding is lossy: invalid UTF-8 (`id=%FF`) comes back as U+FFFD.
@@ -185,13 +208,16 @@ fn parse_form(text: &str) -> Result<AccountRef, BodyError> {
     {
         return Err(BodyError::NotUtf8);
     }
-    pick_id(pairs.into_iter().map(|(k, v)| (k, Field::Text(v))))
+    Ok(pairs
+        .into_iter()
+        .map(|(k, v)| (k, Field::Text(v)))
+        .collect())
 }
 
 /// Reads `<item><id>…</id></item>` with a streaming reader, so that the root's name, repeated
 /// elements and DTDs are all seen and refused rather than ignored. No DTD means no entity can be
 /// declared, so external-entity and entity-expansion payloads fail at the `<!DOCTYPE`.
-fn parse_xml(text: &str) -> Result<AccountRef, BodyError> {
+fn xml_fields(text: &str) -> Result<Vec<(String, Field)>, BodyError> {
     let xml_err = |e: quick_xml::Error| BodyError::Xml(e.to_string());
     let mut reader = Reader::from_str(text);
     let mut roots = 0;
@@ -259,7 +285,7 @@ fn parse_xml(text: &str) -> Result<AccountRef, BodyError> {
     if roots == 0 {
         return Err(BodyError::XmlRootCount);
     }
-    pick_id(fields)
+    Ok(fields)
 }
 
 fn predefined_entity(name: &str) -> Option<char> {
@@ -378,32 +404,32 @@ mod tests {
             (
                 MediaType::Json,
                 r#"{"id":["victim@example.com","attacker@example.com"]}"#,
-                BodyError::IdNotString("an array"),
+                BodyError::NotString("id", "an array"),
             ),
             (
                 MediaType::Json,
                 r#"{"id":"victim@example.com","id":"attacker@example.com"}"#,
-                BodyError::RepeatedId,
+                BodyError::Repeated("id"),
             ),
             (
                 MediaType::Json,
                 r#"{"id":{"email":"victim@example.com"}}"#,
-                BodyError::IdNotString("an object"),
+                BodyError::NotString("id", "an object"),
             ),
             (
                 MediaType::Form,
                 "id=victim%40example.com&id=attacker%40example.com",
-                BodyError::RepeatedId,
+                BodyError::Repeated("id"),
             ),
             (
                 MediaType::Form,
                 "id[]=victim%40example.com&id[]=attacker%40example.com",
-                BodyError::IdNotString("an array or an object"),
+                BodyError::NotString("id", "an array or an object"),
             ),
             (
                 MediaType::Xml,
                 "<item><id>victim@example.com</id><id>attacker@example.com</id></item>",
-                BodyError::RepeatedId,
+                BodyError::Repeated("id"),
             ),
         ];
         for (kind, body, want) in cases {
@@ -415,30 +441,30 @@ mod tests {
     fn non_string_ids_name_what_they_got() {
         assert_eq!(
             id(MediaType::Json, r#"{"id":42}"#),
-            Err(BodyError::IdNotString("a number"))
+            Err(BodyError::NotString("id", "a number"))
         );
         assert_eq!(
             id(MediaType::Json, r#"{"id":null}"#),
-            Err(BodyError::IdNotString("null"))
+            Err(BodyError::NotString("id", "null"))
         );
         assert_eq!(
             id(MediaType::Json, r#"{"id":true}"#),
-            Err(BodyError::IdNotString("a boolean"))
+            Err(BodyError::NotString("id", "a boolean"))
         );
     }
 
     #[test]
     fn missing_unknown_and_empty_fields_are_named() {
-        assert_eq!(id(MediaType::Json, "{}"), Err(BodyError::MissingId));
-        assert_eq!(id(MediaType::Form, ""), Err(BodyError::MissingId));
-        assert_eq!(id(MediaType::Xml, "<item/>"), Err(BodyError::MissingId));
+        assert_eq!(id(MediaType::Json, "{}"), Err(BodyError::Missing("id")));
+        assert_eq!(id(MediaType::Form, ""), Err(BodyError::Missing("id")));
+        assert_eq!(id(MediaType::Xml, "<item/>"), Err(BodyError::Missing("id")));
         assert_eq!(
             id(MediaType::Json, r#"{"id":"a","email":"b"}"#),
-            Err(BodyError::UnknownField("email".into()))
+            Err(BodyError::UnknownField("email".into(), "`id`".into()))
         );
         assert_eq!(
             id(MediaType::Xml, "<item><email>b</email></item>"),
-            Err(BodyError::UnknownField("email".into()))
+            Err(BodyError::UnknownField("email".into(), "`id`".into()))
         );
         assert_eq!(
             id(MediaType::Json, r#"{"id":"  "}"#),
@@ -542,9 +568,43 @@ mod tests {
         let long = "x".repeat(500);
         let body = format!(r#"{{"{long}":"a"}}"#);
         match id(MediaType::Json, &body) {
-            Err(BodyError::UnknownField(name)) => assert!(name.chars().count() <= 65),
+            Err(BodyError::UnknownField(name, _)) => assert!(name.chars().count() <= 65),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn several_fields_are_read_in_the_order_named() {
+        let fields = parse_fields(
+            MediaType::Json,
+            br#"{"password":"hunter2 hunter2","token":"abc"}"#,
+            ["token", "password"],
+        );
+        assert_eq!(fields, Ok(["abc".to_owned(), "hunter2 hunter2".to_owned()]));
+        let form = parse_fields(
+            MediaType::Form,
+            b"token=abc&password=p%20w",
+            ["token", "password"],
+        );
+        assert_eq!(form, Ok(["abc".to_owned(), "p w".to_owned()]));
+        let xml = parse_fields(
+            MediaType::Xml,
+            b"<item><token>abc</token><password> pw </password></item>",
+            ["token", "password"],
+        );
+        assert_eq!(xml, Ok(["abc".to_owned(), " pw ".to_owned()]));
+        assert_eq!(
+            parse_fields(
+                MediaType::Json,
+                br#"{"token":"abc"}"#,
+                ["token", "password"]
+            ),
+            Err(BodyError::Missing("password"))
+        );
+        assert_eq!(
+            parse_fields(MediaType::Json, br#"{"token":"a","id":"b"}"#, ["token"]),
+            Err(BodyError::UnknownField("id".into(), "`token`".into()))
+        );
     }
 
     proptest! {

@@ -20,6 +20,8 @@ pub struct Settings {
     #[command(flatten)]
     pub auth: AuthSettings,
     #[command(flatten)]
+    pub reset: ResetSettings,
+    #[command(flatten)]
     pub nats: NatsSettings,
     #[command(flatten)]
     pub stream: StreamSettings,
@@ -61,6 +63,31 @@ pub struct HttpSettings {
     /// On SIGTERM/SIGINT, how long in-flight requests get to finish before the api exits.
     #[arg(long, env = "API_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+}
+
+/// Completing resets: the database holding tokens and accounts, and the password rules.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ResetSettings {
+    /// The worker's database. The api starts without it: only the reset-password endpoints
+    /// need it, and they answer 503 while it is unreachable.
+    #[command(flatten)]
+    pub database: shared::db::DatabaseUrl,
+
+    /// Shortest accepted new password, in characters (Unicode code points).
+    #[arg(long, env = "PASSWORD_MIN_LENGTH", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=128))]
+    pub password_min_length: u16,
+
+    /// Argon2id memory cost in KiB (OWASP: 19456 = 19 MiB).
+    #[arg(long, env = "ARGON2_MEMORY_KIB", default_value_t = 19456)]
+    pub argon2_memory_kib: u32,
+
+    /// Argon2id iterations (OWASP: 2 with 19 MiB).
+    #[arg(long, env = "ARGON2_ITERATIONS", default_value_t = 2)]
+    pub argon2_iterations: u32,
+
+    /// Argon2id parallelism (OWASP: 1).
+    #[arg(long, env = "ARGON2_PARALLELISM", default_value_t = 1)]
+    pub argon2_parallelism: u32,
 }
 
 /// Who may call.

@@ -1,5 +1,8 @@
 //! The api: `POST /auth/forgot-password` in front of NATS JetStream.
 //!
+//! It also completes resets: `POST /auth/reset-password/verify` checks a mailed token and
+//! `POST /auth/reset-password` sets the new password ([`reset`]).
+//!
 //! A request is authenticated (Bearer key), rate-limited per client IP, parsed from JSON, XML
 //! or a form into an [`AccountRef`](shared::account::AccountRef), and published as a
 //! [`ResetRequested`](shared::event::ResetRequested) event. The client hears 200 only once
@@ -17,6 +20,7 @@ pub mod config;
 pub mod limit;
 pub mod publish;
 pub mod reply;
+pub mod reset;
 pub mod routes;
 pub mod startup;
 pub mod telemetry;

@@ -9,7 +9,8 @@ use async_nats::{
 };
 use sha2::{Digest, Sha256};
 use shared::event::{
-    HEADER_EVENT_TYPE, HEADER_EVENT_VERSION, HEADER_REQUEST_ID, RESET_REQUESTED, ResetRequested,
+    EVENT_VERSION, HEADER_EVENT_TYPE, HEADER_EVENT_VERSION, HEADER_REQUEST_ID, RESET_REQUESTED,
+    ResetRequested,
 };
 
 /// Publishes events and waits for JetStream to store them.
@@ -19,6 +20,16 @@ pub struct Publisher {
     js: jetstream::Context,
     subject: String,
     timeout: Duration,
+}
+
+/// One event to publish, whatever its type.
+#[derive(Debug)]
+pub struct Outgoing<'a> {
+    pub subject: &'a str,
+    pub event_type: &'a str,
+    pub request_id: &'a str,
+    pub payload: Vec<u8>,
+    pub msg_id: &'a str,
 }
 
 /// Why an event is not known to be stored. The client is told 503 and may retry.
@@ -64,22 +75,37 @@ impl Publisher {
         event: &ResetRequested,
         msg_id: &str,
     ) -> Result<PublishAck, PublishFailure> {
+        self.send(Outgoing {
+            subject: &self.subject,
+            event_type: RESET_REQUESTED,
+            request_id: &event.request_id,
+            payload: event.to_json(),
+            msg_id,
+        })
+        .await
+    }
+
+    /// Publishes any event and waits for its PubAck, within the publish deadline.
+    pub async fn send(&self, outgoing: Outgoing<'_>) -> Result<PublishAck, PublishFailure> {
         // While disconnected the client would buffer the message and send it on reconnect,
         // after the caller has been told 503: refusing up front keeps "503" meaning "not stored".
         if !self.is_connected() {
             return Err(PublishFailure::Disconnected);
         }
         let mut headers = HeaderMap::new();
-        headers.insert(HEADER_EVENT_TYPE, RESET_REQUESTED);
-        headers.insert(HEADER_EVENT_VERSION, event.version.to_string().as_str());
-        headers.insert(HEADER_REQUEST_ID, event.request_id.as_str());
+        headers.insert(HEADER_EVENT_TYPE, outgoing.event_type);
+        headers.insert(HEADER_EVENT_VERSION, EVENT_VERSION.to_string().as_str());
+        headers.insert(HEADER_REQUEST_ID, outgoing.request_id);
         headers.insert("Content-Type", "application/json");
         let message = PublishMessage::build()
-            .payload(event.to_json().into())
+            .payload(outgoing.payload.into())
             .headers(headers)
-            .message_id(msg_id);
+            .message_id(outgoing.msg_id);
         let publish = async {
-            let ack = self.js.send_publish(self.subject.clone(), message).await?;
+            let ack = self
+                .js
+                .send_publish(outgoing.subject.to_owned(), message)
+                .await?;
             Ok::<_, PublishFailure>(ack.await?)
         };
         tokio::time::timeout(self.timeout, publish)

@@ -14,6 +14,10 @@ pub enum ApiError {
     BadBody(#[from] BodyError),
     #[error("Idempotency-Key must be 1 to 255 visible ASCII characters")]
     BadIdempotencyKey,
+    #[error("invalid or expired token")]
+    InvalidToken,
+    #[error("{0}")]
+    WeakPassword(#[from] crate::reset::PolicyError),
     #[error("Forbidden: this operation requires authentication")]
     Forbidden,
     #[error("Not found: the resource was not found")]
@@ -44,9 +48,11 @@ pub const RETRY_AFTER_UNAVAILABLE: u64 = 2;
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::BadBody(_) | Self::BadIdempotencyKey | Self::BodyIncomplete => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::BadBody(_)
+            | Self::BadIdempotencyKey
+            | Self::BodyIncomplete
+            | Self::InvalidToken
+            | Self::WeakPassword(_) => StatusCode::BAD_REQUEST,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,

@@ -21,6 +21,7 @@ use crate::{
     limit::{Limiter, client_ip},
     publish::{Publisher, message_id},
     reply::{self, ApiError},
+    reset::{Requester, ResetError, Resets},
     telemetry::{ApiMetrics, route_label},
 };
 
@@ -35,6 +36,10 @@ pub struct AppState {
     pub body_timeout: Duration,
     pub trust_proxy: bool,
     pub metrics: ApiMetrics,
+    /// Verify and reset attempts are counted apart from reset requests.
+    pub reset_limiter: Limiter,
+    pub resets: Resets,
+    pub changed_subject: String,
 }
 
 const REQUEST_ID: &str = "x-request-id";
@@ -106,7 +111,15 @@ async fn route(
         "/auth/forgot-password" if req.method() == Method::POST => {
             forgot_password(state, peer, request_id, req).await
         }
-        "/auth/forgot-password" => Err(ApiError::MethodNotAllowed("POST")),
+        "/auth/reset-password/verify" if req.method() == Method::POST => {
+            verify_token(state, peer, req).await
+        }
+        "/auth/reset-password" if req.method() == Method::POST => {
+            reset_password(state, peer, request_id, req).await
+        }
+        "/auth/forgot-password" | "/auth/reset-password" | "/auth/reset-password/verify" => {
+            Err(ApiError::MethodNotAllowed("POST"))
+        }
         "/healthz" if read_only => Ok(reply::ok()),
         "/readyz" if read_only => ready(state).await,
         "/metrics" if read_only => Ok(reply::text(
@@ -118,23 +131,44 @@ async fn route(
     }
 }
 
-async fn forgot_password(
+/// A POST that passed the checks every endpoint shares, with its body read.
+struct Accepted {
+    ip: std::net::IpAddr,
+    label: String,
+    user_agent: Option<String>,
+    kind: body::MediaType,
+    idempotency_key: Option<String>,
+    body: Bytes,
+}
+
+impl Accepted {
+    fn client(&self) -> ClientContext {
+        ClientContext {
+            ip: Some(self.ip),
+            user_agent: self.user_agent.clone(),
+            api_key_label: self.label.clone(),
+        }
+    }
+}
+
+/// Rate limit, key, size and media type, in that order (cheapest first, all before the body
+/// is read), then the body within its deadline.
+async fn accept(
     state: &AppState,
+    limiter: &Limiter,
     peer: SocketAddr,
-    request_id: &str,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, ApiError> {
-    let span = tracing::Span::current();
+) -> Result<Accepted, ApiError> {
     let headers = req.headers();
     let ip = client_ip(peer, headers, state.trust_proxy);
-    state.limiter.check(ip).map_err(ApiError::TooManyRequests)?;
+    limiter.check(ip).map_err(ApiError::TooManyRequests)?;
 
     let label = state
         .keys
         .authenticate(headers.get(header::AUTHORIZATION))
         .ok_or(ApiError::Forbidden)?
         .to_owned();
-    span.record("client", label.as_str());
+    tracing::Span::current().record("client", label.as_str());
 
     if content_length(headers).is_some_and(|len| len > state.max_body as u64) {
         return Err(ApiError::PayloadTooLarge(state.max_body));
@@ -145,20 +179,31 @@ async fn forgot_password(
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(|ua| ua.chars().take(MAX_USER_AGENT).collect::<String>());
+    let body = read_body(req.into_body(), state.max_body, state.body_timeout).await?;
+    Ok(Accepted {
+        ip,
+        label,
+        user_agent,
+        kind,
+        idempotency_key,
+        body,
+    })
+}
 
-    let bytes = read_body(req.into_body(), state.max_body, state.body_timeout).await?;
-    let account = body::parse(kind, &bytes)?;
+async fn forgot_password(
+    state: &AppState,
+    peer: SocketAddr,
+    request_id: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let span = tracing::Span::current();
+    let accepted = accept(state, &state.limiter, peer, req).await?;
+    let account = body::parse(accepted.kind, &accepted.body)?;
     span.record("account", account.masked());
+    let label = accepted.label.clone();
+    let idempotency_key = accepted.idempotency_key.clone();
 
-    let event = ResetRequested::new(
-        account,
-        request_id.to_owned(),
-        ClientContext {
-            ip: Some(ip),
-            user_agent,
-            api_key_label: label.clone(),
-        },
-    );
+    let event = ResetRequested::new(account, request_id.to_owned(), accepted.client());
     let msg_id = message_id(&label, idempotency_key.as_deref(), &event);
     let publish_started = Instant::now();
     let published = state.publisher.publish(&event, &msg_id).await;
@@ -179,6 +224,69 @@ async fn forgot_password(
         Err(err) => {
             tracing::warn!(error = %err, "event not published");
             Err(ApiError::Unavailable)
+        }
+    }
+}
+
+async fn verify_token(
+    state: &AppState,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let accepted = accept(state, &state.reset_limiter, peer, req).await?;
+    let [token] = body::parse_fields(accepted.kind, &accepted.body, ["token"])?;
+    state.resets.verify(&token).await.map_err(reset_error)?;
+    Ok(reply::ok())
+}
+
+async fn reset_password(
+    state: &AppState,
+    peer: SocketAddr,
+    request_id: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let accepted = accept(state, &state.reset_limiter, peer, req).await?;
+    let [token, password] =
+        body::parse_fields(accepted.kind, &accepted.body, ["token", "password"])?;
+    let requester = Requester {
+        request_id: request_id.to_owned(),
+        client: accepted.client(),
+    };
+    let event = state
+        .resets
+        .reset(&token, &password, requester)
+        .await
+        .map_err(reset_error)?;
+    tracing::Span::current().record("event_id", tracing::field::display(event.event_id));
+    tracing::info!("password changed");
+    // The event is in the outbox already; publishing now only saves the relay's delay.
+    if let Err(err) = state
+        .resets
+        .publish_queued(
+            &state.publisher,
+            event.event_id,
+            &state.changed_subject,
+            event.to_json(),
+            request_id,
+        )
+        .await
+    {
+        tracing::warn!(error = %err, "PasswordChanged not published yet; the outbox relay will");
+    }
+    Ok(reply::ok())
+}
+
+fn reset_error(err: ResetError) -> ApiError {
+    match err {
+        ResetError::InvalidToken => ApiError::InvalidToken,
+        ResetError::Policy(policy) => ApiError::WeakPassword(policy),
+        ResetError::Database(err) => {
+            tracing::warn!(error = %err, "database unavailable for a reset endpoint");
+            ApiError::Unavailable
+        }
+        ResetError::Hash(err) => {
+            tracing::error!(error = %err, "password hashing failed");
+            ApiError::Internal
         }
     }
 }

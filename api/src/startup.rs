@@ -18,6 +18,7 @@ use crate::{
     config::{HttpSettings, Settings},
     limit::Limiter,
     publish::Publisher,
+    reset::{ResetSettingsError, Resets},
     routes::{self, AppState},
 };
 
@@ -30,6 +31,8 @@ pub enum StartupError {
     NoApiKeys,
     #[error(transparent)]
     ApiKeys(#[from] ApiKeysError),
+    #[error(transparent)]
+    Reset(#[from] ResetSettingsError),
     #[error("cannot listen on {addr} (API_ADDR): {source}")]
     Bind {
         addr: SocketAddr,
@@ -81,6 +84,7 @@ impl Application {
             settings.stream.subjects().requested(),
             http.publish_timeout,
         );
+        let resets = Resets::new(&settings.reset, settings.stream.subjects().changed())?;
         let state = Arc::new(AppState {
             keys,
             limiter: Limiter::new(http.rate_limit),
@@ -90,6 +94,9 @@ impl Application {
             body_timeout: http.body_timeout,
             trust_proxy: http.trust_proxy,
             metrics: Default::default(),
+            reset_limiter: Limiter::new(http.rate_limit),
+            resets,
+            changed_subject: settings.stream.subjects().changed(),
         });
         let app = Self {
             listener,
@@ -122,6 +129,7 @@ impl Application {
                 self.stream.clone(),
             )),
             tokio::spawn(forget_idle_clients(self.state.clone())),
+            tokio::spawn(keep_database_ready(self.state.clone())),
         ];
 
         let mut builder = http1::Builder::new();
@@ -189,6 +197,31 @@ async fn keep_stream_ensured(js: async_nats::jetstream::Context, settings: Strea
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
+        }
+    }
+}
+
+/// Applies the migrations once PostgreSQL answers, then relays the event outbox: events
+/// committed with a password change but not published at once (NATS down, the api stopped).
+async fn keep_database_ready(state: Arc<AppState>) {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match shared::db::migrate(state.resets.pool()).await {
+            Ok(()) => break,
+            Err(err) => {
+                tracing::warn!(error = %err, retry_in = ?delay, "database not ready; reset endpoints answer 503");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        match state.resets.relay_outbox(&state.publisher).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(published = n, "relayed queued events"),
+            Err(err) => tracing::debug!(error = %err, "outbox relay"),
         }
     }
 }

@@ -24,6 +24,11 @@ fn help_lists_every_variable() {
         "RESET_SUBJECT_PREFIX",
         "RESET_RETENTION",
         "RESET_REPLICAS",
+        "DATABASE_URL",
+        "PASSWORD_MIN_LENGTH",
+        "ARGON2_MEMORY_KIB",
+        "ARGON2_ITERATIONS",
+        "ARGON2_PARALLELISM",
         "LOG_FORMAT",
     ] {
         assert!(help.contains(variable), "{variable} missing from --help");

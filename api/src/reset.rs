@@ -1,0 +1,353 @@
+//! Completing a reset: checking a token, and setting the new password.
+//!
+//! Tokens are looked up by their SHA-256 only. A token is valid while it is unused, not
+//! invalidated (by a newer token or a used one), not expired, and while the account's password
+//! hash is still the one it was issued against (a password changed by any other path kills it).
+//! All the ways a token can be invalid give the same answer.
+
+use std::time::Duration;
+
+use argon2::{
+    Algorithm, Argon2, Params, PasswordHasher, Version,
+    password_hash::{SaltString, rand_core::OsRng},
+};
+use sha2::{Digest, Sha256};
+use shared::event::{ClientContext, PASSWORD_CHANGED, PasswordChanged};
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use crate::config::ResetSettings;
+use crate::publish::{Outgoing, Publisher};
+
+/// Longest accepted password, in characters (NIST SP 800-63B asks for at least 64).
+pub const MAX_PASSWORD_CHARS: usize = 128;
+
+/// Why a new password is refused. The texts are shown to clients as they are.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("password must be at least {0} characters")]
+    TooShort(usize),
+    #[error("password must be at most {MAX_PASSWORD_CHARS} characters")]
+    TooLong,
+    #[error("password must not be the account's id or email")]
+    SameAsAccount,
+}
+
+/// Why a reset did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ResetError {
+    #[error("invalid or expired token")]
+    InvalidToken,
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("hashing the password: {0}")]
+    Hash(String),
+}
+
+/// Why the reset settings are unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ResetSettingsError {
+    #[error("DATABASE_URL is not a PostgreSQL URL: {0}")]
+    DatabaseUrl(sqlx::Error),
+    #[error("ARGON2_MEMORY_KIB / ARGON2_ITERATIONS / ARGON2_PARALLELISM: {0}")]
+    Argon2(String),
+}
+
+/// The password rules (NIST SP 800-63B): a length range counted in code points, anything
+/// else allowed, and not the account's own id or email.
+#[derive(Debug, Clone, Copy)]
+pub struct PasswordPolicy {
+    pub min_chars: usize,
+}
+
+impl PasswordPolicy {
+    pub fn check_length(&self, password: &str) -> Result<(), PolicyError> {
+        let chars = password.chars().count();
+        if chars < self.min_chars {
+            Err(PolicyError::TooShort(self.min_chars))
+        } else if chars > MAX_PASSWORD_CHARS {
+            Err(PolicyError::TooLong)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn check_account(&self, password: &str, id: &str, email: &str) -> Result<(), PolicyError> {
+        let lower = password.to_lowercase();
+        if lower == id.to_lowercase() || lower == email.to_lowercase() {
+            Err(PolicyError::SameAsAccount)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Who changed the password, for the notification.
+#[derive(Debug, Clone)]
+pub struct Requester {
+    pub request_id: String,
+    pub client: ClientContext,
+}
+
+/// The reset side of the api.
+#[derive(Debug)]
+pub struct Resets {
+    pool: PgPool,
+    policy: PasswordPolicy,
+    hasher: Argon2<'static>,
+    /// Argon2 takes memory (19 MiB each by default): bound how many run at once.
+    hashing: Semaphore,
+    changed_subject: String,
+}
+
+/// Tokens as mailed: 43 characters of base64url. Anything else cannot be one.
+fn plausible_token(token: &str) -> bool {
+    token.len() == 43
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// The conditions under which a token works, shared by verify and reset.
+const VALID_TOKEN: &str = "
+    FROM reset_tokens t JOIN accounts a ON a.id = t.account_id
+    WHERE t.token_hash = $1
+      AND t.used_at IS NULL AND t.invalidated_at IS NULL AND t.expires_at > now()
+      AND t.password_fingerprint = sha256(convert_to(coalesce(a.password_hash, ''), 'UTF8'))";
+
+impl Resets {
+    pub fn new(
+        settings: &ResetSettings,
+        changed_subject: String,
+    ) -> Result<Self, ResetSettingsError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(Duration::from_secs(2))
+            .connect_lazy(&settings.database.database_url)
+            .map_err(ResetSettingsError::DatabaseUrl)?;
+        let params = Params::new(
+            settings.argon2_memory_kib,
+            settings.argon2_iterations,
+            settings.argon2_parallelism,
+            None,
+        )
+        .map_err(|e| ResetSettingsError::Argon2(e.to_string()))?;
+        Ok(Self {
+            pool,
+            policy: PasswordPolicy {
+                min_chars: usize::from(settings.password_min_length),
+            },
+            hasher: Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
+            hashing: Semaphore::new(4),
+            changed_subject,
+        })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Whether `token` would work now. Consumes nothing.
+    pub async fn verify(&self, token: &str) -> Result<(), ResetError> {
+        if !plausible_token(token) {
+            return Err(ResetError::InvalidToken);
+        }
+        let found: Option<String> =
+            sqlx::query_scalar(&format!("SELECT t.account_id {VALID_TOKEN}"))
+                .bind(&token_hash(token)[..])
+                .fetch_optional(&self.pool)
+                .await?;
+        found.map(|_| ()).ok_or(ResetError::InvalidToken)
+    }
+
+    /// Sets the account's password if `token` is valid, in one transaction that also uses the
+    /// token and invalidates the account's other tokens, and queues a `PasswordChanged` event.
+    /// Returns the event, for the caller to publish at once.
+    pub async fn reset(
+        &self,
+        token: &str,
+        password: &str,
+        requester: Requester,
+    ) -> Result<PasswordChanged, ResetError> {
+        if !plausible_token(token) {
+            return Err(ResetError::InvalidToken);
+        }
+        self.policy.check_length(password)?;
+        let hash = token_hash(token);
+        let account: Option<(String, String)> =
+            sqlx::query_as(&format!("SELECT t.account_id, a.email {VALID_TOKEN}"))
+                .bind(&hash[..])
+                .fetch_optional(&self.pool)
+                .await?;
+        let (account_id, email) = account.ok_or(ResetError::InvalidToken)?;
+        self.policy.check_account(password, &account_id, &email)?;
+        let phc = self.hash(password).await?;
+
+        let mut tx = self.pool.begin().await?;
+        // Locks the token: of two requests racing with it, the second finds it used.
+        let still_valid: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT t.account_id {VALID_TOKEN} FOR UPDATE OF t"
+        ))
+        .bind(&hash[..])
+        .fetch_optional(&mut *tx)
+        .await?;
+        if still_valid.as_deref() != Some(account_id.as_str()) {
+            return Err(ResetError::InvalidToken);
+        }
+        sqlx::query("UPDATE reset_tokens SET used_at = now() WHERE token_hash = $1")
+            .bind(&hash[..])
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE reset_tokens SET invalidated_at = now()
+             WHERE account_id = $1 AND token_hash <> $2 AND used_at IS NULL AND invalidated_at IS NULL",
+        )
+        .bind(&account_id)
+        .bind(&hash[..])
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE accounts SET password_hash = $2 WHERE id = $1")
+            .bind(&account_id)
+            .bind(&phc)
+            .execute(&mut *tx)
+            .await?;
+        let event = PasswordChanged::new(account_id, requester.request_id, requester.client);
+        sqlx::query("INSERT INTO event_outbox (event_id, subject, payload) VALUES ($1, $2, $3)")
+            .bind(event.event_id)
+            .bind(&self.changed_subject)
+            .bind(event.to_json())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(event)
+    }
+
+    async fn hash(&self, password: &str) -> Result<String, ResetError> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|e| ResetError::Hash(e.to_string()))?;
+        let hasher = self.hasher.clone();
+        let password = password.to_owned();
+        // Argon2 is deliberately slow: keep it off the async workers.
+        tokio::task::spawn_blocking(move || {
+            let salt = SaltString::generate(&mut OsRng);
+            hasher
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|e| ResetError::Hash(e.to_string()))
+        })
+        .await
+        .map_err(|e| ResetError::Hash(e.to_string()))?
+    }
+
+    /// Publishes one queued event and removes it from the outbox.
+    pub async fn publish_queued(
+        &self,
+        publisher: &Publisher,
+        event_id: Uuid,
+        subject: &str,
+        payload: Vec<u8>,
+        request_id: &str,
+    ) -> Result<(), String> {
+        let msg_id = event_id.to_string();
+        publisher
+            .send(Outgoing {
+                subject,
+                event_type: PASSWORD_CHANGED,
+                request_id,
+                payload,
+                msg_id: &msg_id,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        sqlx::query("DELETE FROM event_outbox WHERE event_id = $1")
+            .bind(event_id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Publishes whatever the outbox still holds (events whose immediate publish failed, or
+    /// whose api stopped in between). A repeated `Nats-Msg-Id` makes a double publish harmless.
+    pub async fn relay_outbox(&self, publisher: &Publisher) -> Result<usize, String> {
+        let queued: Vec<(Uuid, String, Vec<u8>)> = sqlx::query_as(
+            "SELECT event_id, subject, payload FROM event_outbox
+             WHERE created_at < now() - interval '2 seconds'
+             ORDER BY created_at LIMIT 100",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| e.to_string())?;
+        let mut published = 0;
+        for (event_id, subject, payload) in queued {
+            let request_id = PasswordChanged::decode(&payload)
+                .map(|e| e.request_id)
+                .unwrap_or_default();
+            self.publish_queued(publisher, event_id, &subject, payload, &request_id)
+                .await?;
+            published += 1;
+        }
+        Ok(published)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn length_counts_code_points_between_min_and_128() {
+        let policy = PasswordPolicy { min_chars: 8 };
+        assert_eq!(
+            policy.check_length("1234567"),
+            Err(PolicyError::TooShort(8))
+        );
+        assert_eq!(policy.check_length("12345678"), Ok(()));
+        assert_eq!(
+            policy.check_length(&"😀".repeat(8)),
+            Ok(()),
+            "8 emoji are 8 characters"
+        );
+        assert_eq!(policy.check_length(&"é".repeat(128)), Ok(()));
+        assert_eq!(
+            policy.check_length(&"a".repeat(129)),
+            Err(PolicyError::TooLong)
+        );
+        assert_eq!(policy.check_length("    spaces ok   "), Ok(()));
+    }
+
+    #[test]
+    fn the_account_id_or_email_is_not_a_password() {
+        let policy = PasswordPolicy { min_chars: 8 };
+        assert_eq!(
+            policy.check_account("Ada@Example.com", "u-1", "ada@example.com"),
+            Err(PolicyError::SameAsAccount)
+        );
+        assert_eq!(
+            policy.check_account("user-12345", "user-12345", "a@b.c"),
+            Err(PolicyError::SameAsAccount)
+        );
+        assert_eq!(
+            policy.check_account("correct horse", "u-1", "a@b.c"),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn only_43_base64url_characters_can_be_a_token() {
+        assert!(plausible_token(&"a".repeat(43)));
+        assert!(!plausible_token(&"a".repeat(42)));
+        assert!(!plausible_token(&format!("{}=", "a".repeat(42))));
+        assert!(!plausible_token("' OR 1=1 --"));
+    }
+}
