@@ -61,6 +61,11 @@ pub fn api_settings(iso: &Isolation) -> api::Settings {
         &format!("--subject-prefix={}", iso.prefix),
         "--retention=1h",
         "--rate-limit=off",
+        // Tests that need the database point the api at their own; the rest must not touch one.
+        "--database-url=postgres://postgres@127.0.0.1:1/none",
+        // The smallest Argon2 cost the library accepts: tests check behaviour, not cost.
+        "--argon2-memory-kib=64",
+        "--argon2-iterations=1",
     ])
     .expect("test settings parse")
 }
@@ -164,6 +169,16 @@ impl TestApi {
     pub async fn forgot_id(&self, id: impl AsRef<str>) -> RawResponse {
         let body = serde_json::json!({ "id": id.as_ref() }).to_string();
         self.forgot("application/json", &body).await
+    }
+
+    /// POSTs a JSON body to any path with the test key.
+    pub async fn post_json(&self, path: &str, body: serde_json::Value) -> RawResponse {
+        let headers = [
+            ("Authorization", format!("Bearer {KEY}")),
+            ("Content-Type", "application/json".to_owned()),
+            ("User-Agent", "tests/1.0".to_owned()),
+        ];
+        post(self.addr, path, &headers, &body.to_string()).await
     }
 
     /// Like [`TestApi::forgot`], with extra headers.

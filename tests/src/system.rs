@@ -161,7 +161,8 @@ impl System {
         let iso = Isolation::new();
         let db = TestDb::migrated().await;
         let sink = SmtpSink::start();
-        let api = TestApi::spawn_in(iso.clone(), |_| {}).await;
+        let db_url = db.url.clone();
+        let api = TestApi::spawn_in(iso.clone(), |s| s.reset.database.database_url = db_url).await;
         let mut settings = worker_settings(&iso, &db.url, &sink.url());
         tweak(&mut settings);
         let worker = TestWorker::spawn(settings);

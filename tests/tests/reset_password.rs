@@ -1,0 +1,332 @@
+//! Completing a reset: from a real request to a real mail, the token out of the mail, verify,
+//! reset, the stored Argon2id hash, and the "password changed" notification.
+
+use std::time::Duration;
+
+use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use e2e::system::System;
+use e2e::{RawResponse, TestApi};
+use serde_json::json;
+
+const VERIFY: &str = "/auth/reset-password/verify";
+const RESET: &str = "/auth/reset-password";
+const INVALID: &str = r#"{"code":400,"message":"invalid or expired token"}"#;
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Requests a reset for `id` and returns the token from the mail.
+async fn mailed_token(system: &System, id: &str, mails_before: usize) -> String {
+    assert_eq!(system.api.forgot_id(id).await.status, 200);
+    let mails = system.sink.wait_for(mails_before + 1, WAIT).await;
+    assert_eq!(mails.len(), mails_before + 1, "the reset mail arrived");
+    mails[mails_before].token()
+}
+
+async fn verify(api: &TestApi, token: &str) -> RawResponse {
+    api.post_json(VERIFY, json!({ "token": token })).await
+}
+
+async fn reset(api: &TestApi, token: &str, password: &str) -> RawResponse {
+    api.post_json(RESET, json!({ "token": token, "password": password }))
+        .await
+}
+
+async fn stored_hash(system: &System, id: &str) -> Option<String> {
+    sqlx::query_scalar("SELECT password_hash FROM accounts WHERE id = $1")
+        .bind(id)
+        .fetch_one(&system.db.pool)
+        .await
+        .expect("account")
+}
+
+#[tokio::test]
+async fn a_mailed_token_verifies_resets_once_and_the_owner_is_told() {
+    let system = System::start().await;
+    system
+        .db
+        .add_account("ada", "ada@example.com", Some("Ada"), None)
+        .await;
+    let token = mailed_token(&system, "ada", 0).await;
+
+    // Verifying consumes nothing: twice is fine.
+    for _ in 0..2 {
+        let verified = verify(&system.api, &token).await;
+        assert_eq!(
+            (verified.status, verified.body.as_str()),
+            (200, r#"{"code":200,"message":"OK"}"#)
+        );
+    }
+    let done = reset(&system.api, &token, "correct horse battery staple").await;
+    assert_eq!(done.status, 200, "{}", done.body);
+
+    let phc = stored_hash(&system, "ada").await.expect("a password hash");
+    assert!(phc.starts_with("$argon2id$"), "{phc}");
+    let parsed = PasswordHash::new(&phc).expect("a PHC string");
+    assert!(
+        Argon2::default()
+            .verify_password(b"correct horse battery staple", &parsed)
+            .is_ok()
+    );
+    assert!(
+        Argon2::default()
+            .verify_password(b"something else", &parsed)
+            .is_err()
+    );
+
+    // Used: the same answer as any invalid token, for verify and reset alike.
+    assert_eq!(
+        reset(&system.api, &token, "another fine password")
+            .await
+            .body,
+        INVALID
+    );
+    assert_eq!(verify(&system.api, &token).await.body, INVALID);
+
+    let mails = system.sink.wait_for(2, WAIT).await;
+    assert_eq!(mails.len(), 2, "the notification arrived");
+    let notice = &mails[1];
+    assert_eq!(notice.to, "ada@example.com");
+    assert_eq!(notice.subject, "Your Example password was changed");
+    assert!(notice.text.contains("127.0.0.1"), "{}", notice.text);
+    assert!(notice.text.contains("tests/1.0"), "{}", notice.text);
+    assert!(notice.text.contains("support@example.com"));
+    assert!(
+        !notice.raw.contains("correct horse"),
+        "the password is in the notification"
+    );
+    let kinds: Vec<(String, String)> =
+        sqlx::query_as("SELECT kind, outcome FROM reset_requests ORDER BY created_at")
+            .fetch_all(&system.db.pool)
+            .await
+            .expect("records");
+    assert_eq!(
+        kinds,
+        [
+            ("reset".to_owned(), "sent".to_owned()),
+            ("password_changed".to_owned(), "sent".to_owned())
+        ]
+    );
+    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM event_outbox")
+        .fetch_one(&system.db.pool)
+        .await
+        .expect("outbox");
+    assert_eq!(outbox, 0, "the event left the outbox");
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn forged_expired_superseded_and_stale_tokens_all_get_the_same_400() {
+    let system = System::start_with(|s| {
+        s.policy.cooldown = Duration::ZERO;
+        s.policy.token_ttl = Duration::from_secs(2);
+    })
+    .await;
+    system
+        .db
+        .add_account("ada", "ada@example.com", None, None)
+        .await;
+    system
+        .db
+        .add_account("bob", "bob@example.com", None, None)
+        .await;
+
+    let forged = "A".repeat(43);
+    for attempt in [forged.as_str(), "short", "' OR 1=1 --"] {
+        assert_eq!(
+            verify(&system.api, attempt).await.body,
+            INVALID,
+            "{attempt}"
+        );
+        assert_eq!(
+            reset(&system.api, attempt, "long enough password")
+                .await
+                .body,
+            INVALID
+        );
+    }
+
+    // Superseded: a newer mail's token replaces the older one.
+    let older = mailed_token(&system, "ada", 0).await;
+    let newer = mailed_token(&system, "ada", 1).await;
+    assert_eq!(verify(&system.api, &older).await.body, INVALID);
+    assert_eq!(
+        reset(&system.api, &older, "long enough password")
+            .await
+            .body,
+        INVALID
+    );
+    assert_eq!(verify(&system.api, &newer).await.status, 200);
+
+    // Stale: the password was changed by another path (the product's settings page).
+    sqlx::query("UPDATE accounts SET password_hash = 'changed-elsewhere' WHERE id = 'ada'")
+        .execute(&system.db.pool)
+        .await
+        .expect("update");
+    assert_eq!(verify(&system.api, &newer).await.body, INVALID);
+
+    // Expired: TOKEN_TTL is 2 s here.
+    let bobs = mailed_token(&system, "bob", 2).await;
+    assert_eq!(verify(&system.api, &bobs).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(verify(&system.api, &bobs).await.body, INVALID);
+    assert_eq!(
+        reset(&system.api, &bobs, "long enough password").await.body,
+        INVALID
+    );
+    assert_eq!(
+        stored_hash(&system, "bob").await,
+        None,
+        "nothing was changed"
+    );
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn twenty_concurrent_uses_of_one_token_give_exactly_one_200() {
+    let system = System::start().await;
+    system
+        .db
+        .add_account("ada", "ada@example.com", None, None)
+        .await;
+    let token = mailed_token(&system, "ada", 0).await;
+    let attempts = (0..20).map(|n| {
+        let api = &system.api;
+        let token = token.clone();
+        async move { reset(api, &token, &format!("concurrent password {n}")).await }
+    });
+    let responses = futures::future::join_all(attempts).await;
+    let ok: Vec<&RawResponse> = responses.iter().filter(|r| r.status == 200).collect();
+    assert_eq!(
+        ok.len(),
+        1,
+        "{:?}",
+        responses.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    assert!(
+        responses
+            .iter()
+            .filter(|r| r.status != 200)
+            .all(|r| r.body == INVALID)
+    );
+    let changed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM reset_requests WHERE kind = 'password_changed'")
+            .fetch_one(&system.db.pool)
+            .await
+            .unwrap_or(0);
+    assert!(changed <= 1);
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn the_password_policy_names_the_rule_that_failed() {
+    let system = System::start().await;
+    system
+        .db
+        .add_account("ada-account", "ada@example.com", None, None)
+        .await;
+    let token = mailed_token(&system, "ada-account", 0).await;
+    let cases = [
+        ("short", "password must be at least 8 characters"),
+        (
+            &"x".repeat(129) as &str,
+            "password must be at most 128 characters",
+        ),
+        (
+            "ADA@example.com",
+            "password must not be the account's id or email",
+        ),
+        (
+            "ada-account",
+            "password must not be the account's id or email",
+        ),
+    ];
+    for (password, message) in cases {
+        let response = reset(&system.api, &token, password).await;
+        assert_eq!(response.status, 400);
+        assert_eq!(response.message(), message);
+    }
+    // The refused attempts did not use the token; 8 emoji are 8 characters.
+    assert_eq!(
+        reset(&system.api, &token, &"🔑".repeat(8)).await.status,
+        200
+    );
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn the_reset_endpoints_check_keys_fields_and_rate_like_forgot_password() {
+    let api = TestApi::spawn_with(|s| {
+        s.http.rate_limit = "3/minute,burst=3".parse().expect("limit");
+    })
+    .await;
+    let no_key = e2e::post(
+        api.addr,
+        VERIFY,
+        &[("Content-Type", "application/json".into())],
+        r#"{"token":"x"}"#,
+    )
+    .await;
+    assert_eq!(no_key.status, 403);
+    let missing = api.post_json(RESET, json!({ "token": "x" })).await;
+    assert_eq!(
+        (missing.status, missing.message()),
+        (400, "`password` is missing".to_owned())
+    );
+    let get = e2e::get(api.addr, RESET).await;
+    assert_eq!((get.status, get.header("allow")), (405, Some("POST")));
+    assert_eq!(verify(&api, "anything").await.body, INVALID);
+    let limited = verify(&api, "anything").await;
+    assert_eq!(limited.status, 429, "the fourth attempt from one client");
+    assert!(limited.header("retry-after").is_some());
+    api.stop().await;
+}
+
+/// PostgreSQL down: forgot-password keeps working (it needs only NATS); the reset endpoints
+/// say 503, not 400, so a client knows to retry.
+#[tokio::test]
+async fn without_the_database_forgot_password_works_and_resets_answer_503() {
+    let api = TestApi::spawn().await;
+    assert_eq!(api.forgot_id("ada").await.status, 200);
+    let token = "A".repeat(43);
+    let verified = verify(&api, &token).await;
+    assert_eq!(verified.status, 503);
+    assert_eq!(verified.header("retry-after"), Some("2"));
+    assert_eq!(
+        reset(&api, &token, "long enough password").await.status,
+        503
+    );
+    api.stop().await;
+}
+
+/// A password change committed but not yet published (the api stopped in between, or NATS
+/// was down) is published from the outbox later, and the owner still hears of it.
+#[tokio::test]
+async fn a_queued_notification_is_relayed_from_the_outbox() {
+    let system = System::start().await;
+    system
+        .db
+        .add_account("ada", "ada@example.com", None, None)
+        .await;
+    let event = shared::event::PasswordChanged::new(
+        "ada".into(),
+        "queued-before-a-crash".into(),
+        shared::event::ClientContext {
+            ip: None,
+            user_agent: None,
+            api_key_label: "tests".into(),
+        },
+    );
+    sqlx::query(
+        "INSERT INTO event_outbox (event_id, subject, payload, created_at)
+         VALUES ($1, $2, $3, now() - interval '1 minute')",
+    )
+    .bind(event.event_id)
+    .bind(format!("{}.changed", system.api.iso.prefix))
+    .bind(event.to_json())
+    .execute(&system.db.pool)
+    .await
+    .expect("queue");
+    let mails = system.sink.wait_for(1, WAIT).await;
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0].subject, "Your Example password was changed");
+    system.stop().await;
+}
