@@ -1,0 +1,70 @@
+//! Benchmark servers and the end-to-end load driver. See `bench/run` and BENCHMARKS.md.
+//!
+//! - `bare`: a hyper server that parses the same body as the api and answers the same 200,
+//!   publishing nothing — the ceiling of the HTTP layer on this machine;
+//! - `publish-only`: the same plus one JetStream publish awaited to its PubAck — the ceiling
+//!   for "200 means durable";
+//! - `load`: sends forgot-password requests for numbered accounts and measures, from an SMTP
+//!   sink's files, how long each took to become a mail.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+/// `{"code":200,"message":"OK"}` or a 400, exactly as the api shapes them.
+pub fn reply(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({ "code": status.as_u16(), "message": message }).to_string();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Reads the body and parses it with the api's own parser.
+pub async fn parse(req: Request<Incoming>) -> Result<String, Response<Full<Bytes>>> {
+    let kind = api::body::media_type(req.headers().get(header::CONTENT_TYPE))
+        .map_err(|e| reply(StatusCode::UNSUPPORTED_MEDIA_TYPE, &e.to_string()))?;
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| reply(StatusCode::BAD_REQUEST, &e.to_string()))?
+        .to_bytes();
+    api::body::parse(kind, &body)
+        .map(|id| id.into_string())
+        .map_err(|e| reply(StatusCode::BAD_REQUEST, &e.to_string()))
+}
+
+/// Serves `handler` on `addr` over HTTP/1.1 with keep-alive, like the api.
+pub async fn serve<H, F>(addr: SocketAddr, handler: H) -> std::io::Result<()>
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let listener = TcpListener::bind(addr).await?;
+    eprintln!("listening on {}", listener.local_addr()?);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler(req).await) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
