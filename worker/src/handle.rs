@@ -73,9 +73,8 @@ pub async fn handle(
     mode: Mode,
     deps: &Deps,
 ) -> Result<Handled, HandleError> {
-    if let Some(done) = deps.store.standing_outcome(event.event_id, mode).await? {
-        return Ok(Handled::AlreadyDone(done));
-    }
+    // No separate "was it handled before?" query: the claim below answers that under its
+    // lock, and a redelivered unknown-account event is recorded again, harmlessly.
     let account = match deps.store.find_account(&event.id).await? {
         Lookup::Found(account) => account,
         Lookup::NotFound => {

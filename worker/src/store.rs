@@ -294,7 +294,8 @@ impl Store {
     /// one minted by an earlier attempt at this event) and marks the event pending.
     ///
     /// The lock serialises claims for one account across all workers, so a burst of requests
-    /// for one account yields one email however many workers take part.
+    /// for one account yields one email however many workers take part. Throttling counts
+    /// `pending` and `sent` resets whose `claimed_at` is within the window, this event aside.
     pub async fn claim(
         &self,
         event: &ResetRequested,
@@ -304,71 +305,30 @@ impl Store {
         limits: Limits,
         mode: Mode,
     ) -> Result<Claim, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7041))")
-            .bind(&account.id)
-            .execute(&mut *tx)
-            .await?;
-
-        let existing: Option<String> =
-            sqlx::query_scalar("SELECT outcome FROM reset_requests WHERE event_id = $1 FOR UPDATE")
+        // One round trip: the steps run in the `reset_claim` function (migration 0003).
+        let answer: String =
+            sqlx::query_scalar("SELECT reset_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
                 .bind(event.event_id)
-                .fetch_optional(&mut *tx)
+                .bind(&account.id)
+                .bind(&event.request_id)
+                .bind(event.requested_at)
+                .bind(attempt as i32)
+                .bind(&token_hash[..])
+                .bind(limits.token_ttl.as_secs_f64())
+                .bind(limits.cooldown.as_secs_f64())
+                .bind(i32::try_from(limits.daily_limit).unwrap_or(i32::MAX))
+                .bind(mode == Mode::Again)
+                .fetch_one(&self.pool)
                 .await?;
-        if let Some(done) = existing
-            .as_deref()
-            .and_then(Outcome::parse)
-            .filter(|o| mode.keeps(*o))
-        {
-            tx.commit().await?;
-            return Ok(Claim::AlreadyDone(done));
+        match answer.as_str() {
+            "proceed" => Ok(Claim::Proceed),
+            "throttled" => Ok(Claim::Throttled),
+            other => other
+                .strip_prefix("done:")
+                .and_then(Outcome::parse)
+                .map(Claim::AlreadyDone)
+                .ok_or_else(|| sqlx::Error::Protocol(format!("reset_claim answered {other}"))),
         }
-
-        if let Some(why) = throttle_reason(&mut tx, &account.id, event.event_id, limits).await? {
-            upsert_request(
-                &mut tx,
-                &event.into(),
-                attempt,
-                &account.id,
-                "throttled",
-                Some(why),
-            )
-            .await?;
-            tx.commit().await?;
-            return Ok(Claim::Throttled);
-        }
-
-        sqlx::query(
-            "UPDATE reset_tokens SET invalidated_at = now()
-             WHERE account_id = $1 AND used_at IS NULL AND invalidated_at IS NULL",
-        )
-        .bind(&account.id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO reset_tokens
-                 (token_hash, account_id, event_id, expires_at, password_fingerprint)
-             VALUES ($1, $2, $3, now() + make_interval(secs => $4),
-                     (SELECT sha256(convert_to(coalesce(password_hash, ''), 'UTF8'))
-                      FROM accounts WHERE id = $2))",
-        )
-        .bind(&token_hash[..])
-        .bind(&account.id)
-        .bind(event.event_id)
-        .bind(limits.token_ttl.as_secs_f64())
-        .execute(&mut *tx)
-        .await?;
-        upsert_request(
-            &mut tx,
-            &event.into(),
-            attempt,
-            &account.id,
-            "pending",
-            None,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(Claim::Proceed)
     }
 
     pub async fn mark_sent(&self, event_id: Uuid) -> Result<(), sqlx::Error> {
