@@ -2,7 +2,6 @@
 //! exposition format. Counters and histograms with labels; nothing global, so two apps in
 //! one test process keep their own numbers.
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +18,39 @@ pub struct Counter {
     name: &'static str,
     help: &'static str,
     labels: &'static [&'static str],
-    values: Mutex<BTreeMap<Vec<String>, u64>>,
+    values: Mutex<Vec<(Vec<String>, u64)>>,
+}
+
+/// Finds the entry for `label_values` or adds it. A linear scan without allocating: a family
+/// has a handful of series, and this runs on every request.
+fn entry<'a, T>(
+    values: &'a mut Vec<(Vec<String>, T)>,
+    label_values: &[&str],
+    new: impl FnOnce() -> T,
+) -> &'a mut T {
+    let found = values.iter().position(|(key, _)| {
+        key.iter()
+            .map(String::as_str)
+            .eq(label_values.iter().copied())
+    });
+    let index = match found {
+        Some(index) => index,
+        None => {
+            values.push((
+                label_values.iter().map(|v| (*v).to_owned()).collect(),
+                new(),
+            ));
+            values.len() - 1
+        }
+    };
+    &mut values[index].1
+}
+
+/// The series in a stable order for rendering.
+fn sorted<T: Clone>(values: &[(Vec<String>, T)]) -> Vec<(Vec<String>, T)> {
+    let mut copy = values.to_vec();
+    copy.sort_by(|a, b| a.0.cmp(&b.0));
+    copy
 }
 
 impl Counter {
@@ -32,7 +63,7 @@ impl Counter {
             name,
             help,
             labels,
-            values: Mutex::new(BTreeMap::new()),
+            values: Mutex::new(Vec::new()),
         }
     }
 
@@ -41,18 +72,25 @@ impl Counter {
     }
 
     pub fn add(&self, label_values: &[&str], n: u64) {
-        let key = label_values.iter().map(|v| (*v).to_owned()).collect();
         if let Ok(mut values) = self.values.lock() {
-            *values.entry(key).or_insert(0) += n;
+            *entry(&mut values, label_values, || 0) += n;
         }
     }
 
     /// The current value for one combination of labels (0 if never counted).
     pub fn get(&self, label_values: &[&str]) -> u64 {
-        let key: Vec<String> = label_values.iter().map(|v| (*v).to_owned()).collect();
         self.values
             .lock()
-            .map(|values| values.get(&key).copied().unwrap_or(0))
+            .map(|values| {
+                values
+                    .iter()
+                    .find(|(key, _)| {
+                        key.iter()
+                            .map(String::as_str)
+                            .eq(label_values.iter().copied())
+                    })
+                    .map_or(0, |(_, v)| *v)
+            })
             .unwrap_or(0)
     }
 
@@ -114,7 +152,7 @@ pub struct Histogram {
     help: &'static str,
     labels: &'static [&'static str],
     bounds: &'static [f64],
-    values: Mutex<BTreeMap<Vec<String>, Buckets>>,
+    values: Mutex<Vec<(Vec<String>, Buckets)>>,
 }
 
 impl Histogram {
@@ -129,14 +167,13 @@ impl Histogram {
             help,
             labels,
             bounds,
-            values: Mutex::new(BTreeMap::new()),
+            values: Mutex::new(Vec::new()),
         }
     }
 
     pub fn observe(&self, label_values: &[&str], value: f64) {
-        let key = label_values.iter().map(|v| (*v).to_owned()).collect();
         if let Ok(mut values) = self.values.lock() {
-            let buckets = values.entry(key).or_insert_with(|| Buckets {
+            let buckets = entry(&mut values, label_values, || Buckets {
                 counts: vec![0; self.bounds.len()],
                 ..Buckets::default()
             });
@@ -157,8 +194,9 @@ impl Histogram {
     pub fn render(&self, out: &mut String) {
         let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
         let _ = writeln!(out, "# TYPE {} histogram", self.name);
-        if let Ok(values) = self.values.lock() {
-            for (key, buckets) in values.iter() {
+        let values = self.values.lock().map(|v| sorted(&v)).unwrap_or_default();
+        {
+            for (key, buckets) in &values {
                 for (bound, count) in self.bounds.iter().zip(&buckets.counts) {
                     let le = bound.to_string();
                     let _ = writeln!(
