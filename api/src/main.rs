@@ -3,7 +3,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let settings = api::Settings::parse();
-    shared::telemetry::init(&settings.log);
+    let _logs = shared::telemetry::init(&settings.log);
     let app = match api::Application::build(settings).await {
         Ok(app) => app,
         Err(err) => {

@@ -1,5 +1,7 @@
 //! Logging set-up and what keeps personal data out of it.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::{EnvFilter, fmt};
 
 /// How log lines are written.
@@ -19,29 +21,44 @@ pub struct LogSettings {
     pub log_format: LogFormat,
 }
 
-/// Installs the global subscriber, logging to stdout. A second call (several apps in one test
-/// process) is a no-op.
-pub fn init(settings: &LogSettings) {
-    init_to(settings, false);
+/// Keeps the log writer thread alive; dropping it flushes what is still queued.
+pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
+
+/// Installs the global subscriber, logging to stdout. Lines are written by a thread of their
+/// own, so a request never waits for a write to the terminal or a pipe; when that thread falls
+/// behind, logging blocks rather than dropping lines. Keep the guard until the process ends.
+/// A second call (several apps in one test process) installs nothing.
+pub fn init(settings: &LogSettings) -> LogGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stdout());
+    install(settings, writer, std::io::stdout().is_terminal());
+    guard
 }
 
 /// Like [`init`], but to stderr: for commands whose stdout is their output.
-pub fn init_to_stderr(settings: &LogSettings) {
-    init_to(settings, true);
+pub fn init_to_stderr(settings: &LogSettings) -> LogGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
+    install(settings, writer, std::io::stderr().is_terminal());
+    guard
 }
 
-fn init_to(settings: &LogSettings, stderr: bool) {
+/// Colours only on a terminal: escape codes in a log file or pipe are noise, and cost.
+fn install(
+    settings: &LogSettings,
+    writer: tracing_appender::non_blocking::NonBlocking,
+    terminal: bool,
+) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter);
-    let _ = match (settings.log_format, stderr) {
-        (LogFormat::Pretty, false) => builder.try_init(),
-        (LogFormat::Pretty, true) => builder.with_writer(std::io::stderr).try_init(),
-        (LogFormat::Json, false) => builder.json().flatten_event(true).try_init(),
-        (LogFormat::Json, true) => builder
-            .json()
-            .flatten_event(true)
-            .with_writer(std::io::stderr)
-            .try_init(),
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(terminal);
+    let _ = match settings.log_format {
+        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }
 

@@ -4,11 +4,11 @@ use worker::cli::{Cli, Command};
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if cli.command.is_some() {
-        shared::telemetry::init_to_stderr(&cli.settings.log);
+    let _logs = if cli.command.is_some() {
+        shared::telemetry::init_to_stderr(&cli.settings.log)
     } else {
-        shared::telemetry::init(&cli.settings.log);
-    }
+        shared::telemetry::init(&cli.settings.log)
+    };
     let result = match &cli.command {
         None => worker::run(cli.settings, shared::shutdown_signal())
             .await
