@@ -7,6 +7,8 @@ Failures on demand, by recipient local part:
   reject...@      550 at RCPT, every time
   tempfailN...@   451 at RCPT for the first N attempts to that address, then accepted
   slowN...@       accepted, but the answer to DATA takes N milliseconds
+and for every recipient while the file <dir>/fail-451 (or <dir>/fail-550) exists: 451 (or 550).
+Every RCPT is logged to <dir>/rcpt.log as "<ns> <code> <address>".
 
 TLS (certificates made with trustme; the CA is written to <dir>/ca.pem):
   --starttls      offer and require STARTTLS
@@ -34,6 +36,18 @@ class Sink:
         self.lock = threading.Lock()
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        answer = self.decide(address)
+        with open(os.path.join(self.out, "rcpt.log"), "a") as log:
+            log.write(f"{time.time_ns()} {answer[:3]} {address}\n")
+        if answer.startswith("250"):
+            envelope.rcpt_tos.append(address)
+        return answer
+
+    def decide(self, address):
+        if os.path.exists(os.path.join(self.out, "fail-550")):
+            return "550 5.7.1 Rejected for now"
+        if os.path.exists(os.path.join(self.out, "fail-451")):
+            return "451 4.3.2 Service unavailable for now"
         local = address.split("@", 1)[0].lower()
         if local.startswith("reject"):
             return "550 5.1.1 Mailbox unavailable"
@@ -44,7 +58,6 @@ class Sink:
                 self.tempfails[address] = seen
             if seen <= int(match.group(1)):
                 return "451 4.3.0 Try again later"
-        envelope.rcpt_tos.append(address)
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):

@@ -396,6 +396,16 @@ impl PrivateNats {
         panic!("private nats-server did not come up on port {}", self.port);
     }
 
+    /// SIGTERM (a clean shutdown), and wait for the process to be gone.
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
     /// SIGKILL, and wait for the process to be gone.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -119,6 +119,34 @@ impl SmtpSink {
         }
     }
 
+    /// Makes the sink answer every recipient with `code` (451 or 550) until [`SmtpSink::heal`].
+    pub fn fail_all(&self, code: u16) {
+        std::fs::write(self.dir.join(format!("fail-{code}")), b"").expect("control file");
+    }
+
+    /// Ends [`SmtpSink::fail_all`].
+    pub fn heal(&self) {
+        for code in [451, 550] {
+            let _ = std::fs::remove_file(self.dir.join(format!("fail-{code}")));
+        }
+    }
+
+    /// Every RCPT the sink answered: (Unix ns, reply code, address).
+    pub fn rcpt_log(&self) -> Vec<(u128, u16, String)> {
+        std::fs::read_to_string(self.dir.join("rcpt.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let mut parts = line.splitn(3, ' ');
+                Some((
+                    parts.next()?.parse().ok()?,
+                    parts.next()?.parse().ok()?,
+                    parts.next()?.to_owned(),
+                ))
+            })
+            .collect()
+    }
+
     /// The CA that signed the sink's certificate, for `SMTP_CA_FILE`.
     pub fn ca_file(&self) -> PathBuf {
         self.dir.join("ca.pem")

@@ -88,6 +88,20 @@ impl WorkerProcess {
         Self::spawn_logging(args, Stdio::null(), "warn")
     }
 
+    /// Like [`WorkerProcess::spawn`], at the lowest CPU priority (`nice -n 19`).
+    pub fn spawn_niced(args: &[String]) -> Self {
+        let child = Command::new("nice")
+            .args(["-n", "19"])
+            .arg(binary("worker"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the worker binary starts");
+        Self { child }
+    }
+
     /// Like [`WorkerProcess::spawn`], with its log lines (at `level`) going to `stdout`.
     pub fn spawn_logging(args: &[String], stdout: impl Into<Stdio>, level: &str) -> Self {
         let child = Command::new(binary("worker"))
