@@ -107,13 +107,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut received: Vec<(usize, u64)> = Vec::new();
     for entry in walk(&sink_dir) {
-        let Ok(meta) = std::fs::metadata(&entry) else { continue };
-        let Ok(modified) = meta.modified() else { continue };
+        let Ok(meta) = std::fs::metadata(&entry) else {
+            continue;
+        };
+        let Ok(modified) = meta.modified() else {
+            continue;
+        };
         let at = modified
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        let Ok(text) = std::fs::read_to_string(&entry) else { continue };
+        let Ok(text) = std::fs::read_to_string(&entry) else {
+            continue;
+        };
         if let Some(i) = recipient_index(&text, &prefix) {
             received.push((i, at));
         }
