@@ -487,7 +487,10 @@ async fn existing_and_unknown_accounts_cannot_be_told_apart() {
     );
     assert_eq!(shapes.len(), 1, "{shapes:?}");
     assert!(p > 0.01, "latency distributions differ: D = {d}, p = {p}");
-    assert!(sink.wait_for(1000, Duration::from_secs(60)).await.len() >= 1000, "the worker mailed the existing accounts");
+    assert!(
+        sink.wait_for(1000, Duration::from_secs(60)).await.len() >= 1000,
+        "the worker mailed the existing accounts"
+    );
     api.stop().await;
     db.drop_db().await;
 }

@@ -93,6 +93,8 @@ async fn a_mailed_token_verifies_resets_once_and_the_owner_is_told() {
         !notice.raw.contains("correct horse"),
         "the password is in the notification"
     );
+    // The mail can land a moment before the worker records it as sent.
+    system.db.wait_for_outcomes(2).await;
     let kinds: Vec<(String, String)> =
         sqlx::query_as("SELECT kind, outcome FROM reset_requests ORDER BY created_at")
             .fetch_all(&system.db.pool)

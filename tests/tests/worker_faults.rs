@@ -298,6 +298,7 @@ async fn a_send_slower_than_ack_wait_is_not_redelivered_mid_send() {
     assert_eq!(mails.len(), 1);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(system.sink.messages().len(), 1);
+    system.db.wait_for_outcomes(1).await;
     assert_eq!(system.db.only_record().await, ("sent".to_owned(), 1));
     system.stop().await;
 }
