@@ -74,15 +74,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     let shutdown = shutdown.shared();
-    let templates = Templates::load(&settings.mail.templates_dir)?;
-    let composer = Composer::new(
-        &settings.mail.mail_from,
-        settings.mail.app_name.clone(),
-        settings.mail.support_email.clone(),
-        settings.policy.reset_url.clone(),
-        settings.policy.token_ttl,
-    )?;
-    let mailer = Mailer::from_settings(&settings.mail)?;
+    let (templates, composer, mailer) = mail_parts(&settings)?;
     let status = Arc::new(Status::default());
     let (bound, listener) = telemetry::serve(settings.status.addr, status.clone())
         .await
@@ -171,11 +163,7 @@ async fn consume_until(
         templates,
         composer,
         mailer,
-        limits: Limits {
-            cooldown: settings.policy.cooldown,
-            daily_limit: settings.policy.daily_limit,
-            token_ttl: settings.policy.token_ttl,
-        },
+        limits: Limits::from(&settings.policy),
         status,
     });
     let loop_settings = LoopSettings {
@@ -214,6 +202,23 @@ async fn consume_until(
     deps.store.pool().close().await;
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// Templates, composer and transport from the settings: everything that fails at once when a
+/// setting is wrong. Shared by the worker and the operator commands.
+pub(crate) fn mail_parts(
+    settings: &Settings,
+) -> Result<(Templates, Composer, Mailer), WorkerError> {
+    let templates = Templates::load(&settings.mail.templates_dir)?;
+    let composer = Composer::new(
+        &settings.mail.mail_from,
+        settings.mail.app_name.clone(),
+        settings.mail.support_email.clone(),
+        settings.policy.reset_url.clone(),
+        settings.policy.token_ttl,
+    )?;
+    let mailer = Mailer::from_settings(&settings.mail)?;
+    Ok((templates, composer, mailer))
 }
 
 /// Calls `attempt` until it succeeds, backing off up to 10 s, or until `shutdown` (then `None`).

@@ -26,11 +26,8 @@ use crate::consume::{
     HEADER_DEAD_SUBJECT, HEADER_RETRY_OF,
 };
 use crate::handle::{Deps, handle};
-use crate::mail::Composer;
 use crate::store::{Limits, Lookup, Mode, Store};
 use crate::telemetry::Status;
-use crate::templates::Templates;
-use crate::transport::Mailer;
 
 /// Why an operator command failed.
 #[derive(Debug, thiserror::Error)]
@@ -322,28 +319,14 @@ async fn describe(
 
 /// What handling needs, for the operator tools (no listener, no consumer).
 async fn deps_for(settings: &Settings) -> Result<Deps, OpsError> {
-    let templates =
-        Templates::load(&settings.mail.templates_dir).map_err(crate::WorkerError::from)?;
-    let composer = Composer::new(
-        &settings.mail.mail_from,
-        settings.mail.app_name.clone(),
-        settings.mail.support_email.clone(),
-        settings.policy.reset_url.clone(),
-        settings.policy.token_ttl,
-    )
-    .map_err(crate::WorkerError::from)?;
-    let mailer = Mailer::from_settings(&settings.mail).map_err(crate::WorkerError::from)?;
+    let (templates, composer, mailer) = crate::mail_parts(settings)?;
     let store = Store::connect(&settings.database.url.database_url, 4).await?;
     Ok(Deps {
         store,
         templates,
         composer,
         mailer,
-        limits: Limits {
-            cooldown: settings.policy.cooldown,
-            daily_limit: settings.policy.daily_limit,
-            token_ttl: settings.policy.token_ttl,
-        },
+        limits: Limits::from(&settings.policy),
         status: Arc::new(Status::default()),
     })
 }

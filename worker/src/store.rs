@@ -139,6 +139,16 @@ pub struct Record {
     pub updated_at: time::OffsetDateTime,
 }
 
+impl From<&crate::config::PolicySettings> for Limits {
+    fn from(policy: &crate::config::PolicySettings) -> Self {
+        Self {
+            cooldown: policy.cooldown,
+            daily_limit: policy.daily_limit,
+            token_ttl: policy.token_ttl,
+        }
+    }
+}
+
 /// The answer to "may this event be mailed now?".
 #[derive(Debug, PartialEq, Eq)]
 pub enum Claim {
