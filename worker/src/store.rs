@@ -223,9 +223,15 @@ impl Store {
         account_id: &str,
         event_id: Uuid,
         limits: Limits,
-    ) -> Result<Option<&'static str>, sqlx::Error> {
-        let mut conn = self.pool.acquire().await?;
-        throttle_reason(&mut conn, account_id, event_id, limits).await
+    ) -> Result<Option<String>, sqlx::Error> {
+        // The same rule the claim applies (`reset_throttle_reason`, migration 0004).
+        sqlx::query_scalar("SELECT reset_throttle_reason($1, $2, $3, $4)")
+            .bind(account_id)
+            .bind(event_id)
+            .bind(limits.cooldown.as_secs_f64())
+            .bind(i32::try_from(limits.daily_limit).unwrap_or(i32::MAX))
+            .fetch_one(&self.pool)
+            .await
     }
 
     /// Finds the account an `id` names: by account id first, else by email, case-insensitively.
@@ -394,34 +400,6 @@ impl Store {
         }
         tx.commit().await
     }
-}
-
-async fn throttle_reason(
-    conn: &mut sqlx::PgConnection,
-    account_id: &str,
-    event_id: Uuid,
-    limits: Limits,
-) -> Result<Option<&'static str>, sqlx::Error> {
-    let (recent, today): (i64, i64) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE claimed_at > now() - make_interval(secs => $3)),
-                count(*)
-         FROM reset_requests
-         WHERE account_id = $1 AND event_id <> $2 AND kind = 'reset'
-           AND outcome IN ('pending', 'sent')
-           AND claimed_at > now() - interval '24 hours'",
-    )
-    .bind(account_id)
-    .bind(event_id)
-    .bind(limits.cooldown.as_secs_f64())
-    .fetch_one(conn)
-    .await?;
-    Ok(if recent > 0 {
-        Some("an email went to this account less than RESET_COOLDOWN ago")
-    } else if today >= i64::from(limits.daily_limit) {
-        Some("RESET_DAILY_LIMIT reached for this account")
-    } else {
-        None
-    })
 }
 
 async fn upsert_request(
