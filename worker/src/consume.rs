@@ -303,9 +303,11 @@ async fn process(
         };
         match with_progress(&message, progress_every, work).await {
             Ok(handled) => {
-                if let Err(err) = message.double_ack().await {
-                    // The work is recorded; a redelivery finds it done and sends nothing.
-                    tracing::warn!(error = %err, "ack not confirmed");
+                // A plain ack, not a confirmed one: the outcome is already recorded, so an ack
+                // that gets lost only brings a redelivery that finds the event done and sends
+                // nothing. Confirming would cost a subscription and a round trip per email.
+                if let Err(err) = message.ack().await {
+                    tracing::warn!(error = %err, "ack not sent; the redelivery will find the event done");
                 }
                 tracing::info!(outcome = handled.as_str(), "event handled");
                 deps.status.metrics.events.inc(&[handled.as_str()]);
