@@ -461,3 +461,44 @@ async fn without_smtp_the_mail_goes_to_the_outbox() {
     db.drop_db().await;
     let _ = std::fs::remove_dir_all(outbox);
 }
+
+#[tokio::test]
+async fn sent_records_written_together_are_each_committed() {
+    let db = TestDb::migrated().await;
+    let ids: Vec<uuid::Uuid> = (0..300).map(|_| uuid::Uuid::now_v7()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO reset_requests
+                (event_id, account_id, outcome, attempts, request_id, requested_at, kind)
+             VALUES ($1, $2, 'pending', 1, 'r', now(), 'reset')",
+        )
+        .bind(id)
+        .bind(format!("acct-{i}"))
+        .execute(&db.pool)
+        .await
+        .expect("insert pending");
+    }
+    // More callers than the pool has connections, all at once: they queue into batches.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&db.url)
+        .await
+        .expect("connect");
+    let store = worker::store::Store::from_pool(pool);
+    let marks = ids.iter().map(|id| {
+        let store = store.clone();
+        let id = *id;
+        tokio::spawn(async move { store.mark_sent(id).await })
+    });
+    for result in futures::future::join_all(marks).await {
+        result.expect("task").expect("mark_sent");
+    }
+    let (sent, stamped): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE outcome = 'sent'), count(sent_at) FROM reset_requests",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("count");
+    assert_eq!((sent, stamped), (300, 300));
+    db.drop_db().await;
+}

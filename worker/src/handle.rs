@@ -7,7 +7,7 @@ use std::time::Instant;
 use shared::event::{PasswordChanged, ResetRequested};
 
 use crate::mail::{ComposeError, Composer};
-use crate::store::{Claim, EventMeta, Limits, Lookup, Mode, Outcome, Store};
+use crate::store::{Claim, EventMeta, Limits, Mode, Outcome, RecordError, Resolution, Store};
 use crate::telemetry::Status;
 use crate::templates::Templates;
 use crate::tokens::{MintError, Token};
@@ -56,6 +56,8 @@ pub enum HandleError {
     Compose(#[from] ComposeError),
     #[error(transparent)]
     Mint(#[from] MintError),
+    #[error(transparent)]
+    Record(#[from] RecordError),
 }
 
 impl HandleError {
@@ -73,17 +75,26 @@ pub async fn handle(
     mode: Mode,
     deps: &Deps,
 ) -> Result<Handled, HandleError> {
-    // No separate "was it handled before?" query: the claim below answers that under its
-    // lock, and a redelivered unknown-account event is recorded again, harmlessly.
-    let account = match deps.store.find_account(&event.id).await? {
-        Lookup::Found(account) => account,
-        Lookup::NotFound => {
+    // No separate "was it handled before?" query: the claim answers that under its lock,
+    // and a redelivered unknown-account event is recorded again, harmlessly. The token is
+    // minted before the lookup so that lookup and claim share one database connection; for
+    // an unknown account it is simply dropped.
+    let token = Token::mint()?;
+    let resolution = deps
+        .store
+        .find_and_claim(event, attempt, &token.hash(), deps.limits, mode)
+        .await?;
+    let account = match resolution {
+        Resolution::Claimed(account, Claim::Proceed) => account,
+        Resolution::Claimed(_, Claim::Throttled) => return Ok(Handled::Throttled),
+        Resolution::Claimed(_, Claim::AlreadyDone(done)) => return Ok(Handled::AlreadyDone(done)),
+        Resolution::NotFound => {
             deps.store
                 .record_outcome(&event.into(), attempt, None, Outcome::NoAccount, None)
                 .await?;
             return Ok(Handled::NoAccount);
         }
-        Lookup::Ambiguous(count) => {
+        Resolution::Ambiguous(count) => {
             let note = format!("{count} accounts share this email and none has it as id");
             tracing::warn!("{note}: no email sent");
             deps.store
@@ -98,18 +109,6 @@ pub async fn handle(
             return Ok(Handled::NoAccount);
         }
     };
-
-    let token = Token::mint()?;
-    match deps
-        .store
-        .claim(event, attempt, &account, &token.hash(), deps.limits, mode)
-        .await?
-    {
-        Claim::Proceed => {}
-        Claim::Throttled => return Ok(Handled::Throttled),
-        Claim::AlreadyDone(done) => return Ok(Handled::AlreadyDone(done)),
-    }
-
     let message = deps
         .composer
         .reset_email(&deps.templates, event, &account, token.plaintext())?;

@@ -1,10 +1,12 @@
 //! Everything the worker keeps in PostgreSQL: processing records, tokens, and reads of
 //! `accounts`. Queries are checked at run time, so building needs no database.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use shared::event::ResetRequested;
-use sqlx::{PgPool, postgres::PgPoolOptions};
+use sqlx::{PgConnection, PgPool, postgres::PgPoolOptions};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 /// A row of `accounts`.
@@ -160,9 +162,53 @@ pub enum Claim {
     AlreadyDone(Outcome),
 }
 
+/// What [`Store::find_and_claim`] found and decided.
+#[derive(Debug)]
+pub enum Resolution {
+    Claimed(Account, Claim),
+    NotFound,
+    /// This many accounts share the email, and none has it as id.
+    Ambiguous(i64),
+}
+
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: PgPool,
+    /// Where [`Store::mark_sent`] queues its records; the writer starts with the first one.
+    sent: Arc<OnceLock<mpsc::Sender<SentRecord>>>,
+}
+
+/// Most records written by one UPDATE.
+const SENT_BATCH: usize = 256;
+
+type SentRecord = (Uuid, oneshot::Sender<Result<(), RecordError>>);
+
+/// Why a sent email could not be recorded.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RecordError {
+    #[error("recording the sent email: {0}")]
+    Database(Arc<sqlx::Error>),
+    #[error("recording the sent email: the writer has stopped")]
+    Stopped,
+}
+
+/// Writes queued sent records, as many per UPDATE as have queued up since the last one.
+async fn record_sent(pool: PgPool, mut queue: mpsc::Receiver<SentRecord>) {
+    let mut batch = Vec::with_capacity(SENT_BATCH);
+    let mut ids = Vec::with_capacity(SENT_BATCH);
+    while queue.recv_many(&mut batch, SENT_BATCH).await > 0 {
+        ids.clear();
+        ids.extend(batch.iter().map(|(id, _)| *id));
+        let result = sqlx::query("SELECT reset_mark_sent($1)")
+            .bind(&ids)
+            .execute(&pool)
+            .await
+            .map(|_| ())
+            .map_err(|err| RecordError::Database(Arc::new(err)));
+        for (_, reply) in batch.drain(..) {
+            let _ = reply.send(result.clone());
+        }
+    }
 }
 
 impl Store {
@@ -170,13 +216,20 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
+            // sqlx already pings every connection when it returns to the pool; a second ping
+            // on the way out would add a round trip to every query. A connection that died
+            // while idle fails its query, which is retried like any other database error.
+            .test_before_acquire(false)
             .connect(url)
             .await?;
-        Ok(Self { pool })
+        Ok(Self::from_pool(pool))
     }
 
     pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            sent: Arc::default(),
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -236,23 +289,31 @@ impl Store {
 
     /// Finds the account an `id` names: by account id first, else by email, case-insensitively.
     pub async fn find_account(&self, id: &str) -> Result<Lookup, sqlx::Error> {
-        let rows: Vec<Account> = sqlx::query_as(
-            "SELECT id, email, display_name, locale FROM accounts
-             WHERE id = $1 OR lower(email) = lower($1)
-             ORDER BY (id = $1) DESC
-             LIMIT 3",
-        )
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut rows = rows.into_iter();
-        Ok(match rows.next() {
-            None => Lookup::NotFound,
-            Some(first) if first.id == id => Lookup::Found(first),
-            Some(first) => match rows.len() {
-                0 => Lookup::Found(first),
-                more => Lookup::Ambiguous(1 + more as i64),
-            },
+        let mut conn = self.pool.acquire().await?;
+        find_account(&mut conn, id).await
+    }
+
+    /// [`Store::find_account`], then, if it is found, the claim (see [`claim`]), on one
+    /// connection: one pool checkout, so one of sqlx's connection checks, instead of two.
+    pub async fn find_and_claim(
+        &self,
+        event: &ResetRequested,
+        attempt: u32,
+        token_hash: &[u8; 32],
+        limits: Limits,
+        mode: Mode,
+    ) -> Result<Resolution, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(match find_account(&mut conn, &event.id).await? {
+            Lookup::Found(account) => {
+                let claim = claim(
+                    &mut conn, event, attempt, &account, token_hash, limits, mode,
+                )
+                .await?;
+                Resolution::Claimed(account, claim)
+            }
+            Lookup::NotFound => Resolution::NotFound,
+            Lookup::Ambiguous(count) => Resolution::Ambiguous(count),
         })
     }
 
@@ -305,58 +366,23 @@ impl Store {
         Ok(())
     }
 
-    /// Decides, under a per-account lock, whether this event may be mailed now, and if so
-    /// stores the new token's hash, invalidates the account's other live tokens (including
-    /// one minted by an earlier attempt at this event) and marks the event pending.
+    /// Records the event's email as sent, and returns once that is committed.
     ///
-    /// The lock serialises claims for one account across all workers, so a burst of requests
-    /// for one account yields one email however many workers take part. Throttling counts
-    /// `pending` and `sent` resets whose `claimed_at` is within the window, this event aside.
-    pub async fn claim(
-        &self,
-        event: &ResetRequested,
-        attempt: u32,
-        account: &Account,
-        token_hash: &[u8; 32],
-        limits: Limits,
-        mode: Mode,
-    ) -> Result<Claim, sqlx::Error> {
-        // One round trip: the steps run in the `reset_claim` function (migration 0003).
-        let answer: String =
-            sqlx::query_scalar("SELECT reset_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
-                .bind(event.event_id)
-                .bind(&account.id)
-                .bind(&event.request_id)
-                .bind(event.requested_at)
-                .bind(attempt as i32)
-                .bind(&token_hash[..])
-                .bind(limits.token_ttl.as_secs_f64())
-                .bind(limits.cooldown.as_secs_f64())
-                .bind(i32::try_from(limits.daily_limit).unwrap_or(i32::MAX))
-                .bind(mode == Mode::Again)
-                .fetch_one(&self.pool)
-                .await?;
-        match answer.as_str() {
-            "proceed" => Ok(Claim::Proceed),
-            "throttled" => Ok(Claim::Throttled),
-            other => other
-                .strip_prefix("done:")
-                .and_then(Outcome::parse)
-                .map(Claim::AlreadyDone)
-                .ok_or_else(|| sqlx::Error::Protocol(format!("reset_claim answered {other}"))),
-        }
-    }
-
-    pub async fn mark_sent(&self, event_id: Uuid) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "UPDATE reset_requests
-             SET outcome = 'sent', sent_at = now(), last_error = NULL, updated_at = now()
-             WHERE event_id = $1",
-        )
-        .bind(event_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+    /// Under load many emails finish at about the same time; their records are written
+    /// together, one UPDATE per batch, which spares the database (and sqlx's connection check)
+    /// a round trip per email. A lone email is written at once: nothing waits to fill a batch.
+    pub async fn mark_sent(&self, event_id: Uuid) -> Result<(), RecordError> {
+        let sender = self.sent.get_or_init(|| {
+            let (sender, receiver) = mpsc::channel(SENT_BATCH * 4);
+            tokio::spawn(record_sent(self.pool.clone(), receiver));
+            sender
+        });
+        let (reply, answer) = oneshot::channel();
+        sender
+            .send((event_id, reply))
+            .await
+            .map_err(|_| RecordError::Stopped)?;
+        answer.await.map_err(|_| RecordError::Stopped)?
     }
 
     /// Notes a failed attempt. When it is the last (`give_up`), the event is marked failed and
@@ -433,4 +459,67 @@ async fn upsert_request(
     .execute(tx)
     .await?;
     Ok(())
+}
+
+async fn find_account(conn: &mut PgConnection, id: &str) -> Result<Lookup, sqlx::Error> {
+    let rows: Vec<Account> = sqlx::query_as(
+        "SELECT id, email, display_name, locale FROM accounts
+         WHERE id = $1 OR lower(email) = lower($1)
+         ORDER BY (id = $1) DESC
+         LIMIT 3",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut rows = rows.into_iter();
+    Ok(match rows.next() {
+        None => Lookup::NotFound,
+        Some(first) if first.id == id => Lookup::Found(first),
+        Some(first) => match rows.len() {
+            0 => Lookup::Found(first),
+            more => Lookup::Ambiguous(1 + more as i64),
+        },
+    })
+}
+
+/// Decides, under a per-account lock, whether this event may be mailed now, and if so
+/// stores the new token's hash, invalidates the account's other live tokens (including
+/// one minted by an earlier attempt at this event) and marks the event pending.
+///
+/// The lock serialises claims for one account across all workers, so a burst of requests
+/// for one account yields one email however many workers take part. Throttling counts
+/// `pending` and `sent` resets whose `claimed_at` is within the window, this event aside.
+async fn claim(
+    conn: &mut PgConnection,
+    event: &ResetRequested,
+    attempt: u32,
+    account: &Account,
+    token_hash: &[u8; 32],
+    limits: Limits,
+    mode: Mode,
+) -> Result<Claim, sqlx::Error> {
+    // One round trip: the steps run in the `reset_claim` function (migration 0003).
+    let answer: String =
+        sqlx::query_scalar("SELECT reset_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+            .bind(event.event_id)
+            .bind(&account.id)
+            .bind(&event.request_id)
+            .bind(event.requested_at)
+            .bind(attempt as i32)
+            .bind(&token_hash[..])
+            .bind(limits.token_ttl.as_secs_f64())
+            .bind(limits.cooldown.as_secs_f64())
+            .bind(i32::try_from(limits.daily_limit).unwrap_or(i32::MAX))
+            .bind(mode == Mode::Again)
+            .fetch_one(&mut *conn)
+            .await?;
+    match answer.as_str() {
+        "proceed" => Ok(Claim::Proceed),
+        "throttled" => Ok(Claim::Throttled),
+        other => other
+            .strip_prefix("done:")
+            .and_then(Outcome::parse)
+            .map(Claim::AlreadyDone)
+            .ok_or_else(|| sqlx::Error::Protocol(format!("reset_claim answered {other}"))),
+    }
 }
