@@ -31,7 +31,7 @@ pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
 pub fn init(settings: &LogSettings) -> LogGuard {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
-        .finish(std::io::stdout());
+        .finish(batched(std::io::stdout()));
     install(settings, writer, std::io::stdout().is_terminal());
     guard
 }
@@ -40,9 +40,16 @@ pub fn init(settings: &LogSettings) -> LogGuard {
 pub fn init_to_stderr(settings: &LogSettings) -> LogGuard {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
-        .finish(std::io::stderr());
+        .finish(batched(std::io::stderr()));
     install(settings, writer, std::io::stderr().is_terminal());
     guard
+}
+
+/// Stdout writes each line on its own (it is line-buffered); the writer thread flushes this
+/// buffer whenever its queue runs empty, so lines queued together go out in one write and a
+/// quiet process still writes each line at once.
+fn batched<W: std::io::Write>(out: W) -> std::io::BufWriter<W> {
+    std::io::BufWriter::with_capacity(64 * 1024, out)
 }
 
 /// Colours only on a terminal: escape codes in a log file or pipe are noise, and cost.
