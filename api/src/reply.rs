@@ -105,6 +105,15 @@ pub fn text(content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     response
 }
 
+/// A 200 with a fixed body built into the binary (the OpenAPI document).
+pub fn document(content_type: &'static str, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
 fn json(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     let body = serde_json::json!({ "code": status.as_u16(), "message": message }).to_string();
     let mut response = Response::new(Full::new(Bytes::from(body)));

@@ -42,6 +42,10 @@ pub struct AppState {
     pub changed_subject: String,
 }
 
+/// The api's OpenAPI description, served as it is in the repository.
+pub const OPENAPI: &str = include_str!("../../openapi.yaml");
+const OPENAPI_CONTENT_TYPE: &str = "application/yaml";
+
 const REQUEST_ID: &str = "x-request-id";
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const MAX_USER_AGENT: usize = 512;
@@ -126,7 +130,10 @@ async fn route(
             shared::metrics::CONTENT_TYPE,
             state.metrics.render(),
         )),
-        "/healthz" | "/readyz" | "/metrics" => Err(ApiError::MethodNotAllowed("GET, HEAD")),
+        "/openapi.yaml" if read_only => Ok(reply::document(OPENAPI_CONTENT_TYPE, OPENAPI)),
+        "/healthz" | "/readyz" | "/metrics" | "/openapi.yaml" => {
+            Err(ApiError::MethodNotAllowed("GET, HEAD"))
+        }
         _ => Err(ApiError::NotFound),
     }
 }

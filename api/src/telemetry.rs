@@ -42,9 +42,12 @@ impl ApiMetrics {
 pub fn route_label(path: &str) -> &'static str {
     match path {
         "/auth/forgot-password" => "/auth/forgot-password",
+        "/auth/reset-password/verify" => "/auth/reset-password/verify",
+        "/auth/reset-password" => "/auth/reset-password",
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
         "/metrics" => "/metrics",
+        "/openapi.yaml" => "/openapi.yaml",
         _ => "other",
     }
 }
