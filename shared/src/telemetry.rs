@@ -21,43 +21,28 @@ pub struct LogSettings {
     pub log_format: LogFormat,
 }
 
-/// Keeps the log writer thread alive; dropping it flushes what is still queued.
-pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
+pub use crate::logwriter::LogGuard;
 
 /// Installs the global subscriber, logging to stdout. Lines are written by a thread of their
-/// own, so a request never waits for a write to the terminal or a pipe; when that thread falls
-/// behind, logging blocks rather than dropping lines. Keep the guard until the process ends.
-/// A second call (several apps in one test process) installs nothing.
+/// own (see [`crate::logwriter`]), so a request never waits for a write to the terminal or a
+/// pipe; when that thread falls behind, logging blocks rather than dropping lines. Keep the
+/// guard until the process ends. A second call (several apps in one test process) installs
+/// nothing.
 pub fn init(settings: &LogSettings) -> LogGuard {
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(batched(std::io::stdout()));
+    let (writer, guard) = crate::logwriter::batch_writer(std::io::stdout());
     install(settings, writer, std::io::stdout().is_terminal());
     guard
 }
 
 /// Like [`init`], but to stderr: for commands whose stdout is their output.
 pub fn init_to_stderr(settings: &LogSettings) -> LogGuard {
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(batched(std::io::stderr()));
+    let (writer, guard) = crate::logwriter::batch_writer(std::io::stderr());
     install(settings, writer, std::io::stderr().is_terminal());
     guard
 }
 
-/// Stdout writes each line on its own (it is line-buffered); the writer thread flushes this
-/// buffer whenever its queue runs empty, so lines queued together go out in one write and a
-/// quiet process still writes each line at once.
-fn batched<W: std::io::Write>(out: W) -> std::io::BufWriter<W> {
-    std::io::BufWriter::with_capacity(64 * 1024, out)
-}
-
 /// Colours only on a terminal: escape codes in a log file or pipe are noise, and cost.
-fn install(
-    settings: &LogSettings,
-    writer: tracing_appender::non_blocking::NonBlocking,
-    terminal: bool,
-) {
+fn install(settings: &LogSettings, writer: crate::logwriter::BatchWriter, terminal: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = fmt()
         .with_env_filter(filter)
