@@ -8,7 +8,10 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{
     self, AckKind,
-    consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
+    consumer::{
+        AckPolicy, DeliverPolicy, PullConsumer,
+        pull::{self, MessagesErrorKind},
+    },
     stream::ConsumerErrorKind,
 };
 use futures::{FutureExt, StreamExt};
@@ -32,6 +35,9 @@ pub const HEADER_DEAD_SUBJECT: &str = "Dead-Subject";
 /// On an event republished by `worker dead-letters retry`: the dead letter it came from. Such
 /// an event is processed even if it failed before, and even if it is older than TOKEN_TTL.
 pub const HEADER_RETRY_OF: &str = "Retry-Of";
+
+/// How often the server confirms a waiting pull is alive; two missed in a row start a new one.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// What the consume loop needs to know.
 #[derive(Debug, Clone)]
@@ -153,7 +159,7 @@ pub async fn run(
             started = consumer
                 .stream()
                 .max_messages_per_batch(settings.concurrency)
-                .heartbeat(Duration::from_secs(5))
+                .heartbeat(PULL_HEARTBEAT)
                 .expires(Duration::from_secs(30))
                 .messages() => match started {
                     Ok(messages) => messages,
@@ -194,6 +200,15 @@ pub async fn run(
                         process(message, &js, &deps, &settings).await;
                         drop(permit);
                     });
+                }
+                // async-nats can lose count of the messages it has asked for when one arrives
+                // before the request's own confirmation, most often with a batch of one; it
+                // then waits for the request to expire (35 s) before asking again. A missed
+                // heartbeat is the sign: start a new pull at once.
+                Some(Err(err)) if err.kind() == MessagesErrorKind::MissingHeartbeat => {
+                    tracing::warn!("no heartbeat from the pending pull; pulling anew");
+                    release_prefetched(&mut messages).await;
+                    continue 'outer;
                 }
                 Some(Err(err)) => {
                     tracing::warn!(error = %err, "pulling messages");
