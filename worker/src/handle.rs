@@ -84,36 +84,33 @@ pub async fn handle(
         .store
         .find_and_claim(event, attempt, &token.hash(), deps.limits, mode)
         .await?;
-    let account = match resolution {
-        Resolution::Claimed(account, Claim::Proceed) => account,
+    let note = match resolution {
+        Resolution::Claimed(account, Claim::Proceed) => {
+            let message =
+                deps.composer
+                    .reset_email(&deps.templates, event, &account, token.plaintext())?;
+            drop(token);
+            return deliver(deps, &message, event.event_id).await;
+        }
         Resolution::Claimed(_, Claim::Throttled) => return Ok(Handled::Throttled),
         Resolution::Claimed(_, Claim::AlreadyDone(done)) => return Ok(Handled::AlreadyDone(done)),
-        Resolution::NotFound => {
-            deps.store
-                .record_outcome(&event.into(), attempt, None, Outcome::NoAccount, None)
-                .await?;
-            return Ok(Handled::NoAccount);
-        }
+        Resolution::NotFound => None,
         Resolution::Ambiguous(count) => {
             let note = format!("{count} accounts share this email and none has it as id");
             tracing::warn!("{note}: no email sent");
-            deps.store
-                .record_outcome(
-                    &event.into(),
-                    attempt,
-                    None,
-                    Outcome::NoAccount,
-                    Some(&note),
-                )
-                .await?;
-            return Ok(Handled::NoAccount);
+            Some(note)
         }
     };
-    let message = deps
-        .composer
-        .reset_email(&deps.templates, event, &account, token.plaintext())?;
-    drop(token);
-    deliver(deps, &message, event.event_id).await
+    deps.store
+        .record_outcome(
+            &event.into(),
+            attempt,
+            None,
+            Outcome::NoAccount,
+            note.as_deref(),
+        )
+        .await?;
+    Ok(Handled::NoAccount)
 }
 
 /// Handles delivery `attempt` of a `PasswordChanged` event: mails the owner. Not throttled:
