@@ -11,38 +11,27 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 
+use api::reply::ApiError;
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
+use http::{Request, Response, header};
 use http_body_util::{BodyExt, Full};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-/// `{"code":200,"message":"OK"}` or a 400, exactly as the api shapes them.
-pub fn reply(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
-    let body = serde_json::json!({ "code": status.as_u16(), "message": message }).to_string();
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-/// Reads the body and parses it with the api's own parser.
+/// Reads the body and parses it with the api's own parser; refusals are the api's own answers.
 pub async fn parse(req: Request<Incoming>) -> Result<String, Response<Full<Bytes>>> {
     let kind = api::body::media_type(req.headers().get(header::CONTENT_TYPE))
-        .map_err(|e| reply(StatusCode::UNSUPPORTED_MEDIA_TYPE, &e.to_string()))?;
+        .map_err(|e| ApiError::from(e).into_response())?;
     let body = req
         .into_body()
         .collect()
         .await
-        .map_err(|e| reply(StatusCode::BAD_REQUEST, &e.to_string()))?
+        .map_err(|_| ApiError::BodyIncomplete.into_response())?
         .to_bytes();
     api::body::parse(kind, &body)
         .map(|id| id.into_string())
-        .map_err(|e| reply(StatusCode::BAD_REQUEST, &e.to_string()))
+        .map_err(|e| ApiError::from(e).into_response())
 }
 
 /// Serves `handler` on `addr` over HTTP/1.1 with keep-alive, like the api.

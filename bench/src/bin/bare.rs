@@ -1,8 +1,6 @@
 //! The HTTP ceiling: parse the body, answer 200, publish nothing.
 //! `bare [addr]` (default 127.0.0.1:8081).
 
-use http::StatusCode;
-
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let addr = std::env::args()
@@ -12,7 +10,7 @@ async fn main() -> std::io::Result<()> {
         .map_err(std::io::Error::other)?;
     bench::serve(addr, |req| async move {
         match bench::parse(req).await {
-            Ok(_) => bench::reply(StatusCode::OK, "OK"),
+            Ok(_) => api::reply::ok(),
             Err(response) => response,
         }
     })

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
+use api::reply::ApiError;
 use async_nats::jetstream;
-use http::StatusCode;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -38,10 +38,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let payload = serde_json::json!({ "version": 1, "id": id }).to_string();
             match js.publish(subject.clone(), payload.into()).await {
                 Ok(ack) => match ack.await {
-                    Ok(_) => bench::reply(StatusCode::OK, "OK"),
-                    Err(_) => bench::reply(StatusCode::SERVICE_UNAVAILABLE, "no PubAck"),
+                    Ok(_) => api::reply::ok(),
+                    Err(_) => ApiError::Unavailable.into_response(),
                 },
-                Err(_) => bench::reply(StatusCode::SERVICE_UNAVAILABLE, "not published"),
+                Err(_) => ApiError::Unavailable.into_response(),
             }
         }
     })
