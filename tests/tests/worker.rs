@@ -502,3 +502,86 @@ async fn sent_records_written_together_are_each_committed() {
     assert_eq!((sent, stamped), (300, 300));
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn claims_from_two_workers_at_once_give_one_mail_per_account_without_deadlock() {
+    use worker::store::{Claim, Limits, Mode, Resolution, Store};
+
+    let db = TestDb::migrated().await;
+    db.add_numbered_accounts("acct", 20).await;
+    db.add_account("twin-a", "twin@example.com", None, None)
+        .await;
+    db.add_account("twin-b", "TWIN@example.com", None, None)
+        .await;
+    // Two workers' stores with two connections each: the 210 claims below queue into batches
+    // that share accounts, taken in opposite orders from one round to the next.
+    let mut stores = Vec::new();
+    for _ in 0..2 {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&db.url)
+            .await
+            .expect("connect");
+        stores.push(Store::from_pool(pool));
+    }
+    let limits = Limits {
+        cooldown: Duration::from_secs(60),
+        daily_limit: 5,
+        token_ttl: Duration::from_secs(3600),
+    };
+    let mut ids = Vec::new();
+    for round in 0..5 {
+        for i in 0..20 {
+            let i = if round % 2 == 0 { i } else { 19 - i };
+            ids.push(format!("acct{i}"));
+        }
+        ids.push("nobody@example.com".to_owned());
+        ids.push("twin@example.com".to_owned());
+    }
+    let claims = ids.iter().enumerate().map(|(n, id)| {
+        let store = stores[n % 2].clone();
+        let event = shared::event::ResetRequested::new(
+            shared::account::AccountRef::parse(id).expect("id"),
+            format!("req-{n}"),
+            shared::event::ClientContext {
+                ip: None,
+                user_agent: None,
+                api_key_label: "test".into(),
+            },
+        );
+        tokio::spawn(async move {
+            let token = worker::tokens::Token::mint().expect("mint");
+            store
+                .find_and_claim(&event, 1, &token.hash(), limits, Mode::Normal)
+                .await
+        })
+    });
+    let mut proceeded = std::collections::BTreeMap::<String, usize>::new();
+    let (mut throttled, mut unknown, mut ambiguous) = (0, 0, 0);
+    for result in futures::future::join_all(claims).await {
+        match result.expect("task").expect("claim") {
+            Resolution::Claimed(account, Claim::Proceed) => {
+                *proceeded.entry(account.id).or_default() += 1;
+            }
+            Resolution::Claimed(_, Claim::Throttled) => throttled += 1,
+            Resolution::NotFound => unknown += 1,
+            Resolution::Ambiguous(2) => ambiguous += 1,
+            other => panic!("unexpected claim: {other:?}"),
+        }
+    }
+    assert_eq!(proceeded.len(), 20, "every account claimed: {proceeded:?}");
+    assert!(proceeded.values().all(|&n| n == 1), "{proceeded:?}");
+    assert_eq!((throttled, unknown, ambiguous), (80, 5, 5));
+    let live: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM reset_tokens WHERE invalidated_at IS NULL AND used_at IS NULL",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("count tokens");
+    assert_eq!(live, 20);
+    assert_eq!(
+        db.outcomes().await,
+        [("pending".to_owned(), 20), ("throttled".to_owned(), 80)]
+    );
+    db.drop_db().await;
+}

@@ -7,7 +7,7 @@ use std::time::Instant;
 use shared::event::{PasswordChanged, ResetRequested};
 
 use crate::mail::{ComposeError, Composer};
-use crate::store::{Claim, EventMeta, Limits, Mode, Outcome, RecordError, Resolution, Store};
+use crate::store::{BatchError, Claim, EventMeta, Limits, Mode, Outcome, Resolution, Store};
 use crate::telemetry::Status;
 use crate::templates::Templates;
 use crate::tokens::{MintError, Token};
@@ -56,8 +56,10 @@ pub enum HandleError {
     Compose(#[from] ComposeError),
     #[error(transparent)]
     Mint(#[from] MintError),
-    #[error(transparent)]
-    Record(#[from] RecordError),
+    #[error("claiming the event: {0}")]
+    Claim(BatchError),
+    #[error("recording the sent email: {0}")]
+    Record(BatchError),
 }
 
 impl HandleError {
@@ -77,13 +79,14 @@ pub async fn handle(
 ) -> Result<Handled, HandleError> {
     // No separate "was it handled before?" query: the claim answers that under its lock,
     // and a redelivered unknown-account event is recorded again, harmlessly. The token is
-    // minted before the lookup so that lookup and claim share one database connection; for
-    // an unknown account it is simply dropped.
+    // minted before the lookup so that lookup and claim are one statement; for an unknown
+    // account it is simply dropped.
     let token = Token::mint()?;
     let resolution = deps
         .store
         .find_and_claim(event, attempt, &token.hash(), deps.limits, mode)
-        .await?;
+        .await
+        .map_err(HandleError::Claim)?;
     let note = match resolution {
         Resolution::Claimed(account, Claim::Proceed) => {
             let message =
@@ -172,6 +175,9 @@ async fn deliver(
             }
         }
     }
-    deps.store.mark_sent(event_id).await?;
+    deps.store
+        .mark_sent(event_id)
+        .await
+        .map_err(HandleError::Record)?;
     Ok(Handled::Sent)
 }

@@ -5,8 +5,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use shared::event::ResetRequested;
-use sqlx::{PgConnection, PgPool, postgres::PgPoolOptions};
-use tokio::sync::{mpsc, oneshot};
+use sqlx::{PgPool, postgres::PgPoolOptions};
+
+use crate::batch::Batcher;
 use uuid::Uuid;
 
 /// A row of `accounts`.
@@ -174,40 +175,177 @@ pub enum Resolution {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: PgPool,
-    /// Where [`Store::mark_sent`] queues its records; the writer starts with the first one.
-    sent: Arc<OnceLock<mpsc::Sender<SentRecord>>>,
+    /// Where [`Store::find_and_claim`] queues its events; started with the first one.
+    claims: Arc<OnceLock<Batcher<ClaimRequest, Result<Resolution, BatchError>>>>,
+    /// Where [`Store::mark_sent`] queues its records; started with the first one.
+    sent: Arc<OnceLock<Batcher<Uuid, Result<(), BatchError>>>>,
 }
 
+/// Most events looked up and claimed by one statement.
+const CLAIM_BATCH: usize = 128;
+/// Claim statements in flight at once: one gathers while another runs.
+const CLAIM_LANES: usize = 2;
 /// Most records written by one UPDATE.
 const SENT_BATCH: usize = 256;
 
-type SentRecord = (Uuid, oneshot::Sender<Result<(), RecordError>>);
-
-/// Why a sent email could not be recorded.
+/// Why a queued database write did not happen.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum RecordError {
-    #[error("recording the sent email: {0}")]
+pub enum BatchError {
+    #[error(transparent)]
     Database(Arc<sqlx::Error>),
-    #[error("recording the sent email: the writer has stopped")]
+    #[error("the database writer has stopped")]
     Stopped,
 }
 
-/// Writes queued sent records, as many per UPDATE as have queued up since the last one.
-async fn record_sent(pool: PgPool, mut queue: mpsc::Receiver<SentRecord>) {
-    let mut batch = Vec::with_capacity(SENT_BATCH);
-    let mut ids = Vec::with_capacity(SENT_BATCH);
-    while queue.recv_many(&mut batch, SENT_BATCH).await > 0 {
-        ids.clear();
-        ids.extend(batch.iter().map(|(id, _)| *id));
-        let result = sqlx::query("SELECT reset_mark_sent($1)")
-            .bind(&ids)
-            .execute(&pool)
-            .await
-            .map(|_| ())
-            .map_err(|err| RecordError::Database(Arc::new(err)));
-        for (_, reply) in batch.drain(..) {
-            let _ = reply.send(result.clone());
+impl From<sqlx::Error> for BatchError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Database(Arc::new(err))
+    }
+}
+
+/// One event for [`Store::find_and_claim`], as the batch statement takes it.
+#[derive(Debug)]
+struct ClaimRequest {
+    event_id: Uuid,
+    id: String,
+    request_id: String,
+    requested_at: time::OffsetDateTime,
+    attempt: i32,
+    token_hash: [u8; 32],
+    limits: Limits,
+    again: bool,
+}
+
+/// What `reset_find_account` (migration 0007) says of an `id`; a claim row carries it too.
+#[derive(Debug, sqlx::FromRow)]
+struct FoundRow {
+    id: Option<String>,
+    email: Option<String>,
+    display_name: Option<String>,
+    locale: Option<String>,
+    matches: i32,
+}
+
+impl FoundRow {
+    /// No row means no account; a row without an account means several share the email.
+    fn lookup(row: Option<Self>) -> Lookup {
+        match row {
+            None => Lookup::NotFound,
+            Some(Self {
+                id: Some(id),
+                email: Some(email),
+                display_name,
+                locale,
+                ..
+            }) => Lookup::Found(Account {
+                id,
+                email,
+                display_name,
+                locale,
+            }),
+            Some(Self { matches: 0, .. }) => Lookup::NotFound,
+            Some(Self { matches, .. }) => Lookup::Ambiguous(i64::from(matches)),
         }
+    }
+}
+
+/// A row of `reset_find_and_claim`.
+#[derive(Debug, sqlx::FromRow)]
+struct ClaimRow {
+    ord: i32,
+    answer: String,
+    #[sqlx(flatten)]
+    found: FoundRow,
+}
+
+/// Looks up and claims a batch of events in one statement (`reset_find_and_claim`, migration
+/// 0007): one round trip and one commit for the lot.
+async fn claim_batch(
+    pool: PgPool,
+    batch: Vec<ClaimRequest>,
+) -> Vec<Result<Resolution, BatchError>> {
+    let rows = match claim_rows(&pool, &batch).await {
+        Ok(rows) if rows.len() == batch.len() => rows,
+        Ok(rows) => {
+            let err = sqlx::Error::Protocol(format!(
+                "reset_find_and_claim answered {} rows for {} events",
+                rows.len(),
+                batch.len()
+            ));
+            return fail_all(batch.len(), err.into());
+        }
+        Err(err) => return fail_all(batch.len(), err.into()),
+    };
+    rows.into_iter()
+        .enumerate()
+        .map(|(i, row)| resolution(i, row).map_err(BatchError::from))
+        .collect()
+}
+
+fn fail_all<T>(count: usize, err: BatchError) -> Vec<Result<T, BatchError>> {
+    (0..count).map(|_| Err(err.clone())).collect()
+}
+
+async fn claim_rows(pool: &PgPool, batch: &[ClaimRequest]) -> Result<Vec<ClaimRow>, sqlx::Error> {
+    // The statement takes one array per field.
+    fn column<'a, T>(batch: &'a [ClaimRequest], field: impl Fn(&'a ClaimRequest) -> T) -> Vec<T> {
+        batch.iter().map(field).collect()
+    }
+    sqlx::query_as(
+        "SELECT ord, answer, id, email, display_name, locale, matches
+         FROM reset_find_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(column(batch, |c| c.event_id))
+    .bind(column(batch, |c| c.id.as_str()))
+    .bind(column(batch, |c| c.request_id.as_str()))
+    .bind(column(batch, |c| c.requested_at))
+    .bind(column(batch, |c| c.attempt))
+    .bind(column(batch, |c| c.token_hash.to_vec()))
+    .bind(column(batch, |c| c.limits.token_ttl.as_secs_f64()))
+    .bind(column(batch, |c| c.limits.cooldown.as_secs_f64()))
+    .bind(column(batch, |c| {
+        i32::try_from(c.limits.daily_limit).unwrap_or(i32::MAX)
+    }))
+    .bind(column(batch, |c| c.again))
+    .fetch_all(pool)
+    .await
+}
+
+/// What one row says about the event at `index` of its batch.
+fn resolution(index: usize, row: ClaimRow) -> Result<Resolution, sqlx::Error> {
+    if usize::try_from(row.ord).ok() != Some(index + 1) {
+        return Err(sqlx::Error::Protocol(format!(
+            "reset_find_and_claim answered row {} in place {}",
+            row.ord,
+            index + 1
+        )));
+    }
+    let account = match FoundRow::lookup(Some(row.found)) {
+        Lookup::Found(account) => account,
+        Lookup::NotFound => return Ok(Resolution::NotFound),
+        Lookup::Ambiguous(count) => return Ok(Resolution::Ambiguous(count)),
+    };
+    let claim = match row.answer.as_str() {
+        "proceed" => Claim::Proceed,
+        "throttled" => Claim::Throttled,
+        other => other
+            .strip_prefix("done:")
+            .and_then(Outcome::parse)
+            .map(Claim::AlreadyDone)
+            .ok_or_else(|| sqlx::Error::Protocol(format!("reset_claim answered {other}")))?,
+    };
+    Ok(Resolution::Claimed(account, claim))
+}
+
+/// Writes queued sent records, as many per call as have queued up since the last one.
+async fn record_sent(pool: PgPool, ids: Vec<Uuid>) -> Vec<Result<(), BatchError>> {
+    let result = sqlx::query("SELECT reset_mark_sent($1)")
+        .bind(&ids)
+        .execute(&pool)
+        .await;
+    match result {
+        Ok(_) => ids.iter().map(|_| Ok(())).collect(),
+        Err(err) => fail_all(ids.len(), err.into()),
     }
 }
 
@@ -228,6 +366,7 @@ impl Store {
     pub fn from_pool(pool: PgPool) -> Self {
         Self {
             pool,
+            claims: Arc::default(),
             sent: Arc::default(),
         }
     }
@@ -287,14 +426,29 @@ impl Store {
             .await
     }
 
-    /// Finds the account an `id` names: by account id first, else by email, case-insensitively.
+    /// Finds the account an `id` names: by account id first, else by email, case-insensitively
+    /// (`reset_find_account`, migration 0007: the rule the claim uses too).
     pub async fn find_account(&self, id: &str) -> Result<Lookup, sqlx::Error> {
-        let mut conn = self.pool.acquire().await?;
-        find_account(&mut conn, id).await
+        let found = sqlx::query_as(
+            "SELECT id, email, display_name, locale, matches FROM reset_find_account($1)",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(FoundRow::lookup(found))
     }
 
-    /// [`Store::find_account`], then, if it is found, the claim (see [`claim`]), on one
-    /// connection: one pool checkout, so one of sqlx's connection checks, instead of two.
+    /// [`Store::find_account`], then, if it is found, the claim: under a per-account lock,
+    /// decides whether this event may be mailed now, and if so stores the new token's hash,
+    /// invalidates the account's other live tokens (including one minted by an earlier
+    /// attempt at this event) and marks the event pending.
+    ///
+    /// The lock serialises claims for one account across all workers, so a burst of requests
+    /// for one account yields one email however many workers take part. Throttling counts
+    /// `pending` and `sent` resets whose `claimed_at` is within the window, this event aside.
+    ///
+    /// Events claimed at about the same time go to the database together: one statement, one
+    /// round trip and one commit for the lot (see [`Batcher`]).
     pub async fn find_and_claim(
         &self,
         event: &ResetRequested,
@@ -302,19 +456,27 @@ impl Store {
         token_hash: &[u8; 32],
         limits: Limits,
         mode: Mode,
-    ) -> Result<Resolution, sqlx::Error> {
-        let mut conn = self.pool.acquire().await?;
-        Ok(match find_account(&mut conn, &event.id).await? {
-            Lookup::Found(account) => {
-                let claim = claim(
-                    &mut conn, event, attempt, &account, token_hash, limits, mode,
-                )
-                .await?;
-                Resolution::Claimed(account, claim)
-            }
-            Lookup::NotFound => Resolution::NotFound,
-            Lookup::Ambiguous(count) => Resolution::Ambiguous(count),
-        })
+    ) -> Result<Resolution, BatchError> {
+        let claims = self.claims.get_or_init(|| {
+            let pool = self.pool.clone();
+            Batcher::start(CLAIM_LANES, CLAIM_BATCH, move |batch| {
+                claim_batch(pool.clone(), batch)
+            })
+        });
+        let request = ClaimRequest {
+            event_id: event.event_id,
+            id: event.id.clone(),
+            request_id: event.request_id.clone(),
+            requested_at: event.requested_at,
+            attempt: i32::try_from(attempt).unwrap_or(i32::MAX),
+            token_hash: *token_hash,
+            limits,
+            again: mode == Mode::Again,
+        };
+        claims
+            .call(request)
+            .await
+            .unwrap_or(Err(BatchError::Stopped))
     }
 
     /// The account with exactly this id.
@@ -369,20 +531,16 @@ impl Store {
     /// Records the event's email as sent, and returns once that is committed.
     ///
     /// Under load many emails finish at about the same time; their records are written
-    /// together, one UPDATE per batch, which spares the database (and sqlx's connection check)
-    /// a round trip per email. A lone email is written at once: nothing waits to fill a batch.
-    pub async fn mark_sent(&self, event_id: Uuid) -> Result<(), RecordError> {
-        let sender = self.sent.get_or_init(|| {
-            let (sender, receiver) = mpsc::channel(SENT_BATCH * 4);
-            tokio::spawn(record_sent(self.pool.clone(), receiver));
-            sender
+    /// together, one statement per batch, which spares the database (and sqlx's connection
+    /// check) a round trip per email.
+    pub async fn mark_sent(&self, event_id: Uuid) -> Result<(), BatchError> {
+        let sent = self.sent.get_or_init(|| {
+            let pool = self.pool.clone();
+            Batcher::start(1, SENT_BATCH, move |ids| record_sent(pool.clone(), ids))
         });
-        let (reply, answer) = oneshot::channel();
-        sender
-            .send((event_id, reply))
+        sent.call(event_id)
             .await
-            .map_err(|_| RecordError::Stopped)?;
-        answer.await.map_err(|_| RecordError::Stopped)?
+            .unwrap_or(Err(BatchError::Stopped))
     }
 
     /// Notes a failed attempt. When it is the last (`give_up`), the event is marked failed and
@@ -459,67 +617,4 @@ async fn upsert_request(
     .execute(tx)
     .await?;
     Ok(())
-}
-
-async fn find_account(conn: &mut PgConnection, id: &str) -> Result<Lookup, sqlx::Error> {
-    let rows: Vec<Account> = sqlx::query_as(
-        "SELECT id, email, display_name, locale FROM accounts
-         WHERE id = $1 OR lower(email) = lower($1)
-         ORDER BY (id = $1) DESC
-         LIMIT 3",
-    )
-    .bind(id)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut rows = rows.into_iter();
-    Ok(match rows.next() {
-        None => Lookup::NotFound,
-        Some(first) if first.id == id => Lookup::Found(first),
-        Some(first) => match rows.len() {
-            0 => Lookup::Found(first),
-            more => Lookup::Ambiguous(1 + more as i64),
-        },
-    })
-}
-
-/// Decides, under a per-account lock, whether this event may be mailed now, and if so
-/// stores the new token's hash, invalidates the account's other live tokens (including
-/// one minted by an earlier attempt at this event) and marks the event pending.
-///
-/// The lock serialises claims for one account across all workers, so a burst of requests
-/// for one account yields one email however many workers take part. Throttling counts
-/// `pending` and `sent` resets whose `claimed_at` is within the window, this event aside.
-async fn claim(
-    conn: &mut PgConnection,
-    event: &ResetRequested,
-    attempt: u32,
-    account: &Account,
-    token_hash: &[u8; 32],
-    limits: Limits,
-    mode: Mode,
-) -> Result<Claim, sqlx::Error> {
-    // One round trip: the steps run in the `reset_claim` function (migration 0003).
-    let answer: String =
-        sqlx::query_scalar("SELECT reset_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
-            .bind(event.event_id)
-            .bind(&account.id)
-            .bind(&event.request_id)
-            .bind(event.requested_at)
-            .bind(attempt as i32)
-            .bind(&token_hash[..])
-            .bind(limits.token_ttl.as_secs_f64())
-            .bind(limits.cooldown.as_secs_f64())
-            .bind(i32::try_from(limits.daily_limit).unwrap_or(i32::MAX))
-            .bind(mode == Mode::Again)
-            .fetch_one(&mut *conn)
-            .await?;
-    match answer.as_str() {
-        "proceed" => Ok(Claim::Proceed),
-        "throttled" => Ok(Claim::Throttled),
-        other => other
-            .strip_prefix("done:")
-            .and_then(Outcome::parse)
-            .map(Claim::AlreadyDone)
-            .ok_or_else(|| sqlx::Error::Protocol(format!("reset_claim answered {other}"))),
-    }
 }
