@@ -265,7 +265,7 @@ impl Resets {
                 event_type: PASSWORD_CHANGED,
                 request_id,
                 payload,
-                msg_id: &msg_id,
+                msg_id: Some(&msg_id),
             })
             .await
             .map_err(|e| e.to_string())?;

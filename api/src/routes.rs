@@ -211,9 +211,9 @@ async fn forgot_password(
     let idempotency_key = accepted.idempotency_key.clone();
 
     let event = ResetRequested::new(account, request_id.to_owned(), accepted.client());
-    let msg_id = message_id(&label, idempotency_key.as_deref(), &event);
+    let msg_id = message_id(&label, idempotency_key.as_deref());
     let publish_started = Instant::now();
-    let published = state.publisher.publish(&event, &msg_id).await;
+    let published = state.publisher.publish(&event, msg_id.as_deref()).await;
     let result = if published.is_ok() { "ok" } else { "error" };
     state
         .metrics
