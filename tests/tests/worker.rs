@@ -585,3 +585,121 @@ async fn claims_from_two_workers_at_once_give_one_mail_per_account_without_deadl
     );
     db.drop_db().await;
 }
+
+/// Rows read by sequential scans of `table`, and its index scans, as PostgreSQL's statistics
+/// have them so far.
+async fn scans(db: &TestDb, table: &str) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT seq_tup_read, coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = $1",
+    )
+    .bind(table)
+    .fetch_one(&db.pool)
+    .await
+    .expect("scans")
+}
+
+#[tokio::test]
+async fn claims_keep_using_the_indexes_after_the_tables_grow() {
+    use worker::store::{Claim, Limits, Mode, Resolution, Store};
+
+    let db = TestDb::migrated().await;
+    db.add_numbered_accounts("acct", 40).await;
+    // One connection, so every claim runs on it and its cached plans are the ones used.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .expect("connect");
+    let store = Store::from_pool(pool.clone());
+    let limits = Limits {
+        cooldown: Duration::from_secs(60),
+        daily_limit: 5,
+        token_ttl: Duration::from_secs(3600),
+    };
+    let claim = |n: usize| {
+        let store = store.clone();
+        async move {
+            let event = shared::event::ResetRequested::new(
+                shared::account::AccountRef::parse(&format!("acct{n}")).expect("id"),
+                format!("req-{n}"),
+                shared::event::ClientContext {
+                    ip: None,
+                    user_agent: None,
+                    api_key_label: "test".into(),
+                },
+            );
+            let token = worker::tokens::Token::mint().expect("mint");
+            let resolution = store
+                .find_and_claim(&event, 1, &token.hash(), limits, Mode::Normal)
+                .await
+                .expect("claim");
+            assert!(
+                matches!(resolution, Resolution::Claimed(_, Claim::Proceed)),
+                "{resolution:?}"
+            );
+        }
+    };
+    let sql = |statement: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(statement)
+                .execute(&pool)
+                .await
+                .expect(statement);
+        }
+    };
+    // As on a fresh install: the tables are analyzed while they hold a few rows (autovacuum
+    // does so after the first fifty or so), and the connection plans its statements then...
+    for n in 0..10 {
+        claim(n).await;
+    }
+    sql("ANALYZE reset_requests, reset_tokens").await;
+    for n in 10..20 {
+        claim(n).await;
+    }
+    // ...then the tables grow, with no ANALYZE in between.
+    sql("INSERT INTO reset_requests
+             (event_id, account_id, outcome, attempts, request_id, requested_at, claimed_at, kind)
+         SELECT gen_random_uuid(), 'other' || i, 'sent', 1, 'r', now(), now(), 'reset'
+         FROM generate_series(1, 20000) i")
+    .await;
+    sql(
+        "INSERT INTO reset_tokens (token_hash, account_id, event_id, expires_at)
+         SELECT sha256(convert_to(i::text, 'UTF8')), 'other' || i, gen_random_uuid(),
+                now() + interval '1 hour'
+         FROM generate_series(1, 20000) i",
+    )
+    .await;
+    // Statistics leave a backend when it goes idle after this statement.
+    let flush = || sql("SELECT pg_stat_force_next_flush()");
+    flush().await;
+    let requests_before = scans(&db, "reset_requests").await;
+    let tokens_before = scans(&db, "reset_tokens").await;
+    for n in 20..40 {
+        claim(n).await;
+    }
+    flush().await;
+    let mut requests_after = scans(&db, "reset_requests").await;
+    for _ in 0..50 {
+        if requests_after.1 - requests_before.1 >= 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        requests_after = scans(&db, "reset_requests").await;
+    }
+    let tokens_after = scans(&db, "reset_tokens").await;
+    assert!(
+        requests_after.1 - requests_before.1 >= 20,
+        "the claims' statistics arrived: {requests_before:?} -> {requests_after:?}"
+    );
+    // One full scan of either table would read 20,000 rows.
+    let read = (
+        requests_after.0 - requests_before.0,
+        tokens_after.0 - tokens_before.0,
+    );
+    assert!(
+        read.0 < 1000 && read.1 < 1000,
+        "rows read by sequential scans in 20 claims (reset_requests, reset_tokens): {read:?}"
+    );
+    db.drop_db().await;
+}
