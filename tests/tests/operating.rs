@@ -452,6 +452,27 @@ async fn one_request_can_be_followed_through_the_logs_which_hold_no_secret() {
             "{name} log holds the address"
         );
     }
+    // The api's one line for the request says who asked, about whom (masked) and what became
+    // of it.
+    let finished: Vec<serde_json::Value> = api_text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["request_id"] == "follow-me-123")
+        .collect();
+    assert_eq!(finished.len(), 1, "{api_text}");
+    let line = &finished[0];
+    assert_eq!(line["message"], "request finished", "{line}");
+    assert_eq!(line["method"], "POST", "{line}");
+    assert_eq!(line["path"], "/auth/forgot-password", "{line}");
+    assert_eq!(line["client"], "tests", "{line}");
+    assert_eq!(line["account"], "a***@e***.com", "{line}");
+    assert_eq!(line["status"], 200, "{line}");
+    assert!(
+        line["event_id"].as_str().is_some_and(|id| id.len() == 36),
+        "{line}"
+    );
+    assert!(line["seq"].as_u64().is_some(), "{line}");
+    assert!(line.get("error").is_none(), "{line}");
     let _ = std::fs::remove_dir_all(logs);
     db.drop_db().await;
 }
