@@ -222,11 +222,8 @@ async fn forgot_password(
     let accepted = accept(state, &state.limiter, peer, trail, req).await?;
     let account = body::parse(accepted.kind, &accepted.body)?;
     trail.account = Some(account.masked());
-    let label = accepted.label.clone();
-    let idempotency_key = accepted.idempotency_key.clone();
-
+    let msg_id = message_id(&accepted.label, accepted.idempotency_key.as_deref());
     let event = ResetRequested::new(account, trail.request_id.clone(), accepted.client());
-    let msg_id = message_id(&label, idempotency_key.as_deref());
     let publish_started = Instant::now();
     let published = state.publisher.publish(&event, msg_id.as_deref()).await;
     let result = if published.is_ok() { "ok" } else { "error" };
