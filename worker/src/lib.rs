@@ -8,9 +8,10 @@
 //!
 //! Layout: [`config`] (settings), [`consume`] (the JetStream side: acks, retries, dead
 //! letters), [`handle`] (one event, knowing nothing of JetStream), [`store`] (PostgreSQL, with
-//! claims and sent records written in batches by [`batch`]), [`tokens`], [`templates`], [`mail`] (composing), [`transport`] (SMTP pool and outbox),
-//! [`telemetry`] (metrics and health on `WORKER_ADDR`), [`cli`] and [`ops`] (the operator
-//! commands `replay` and `dead-letters`).
+//! claims and sent records written in batches by [`batch`]), [`tokens`], [`templates`],
+//! [`mail`] (composing), [`transport`] (SMTP pool and outbox), [`telemetry`] (metrics and
+//! health on `WORKER_ADDR`), [`cli`] and [`ops`] (the operator commands `replay` and
+//! `dead-letters`).
 
 pub mod batch;
 pub mod cli;

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use shared::event::ResetRequested;
 use sqlx::{PgPool, postgres::PgPoolOptions};
+use uuid::Uuid;
 
 use crate::batch::Batcher;
-use uuid::Uuid;
 
 /// A row of `accounts`.
 #[derive(Debug, Clone, sqlx::FromRow)]
