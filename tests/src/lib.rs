@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use clap::Parser;
-use shared::event::ResetRequested;
+use shared::event::{ClientContext, ResetRequested};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -25,6 +25,24 @@ pub const KEY: &str = "test-key-0123456789abcdef";
 pub const LABEL: &str = "tests";
 /// NATS as the machine runs it.
 pub const NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// The client of an event sent with the tests' API key, from no known address or agent.
+pub fn client_context() -> ClientContext {
+    ClientContext {
+        ip: None,
+        user_agent: None,
+        api_key_label: LABEL.into(),
+    }
+}
+
+/// A `ResetRequested` for `id`, as the api would publish it for the tests' API key.
+pub fn reset_event(id: &str, request_id: &str) -> ResetRequested {
+    ResetRequested::new(
+        shared::account::AccountRef::parse(id).expect("a valid id"),
+        request_id.into(),
+        client_context(),
+    )
+}
 
 /// A stream name and subject prefix no other test (or earlier run) uses.
 #[derive(Debug, Clone)]

@@ -311,11 +311,7 @@ async fn a_queued_notification_is_relayed_from_the_outbox() {
     let event = shared::event::PasswordChanged::new(
         "ada".into(),
         "queued-before-a-crash".into(),
-        shared::event::ClientContext {
-            ip: None,
-            user_agent: None,
-            api_key_label: "tests".into(),
-        },
+        e2e::client_context(),
     );
     sqlx::query(
         "INSERT INTO event_outbox (event_id, subject, payload, created_at)

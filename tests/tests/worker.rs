@@ -9,6 +9,7 @@ use e2e::sink::SmtpSink;
 use e2e::system::{RESET_URL, System, TestWorker, worker_settings};
 use e2e::{Isolation, NATS_URL, TestApi};
 use sha2::{Digest, Sha256};
+use worker::store::{BatchError, Claim, Limits, Mode, Resolution, Store};
 
 const JSON: &str = "application/json";
 const WAIT: Duration = Duration::from_secs(20);
@@ -462,6 +463,32 @@ async fn without_smtp_the_mail_goes_to_the_outbox() {
     let _ = std::fs::remove_dir_all(outbox);
 }
 
+/// A worker's store over a pool of its own with this many connections, so that more callers
+/// than that queue into batches; and the pool, to run statements on the same connections.
+async fn small_store(db: &TestDb, connections: u32) -> (sqlx::PgPool, Store) {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(connections)
+        .connect(&db.url)
+        .await
+        .expect("connect");
+    (pool.clone(), Store::from_pool(pool))
+}
+
+const LIMITS: Limits = Limits {
+    cooldown: Duration::from_secs(60),
+    daily_limit: 5,
+    token_ttl: Duration::from_secs(3600),
+};
+
+/// A first delivery of a reset request for `id`, claimed through `store`.
+async fn claim(store: Store, id: &str, request_id: &str) -> Result<Resolution, BatchError> {
+    let event = e2e::reset_event(id, request_id);
+    let token = worker::tokens::Token::mint().expect("mint");
+    store
+        .find_and_claim(&event, 1, &token.hash(), LIMITS, Mode::Normal)
+        .await
+}
+
 #[tokio::test]
 async fn sent_records_written_together_are_each_committed() {
     let db = TestDb::migrated().await;
@@ -479,12 +506,7 @@ async fn sent_records_written_together_are_each_committed() {
         .expect("insert pending");
     }
     // More callers than the pool has connections, all at once: they queue into batches.
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&db.url)
-        .await
-        .expect("connect");
-    let store = worker::store::Store::from_pool(pool);
+    let (_, store) = small_store(&db, 2).await;
     let marks = ids.iter().map(|id| {
         let store = store.clone();
         let id = *id;
@@ -505,8 +527,6 @@ async fn sent_records_written_together_are_each_committed() {
 
 #[tokio::test]
 async fn claims_from_two_workers_at_once_give_one_mail_per_account_without_deadlock() {
-    use worker::store::{Claim, Limits, Mode, Resolution, Store};
-
     let db = TestDb::migrated().await;
     db.add_numbered_accounts("acct", 20).await;
     db.add_account("twin-a", "twin@example.com", None, None)
@@ -515,20 +535,7 @@ async fn claims_from_two_workers_at_once_give_one_mail_per_account_without_deadl
         .await;
     // Two workers' stores with two connections each: the 210 claims below queue into batches
     // that share accounts, taken in opposite orders from one round to the next.
-    let mut stores = Vec::new();
-    for _ in 0..2 {
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(2)
-            .connect(&db.url)
-            .await
-            .expect("connect");
-        stores.push(Store::from_pool(pool));
-    }
-    let limits = Limits {
-        cooldown: Duration::from_secs(60),
-        daily_limit: 5,
-        token_ttl: Duration::from_secs(3600),
-    };
+    let stores = [small_store(&db, 2).await.1, small_store(&db, 2).await.1];
     let mut ids = Vec::new();
     for round in 0..5 {
         for i in 0..20 {
@@ -539,22 +546,8 @@ async fn claims_from_two_workers_at_once_give_one_mail_per_account_without_deadl
         ids.push("twin@example.com".to_owned());
     }
     let claims = ids.iter().enumerate().map(|(n, id)| {
-        let store = stores[n % 2].clone();
-        let event = shared::event::ResetRequested::new(
-            shared::account::AccountRef::parse(id).expect("id"),
-            format!("req-{n}"),
-            shared::event::ClientContext {
-                ip: None,
-                user_agent: None,
-                api_key_label: "test".into(),
-            },
-        );
-        tokio::spawn(async move {
-            let token = worker::tokens::Token::mint().expect("mint");
-            store
-                .find_and_claim(&event, 1, &token.hash(), limits, Mode::Normal)
-                .await
-        })
+        let (store, id) = (stores[n % 2].clone(), id.clone());
+        tokio::spawn(async move { claim(store, &id, &format!("req-{n}")).await })
     });
     let mut proceeded = std::collections::BTreeMap::<String, usize>::new();
     let (mut throttled, mut unknown, mut ambiguous) = (0, 0, 0);
@@ -600,37 +593,14 @@ async fn scans(db: &TestDb, table: &str) -> (i64, i64) {
 
 #[tokio::test]
 async fn claims_keep_using_the_indexes_after_the_tables_grow() {
-    use worker::store::{Claim, Limits, Mode, Resolution, Store};
-
     let db = TestDb::migrated().await;
     db.add_numbered_accounts("acct", 40).await;
     // One connection, so every claim runs on it and its cached plans are the ones used.
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&db.url)
-        .await
-        .expect("connect");
-    let store = Store::from_pool(pool.clone());
-    let limits = Limits {
-        cooldown: Duration::from_secs(60),
-        daily_limit: 5,
-        token_ttl: Duration::from_secs(3600),
-    };
-    let claim = |n: usize| {
+    let (pool, store) = small_store(&db, 1).await;
+    let claim_proceeds = |n: usize| {
         let store = store.clone();
         async move {
-            let event = shared::event::ResetRequested::new(
-                shared::account::AccountRef::parse(&format!("acct{n}")).expect("id"),
-                format!("req-{n}"),
-                shared::event::ClientContext {
-                    ip: None,
-                    user_agent: None,
-                    api_key_label: "test".into(),
-                },
-            );
-            let token = worker::tokens::Token::mint().expect("mint");
-            let resolution = store
-                .find_and_claim(&event, 1, &token.hash(), limits, Mode::Normal)
+            let resolution = claim(store, &format!("acct{n}"), &format!("req-{n}"))
                 .await
                 .expect("claim");
             assert!(
@@ -651,11 +621,11 @@ async fn claims_keep_using_the_indexes_after_the_tables_grow() {
     // As on a fresh install: the tables are analyzed while they hold a few rows (autovacuum
     // does so after the first fifty or so), and the connection plans its statements then...
     for n in 0..10 {
-        claim(n).await;
+        claim_proceeds(n).await;
     }
     sql("ANALYZE reset_requests, reset_tokens").await;
     for n in 10..20 {
-        claim(n).await;
+        claim_proceeds(n).await;
     }
     // ...then the tables grow, with no ANALYZE in between.
     sql("INSERT INTO reset_requests
@@ -676,7 +646,7 @@ async fn claims_keep_using_the_indexes_after_the_tables_grow() {
     let requests_before = scans(&db, "reset_requests").await;
     let tokens_before = scans(&db, "reset_tokens").await;
     for n in 20..40 {
-        claim(n).await;
+        claim_proceeds(n).await;
     }
     flush().await;
     let mut requests_after = scans(&db, "reset_requests").await;

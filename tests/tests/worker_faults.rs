@@ -8,7 +8,6 @@ use e2e::db::TestDb;
 use e2e::sink::{SinkTls, SmtpSink};
 use e2e::system::{System, TestWorker, WorkerProcess, worker_args, worker_settings};
 use e2e::{Isolation, NATS_URL, PrivateNats, TestApi, latest_nats_server, system_nats_server};
-use shared::event::{ClientContext, ResetRequested};
 
 /// A worker killed with SIGKILL mid-run loses nothing: its unacked events are redelivered to
 /// the next worker. Duplicates are possible only for the events it had in flight.
@@ -176,15 +175,7 @@ async fn an_event_older_than_the_token_ttl_is_dead_lettered_not_mailed() {
         .db
         .add_account("ada", "ada@example.com", None, None)
         .await;
-    let mut event = ResetRequested::new(
-        shared::account::AccountRef::parse("ada").expect("id"),
-        "stale-request".into(),
-        ClientContext {
-            ip: None,
-            user_agent: None,
-            api_key_label: "tests".into(),
-        },
-    );
+    let mut event = e2e::reset_event("ada", "stale-request");
     event.requested_at -= time::Duration::hours(2);
     let js = jetstream::new(async_nats::connect(NATS_URL).await.expect("nats"));
     js.publish(
