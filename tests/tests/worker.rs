@@ -579,6 +579,178 @@ async fn claims_from_two_workers_at_once_give_one_mail_per_account_without_deadl
     db.drop_db().await;
 }
 
+/// The same accounts and history in a fresh database: every case the claim distinguishes.
+async fn claim_fixture() -> TestDb {
+    let db = TestDb::migrated().await;
+    for id in ["fresh", "recent", "busy", "twice", "sent", "crashed"] {
+        db.add_account(id, &format!("{id}@example.com"), None, None)
+            .await;
+    }
+    db.add_account("twin-a", "twin@example.com", None, None)
+        .await;
+    db.add_account("twin-b", "TWIN@example.com", None, None)
+        .await;
+    sqlx::query("UPDATE accounts SET password_hash = 'hash-of-' || id")
+        .execute(&db.pool)
+        .await
+        .expect("passwords");
+    // "recent" had a mail seconds ago, "busy" two today (the daily limit below), "sent" is
+    // the account of an event already mailed, "crashed" of one claimed by a worker that died.
+    sqlx::query(
+        "INSERT INTO reset_requests
+             (event_id, account_id, outcome, attempts, request_id, requested_at, claimed_at, kind)
+         VALUES ('00000000-0000-7000-8000-000000000001', 'recent', 'sent', 1, 'r', now(),
+                 now() - interval '10 seconds', 'reset'),
+                ('00000000-0000-7000-8000-000000000002', 'busy', 'sent', 1, 'r', now(),
+                 now() - interval '3 hours', 'reset'),
+                ('00000000-0000-7000-8000-000000000003', 'busy', 'sent', 1, 'r', now(),
+                 now() - interval '2 hours', 'reset'),
+                ('00000000-0000-7000-8000-0000000000a5', 'sent', 'sent', 1, 'r', now(),
+                 now() - interval '2 hours', 'reset'),
+                ('00000000-0000-7000-8000-0000000000a6', 'crashed', 'pending', 1, 'r', now(),
+                 now() - interval '2 hours', 'reset')",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("history");
+    sqlx::query(
+        "INSERT INTO reset_tokens (token_hash, account_id, event_id, expires_at)
+         VALUES ('\\x01', 'fresh', '00000000-0000-7000-8000-000000000004', now() + interval '1 hour'),
+                ('\\x02', 'crashed', '00000000-0000-7000-8000-0000000000a6',
+                 now() + interval '1 hour')",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("tokens");
+    db
+}
+
+/// Claims `ids` (event ids from their place in the list, but for "sent" and "crashed", whose
+/// events are the ones in the fixture) in one `reset_find_and_claim` call, or one event at a
+/// time through `reset_find_account` and `reset_claim`; answers as `reset_find_and_claim`
+/// gives them.
+async fn claim_answers(db: &TestDb, ids: &[&str], together: bool) -> Vec<String> {
+    let event = |n: usize, id: &str| match id {
+        "sent@example.com" => uuid::Uuid::from_u128(0x0000_0000_0000_7000_8000_0000_0000_00a5),
+        "crashed" => uuid::Uuid::from_u128(0x0000_0000_0000_7000_8000_0000_0000_00a6),
+        _ => uuid::Uuid::from_u128(0x0000_0000_0000_7000_8000_0000_0001_0000 + n as u128),
+    };
+    let events: Vec<uuid::Uuid> = ids.iter().enumerate().map(|(n, id)| event(n, id)).collect();
+    let hashes: Vec<Vec<u8>> = (0..ids.len()).map(|n| vec![0xee, n as u8]).collect();
+    if together {
+        let n = ids.len();
+        return sqlx::query_scalar(
+            "SELECT answer FROM reset_find_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ORDER BY ord",
+        )
+        .bind(&events)
+        .bind(ids)
+        .bind(vec!["req"; n])
+        .bind(vec![time::OffsetDateTime::now_utc(); n])
+        .bind(vec![2_i32; n])
+        .bind(&hashes)
+        .bind(vec![3600.0_f64; n])
+        .bind(vec![60.0_f64; n])
+        .bind(vec![2_i32; n])
+        .bind(vec![false; n])
+        .fetch_all(&db.pool)
+        .await
+        .expect("claim together");
+    }
+    let mut answers = Vec::new();
+    for (n, id) in ids.iter().enumerate() {
+        let found: Vec<(Option<String>, i32)> =
+            sqlx::query_as("SELECT id, matches FROM reset_find_account($1)")
+                .bind(id)
+                .fetch_all(&db.pool)
+                .await
+                .expect("find");
+        let answer = match found.first() {
+            None => "not_found".to_owned(),
+            Some((None, _)) => "ambiguous".to_owned(),
+            Some((Some(account), _)) => sqlx::query_scalar(
+                "SELECT reset_claim($1, $2, 'req', now(), 2, $3, 3600, 60, 2, false)",
+            )
+            .bind(events[n])
+            .bind(account)
+            .bind(&hashes[n])
+            .fetch_one(&db.pool)
+            .await
+            .expect("claim alone"),
+        };
+        answers.push(answer);
+    }
+    answers
+}
+
+/// What the claims left behind, without the times they ran at.
+async fn claim_state(db: &TestDb) -> (Vec<String>, Vec<String>) {
+    let requests = sqlx::query_scalar(
+        "SELECT concat_ws(' ', event_id, account_id, outcome, attempts, last_error,
+                          claimed_at IS NOT NULL)
+         FROM reset_requests ORDER BY event_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("requests");
+    let tokens = sqlx::query_scalar(
+        "SELECT concat_ws(' ', encode(token_hash, 'hex'), account_id, event_id,
+                          invalidated_at IS NULL, encode(password_fingerprint, 'hex'),
+                          expires_at > now() + interval '50 minutes')
+         FROM reset_tokens ORDER BY token_hash",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("tokens");
+    (requests, tokens)
+}
+
+#[tokio::test]
+async fn a_batch_claims_exactly_as_its_events_would_one_by_one() {
+    // Fresh; within the cooldown; at the daily limit; one account three times (twice by
+    // email); mailed already (redelivered); claimed by a worker that died; no such account;
+    // two accounts on one email.
+    let ids = [
+        "fresh",
+        "recent",
+        "busy",
+        "twice",
+        "sent@example.com",
+        "TWICE@example.com",
+        "crashed",
+        "nobody",
+        "twin@example.com",
+        "twice@example.com",
+    ];
+    let (together, alone) = (claim_fixture().await, claim_fixture().await);
+    let answers = claim_answers(&together, &ids, true).await;
+    assert_eq!(
+        answers,
+        [
+            "proceed",
+            "throttled",
+            "throttled",
+            "proceed",
+            "done:sent",
+            "throttled",
+            "proceed",
+            "not_found",
+            "ambiguous",
+            "throttled"
+        ]
+    );
+    assert_eq!(answers, claim_answers(&alone, &ids, false).await);
+    let state = claim_state(&together).await;
+    assert_eq!(state, claim_state(&alone).await);
+    // The earlier tokens of "fresh" and "crashed" were retired for the new ones.
+    let live: Vec<&String> = (state.1.iter())
+        .filter(|t| t.split(' ').nth(3) == Some("t"))
+        .collect();
+    assert_eq!(live.len(), 3, "{:#?}", state.1);
+    together.drop_db().await;
+    alone.drop_db().await;
+}
+
 /// Rows read by sequential scans of `table`, and its index scans, as PostgreSQL's statistics
 /// have them so far.
 async fn scans(db: &TestDb, table: &str) -> (i64, i64) {
