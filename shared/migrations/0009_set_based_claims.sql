@@ -89,6 +89,10 @@ $$;
 -- Events that share an account with another in the batch go through reset_claim one by one
 -- in input order, as before, since each must see what the one before it wrote; accounts
 -- being independent, doing them after the others changes no answer.
+-- Its statements keep one generic plan each: with array arguments PL/pgSQL otherwise judges a
+-- generic plan no cheaper than a custom one and plans every statement again on every call
+-- (pgbench, batches of 16, three rounds on fresh databases: 7,340 / 8,486 / 8,257 claims/s
+-- with custom plans, 8,792 / 9,029 / 9,436 with generic ones).
 CREATE OR REPLACE FUNCTION reset_find_and_claim(
     p_event_ids     uuid[],
     p_ids           text[],
