@@ -136,24 +136,30 @@ impl Drop for WorkerProcess {
     }
 }
 
-/// A workspace binary (`api`, `worker`) beside the test binaries, built first if it is not
-/// there. `cargo test --workspace` builds both, for their own packages' tests.
+/// A workspace binary (`api`, `worker`) beside the test binaries, brought up to date by the
+/// first call for it in this process. An existing one is not trusted as it is: `cargo test`
+/// of this package alone does not rebuild it, and a worker built before the last change to
+/// its migrations refuses a database that the tests migrated with the new ones.
 pub fn binary(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let exe = std::env::current_exe().expect("test binary path");
     let target_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("target dir")
         .to_owned();
-    let binary = target_dir.join(name);
-    if !binary.exists() {
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !built.iter().any(|b| b == name) {
         let status = Command::new(env!("CARGO"))
             .args(["build", "--quiet", "-p", name, "--bin", name])
             .status()
             .expect("cargo runs");
         assert!(status.success(), "building the {name} binary failed");
+        built.push(name.to_owned());
     }
-    binary
+    target_dir.join(name)
 }
 
 /// The api, one worker, a fresh database and an SMTP sink, all on one isolated stream.
