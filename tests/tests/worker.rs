@@ -526,6 +526,62 @@ async fn sent_records_written_together_are_each_committed() {
 }
 
 #[tokio::test]
+async fn sent_records_batched_with_a_failing_claim_are_still_committed() {
+    let db = TestDb::migrated().await;
+    db.add_account("ada", "ada@example.com", None, None).await;
+    let ids: Vec<uuid::Uuid> = (0..50).map(|_| uuid::Uuid::now_v7()).collect();
+    for id in &ids {
+        sqlx::query(
+            "INSERT INTO reset_requests
+                (event_id, account_id, outcome, attempts, request_id, requested_at, kind)
+             VALUES ($1, 'ada', 'pending', 1, 'r', now(), 'reset')",
+        )
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .expect("insert pending");
+    }
+    // A claim whose token hash is taken fails its whole statement.
+    let taken = [7u8; 32];
+    sqlx::query(
+        "INSERT INTO reset_tokens (token_hash, account_id, event_id, expires_at)
+         VALUES ($1, 'ada', gen_random_uuid(), now() + interval '1 hour')",
+    )
+    .bind(&taken[..])
+    .execute(&db.pool)
+    .await
+    .expect("insert token");
+    let (_, store) = small_store(&db, 1).await;
+    store.mark_sent(ids[0]).await.expect("first record");
+    // Queued together before the writer runs again (one thread), so they go in one batch:
+    // the failing claim and 49 sent records.
+    let claim = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let event = e2e::reset_event("ada", "req-poison");
+            store
+                .find_and_claim(&event, 1, &taken, LIMITS, Mode::Normal)
+                .await
+        })
+    };
+    let marks = ids[1..].iter().map(|id| {
+        let (store, id) = (store.clone(), *id);
+        tokio::spawn(async move { store.mark_sent(id).await })
+    });
+    for result in futures::future::join_all(marks).await {
+        result
+            .expect("task")
+            .expect("a sent record shares a claim's failure");
+    }
+    assert!(
+        matches!(claim.await.expect("task"), Err(BatchError::Database(_))),
+        "the claim with a taken token hash fails"
+    );
+    assert_eq!(db.outcomes().await, [("sent".to_owned(), 50)]);
+    db.drop_db().await;
+}
+
+#[tokio::test]
 async fn claims_from_two_workers_at_once_give_one_mail_per_account_without_deadlock() {
     let db = TestDb::migrated().await;
     db.add_numbered_accounts("acct", 20).await;

@@ -175,18 +175,29 @@ pub enum Resolution {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: PgPool,
-    /// Where [`Store::find_and_claim`] queues its events; started with the first one.
-    claims: Arc<OnceLock<Batcher<ClaimRequest, Result<Resolution, BatchError>>>>,
-    /// Where [`Store::mark_sent`] queues its records; started with the first one.
-    sent: Arc<OnceLock<Batcher<Uuid, Result<(), BatchError>>>>,
+    /// Where [`Store::find_and_claim`] and [`Store::mark_sent`] queue their writes; started
+    /// with the first one.
+    writes: Arc<OnceLock<Batcher<Write, Written>>>,
 }
 
-/// Most events looked up and claimed by one statement.
-const CLAIM_BATCH: usize = 128;
-/// Claim statements in flight at once: one gathers while another runs.
-const CLAIM_LANES: usize = 2;
-/// Most records written by one UPDATE.
-const SENT_BATCH: usize = 256;
+/// Most claims and sent records written by one statement.
+const WRITE_BATCH: usize = 256;
+/// Statements in flight at once: one gathers while another runs.
+const WRITE_LANES: usize = 2;
+
+/// A write queued for the next batch statement.
+#[derive(Debug)]
+enum Write {
+    Claim(ClaimRequest),
+    Sent(Uuid),
+}
+
+/// The answer to a [`Write`], of the same kind.
+#[derive(Debug)]
+enum Written {
+    Claim(Result<Resolution, BatchError>),
+    Sent(Result<(), BatchError>),
+}
 
 /// Why a queued database write did not happen.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -258,24 +269,61 @@ struct ClaimRow {
     found: FoundRow,
 }
 
-/// Looks up and claims a batch of events in one statement (`reset_find_and_claim`, migration
-/// 0007): one round trip and one commit for the lot.
-async fn claim_batch(
-    pool: PgPool,
-    batch: Vec<ClaimRequest>,
-) -> Vec<Result<Resolution, BatchError>> {
-    let rows = match claim_rows(&pool, &batch).await {
-        Ok(rows) if rows.len() == batch.len() => rows,
-        Ok(rows) => {
-            let err = sqlx::Error::Protocol(format!(
-                "reset_find_and_claim answered {} rows for {} events",
-                rows.len(),
-                batch.len()
-            ));
-            return fail_all(batch.len(), err.into());
+/// Writes a batch: its sent records and its claims in one statement when it has claims
+/// (`reset_mark_sent_and_claim`, migration 0010: one round trip and one commit for the lot),
+/// its sent records alone otherwise. Answers come back in the order of the writes.
+async fn write_batch(pool: PgPool, batch: Vec<Write>) -> Vec<Written> {
+    let mut claims = Vec::new();
+    let mut sent = Vec::new();
+    let is_claim: Vec<bool> = batch
+        .into_iter()
+        .map(|write| match write {
+            Write::Claim(request) => {
+                claims.push(request);
+                true
+            }
+            Write::Sent(id) => {
+                sent.push(id);
+                false
+            }
+        })
+        .collect();
+    let (claimed, recorded) = if claims.is_empty() {
+        (Vec::new(), record_sent(&pool, &sent).await)
+    } else {
+        match claim_rows(&pool, &sent, &claims).await {
+            Ok(rows) => (claim_answers(rows, claims.len()), Ok(())),
+            // The sent records must not share a claim's failure: an email whose record is
+            // late is one that a redelivery would send again.
+            Err(err) if !sent.is_empty() => (
+                fail_all(claims.len(), err.into()),
+                record_sent(&pool, &sent).await,
+            ),
+            Err(err) => (fail_all(claims.len(), err.into()), Ok(())),
         }
-        Err(err) => return fail_all(batch.len(), err.into()),
     };
+    let mut claimed = claimed.into_iter();
+    is_claim
+        .into_iter()
+        .map(|is_claim| {
+            if is_claim {
+                Written::Claim(claimed.next().unwrap_or(Err(BatchError::Stopped)))
+            } else {
+                Written::Sent(recorded.clone())
+            }
+        })
+        .collect()
+}
+
+/// One answer per claim from the statement's rows, which must be one per claim, in order.
+fn claim_answers(rows: Vec<ClaimRow>, claims: usize) -> Vec<Result<Resolution, BatchError>> {
+    if rows.len() != claims {
+        let err = sqlx::Error::Protocol(format!(
+            "reset_find_and_claim answered {} rows for {claims} events",
+            rows.len()
+        ));
+        return fail_all(claims, err.into());
+    }
     rows.into_iter()
         .enumerate()
         .map(|(i, row)| resolution(i, row).map_err(BatchError::from))
@@ -286,15 +334,20 @@ fn fail_all<T>(count: usize, err: BatchError) -> Vec<Result<T, BatchError>> {
     (0..count).map(|_| Err(err.clone())).collect()
 }
 
-async fn claim_rows(pool: &PgPool, batch: &[ClaimRequest]) -> Result<Vec<ClaimRow>, sqlx::Error> {
+async fn claim_rows(
+    pool: &PgPool,
+    sent: &[Uuid],
+    batch: &[ClaimRequest],
+) -> Result<Vec<ClaimRow>, sqlx::Error> {
     // The statement takes one array per field.
     fn column<'a, T>(batch: &'a [ClaimRequest], field: impl Fn(&'a ClaimRequest) -> T) -> Vec<T> {
         batch.iter().map(field).collect()
     }
     sqlx::query_as(
         "SELECT ord, answer, id, email, display_name, locale, matches
-         FROM reset_find_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+         FROM reset_mark_sent_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
+    .bind(sent)
     .bind(column(batch, |c| c.event_id))
     .bind(column(batch, |c| c.id.as_str()))
     .bind(column(batch, |c| c.request_id.as_str()))
@@ -337,16 +390,13 @@ fn resolution(index: usize, row: ClaimRow) -> Result<Resolution, sqlx::Error> {
     Ok(Resolution::Claimed(account, claim))
 }
 
-/// Writes queued sent records, as many per call as have queued up since the last one.
-async fn record_sent(pool: PgPool, ids: Vec<Uuid>) -> Vec<Result<(), BatchError>> {
-    let result = sqlx::query("SELECT reset_mark_sent($1)")
-        .bind(&ids)
-        .execute(&pool)
-        .await;
-    match result {
-        Ok(_) => ids.iter().map(|_| Ok(())).collect(),
-        Err(err) => fail_all(ids.len(), err.into()),
-    }
+/// Writes sent records on their own (`reset_mark_sent`).
+async fn record_sent(pool: &PgPool, ids: &[Uuid]) -> Result<(), BatchError> {
+    sqlx::query("SELECT reset_mark_sent($1)")
+        .bind(ids)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 impl Store {
@@ -366,8 +416,7 @@ impl Store {
     pub fn from_pool(pool: PgPool) -> Self {
         Self {
             pool,
-            claims: Arc::default(),
-            sent: Arc::default(),
+            writes: Arc::default(),
         }
     }
 
@@ -457,12 +506,6 @@ impl Store {
         limits: Limits,
         mode: Mode,
     ) -> Result<Resolution, BatchError> {
-        let claims = self.claims.get_or_init(|| {
-            let pool = self.pool.clone();
-            Batcher::start(CLAIM_LANES, CLAIM_BATCH, move |batch| {
-                claim_batch(pool.clone(), batch)
-            })
-        });
         let request = ClaimRequest {
             event_id: event.event_id,
             id: event.id.clone(),
@@ -473,10 +516,10 @@ impl Store {
             limits,
             again: mode == Mode::Again,
         };
-        claims
-            .call(request)
-            .await
-            .unwrap_or(Err(BatchError::Stopped))
+        match self.writer().call(Write::Claim(request)).await {
+            Some(Written::Claim(result)) => result,
+            _ => Err(BatchError::Stopped),
+        }
     }
 
     /// The account with exactly this id.
@@ -531,16 +574,23 @@ impl Store {
     /// Records the event's email as sent, and returns once that is committed.
     ///
     /// Under load many emails finish at about the same time; their records are written
-    /// together, one statement per batch, which spares the database (and sqlx's connection
-    /// check) a round trip per email.
+    /// together, in the statement that carries the next batch of claims when one is queued
+    /// (one round trip and one commit for both), on their own otherwise.
     pub async fn mark_sent(&self, event_id: Uuid) -> Result<(), BatchError> {
-        let sent = self.sent.get_or_init(|| {
+        match self.writer().call(Write::Sent(event_id)).await {
+            Some(Written::Sent(result)) => result,
+            _ => Err(BatchError::Stopped),
+        }
+    }
+
+    /// The batcher behind [`Store::find_and_claim`] and [`Store::mark_sent`].
+    fn writer(&self) -> &Batcher<Write, Written> {
+        self.writes.get_or_init(|| {
             let pool = self.pool.clone();
-            Batcher::start(1, SENT_BATCH, move |ids| record_sent(pool.clone(), ids))
-        });
-        sent.call(event_id)
-            .await
-            .unwrap_or(Err(BatchError::Stopped))
+            Batcher::start(WRITE_LANES, WRITE_BATCH, move |batch| {
+                write_batch(pool.clone(), batch)
+            })
+        })
     }
 
     /// Notes a failed attempt. When it is the last (`give_up`), the event is marked failed and
