@@ -195,7 +195,7 @@ BEGIN
            now() + make_interval(secs => p_ttl_secs[i]),
            sha256(convert_to(coalesce(a.password_hash, ''), 'UTF8'))
       FROM generate_series(1, v_n) i
-      JOIN accounts a ON a.id = v_ids[i]
+      LEFT JOIN accounts a ON a.id = v_ids[i]
      WHERE v_answers[i] = 'proceed';
 
     INSERT INTO reset_requests
