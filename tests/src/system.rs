@@ -152,8 +152,11 @@ pub fn binary(name: &str) -> PathBuf {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     if !built.iter().any(|b| b == name) {
+        // The same profile as the tests themselves, whose directory the binary is taken from.
+        let release = target_dir.ends_with("release").then_some("--release");
         let status = Command::new(env!("CARGO"))
             .args(["build", "--quiet", "-p", name, "--bin", name])
+            .args(release)
             .status()
             .expect("cargo runs");
         assert!(status.success(), "building the {name} binary failed");
