@@ -182,10 +182,6 @@ pub struct Store {
 
 /// Most claims and sent records written by one statement.
 const WRITE_BATCH: usize = 256;
-/// Statements in flight at once. The next batch gathers while one runs; a second statement
-/// running beside it halved the batches, and on a machine whose cores PostgreSQL shares with
-/// the worker that cost more than the overlap saved (BENCHMARKS.md, change 20).
-const WRITE_LANES: usize = 1;
 
 /// A write queued for the next batch statement.
 #[derive(Debug)]
@@ -589,9 +585,7 @@ impl Store {
     fn writer(&self) -> &Batcher<Write, Written> {
         self.writes.get_or_init(|| {
             let pool = self.pool.clone();
-            Batcher::start(WRITE_LANES, WRITE_BATCH, move |batch| {
-                write_batch(pool.clone(), batch)
-            })
+            Batcher::start(WRITE_BATCH, move |batch| write_batch(pool.clone(), batch))
         })
     }
 
