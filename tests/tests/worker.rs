@@ -489,22 +489,29 @@ async fn claim(store: Store, id: &str, request_id: &str) -> Result<Resolution, B
         .await
 }
 
+/// One pending reset record per account in `accounts` (claimed, not yet mailed); their
+/// event ids, in the same order.
+async fn pending_records(db: &TestDb, accounts: &[String]) -> Vec<uuid::Uuid> {
+    let ids: Vec<uuid::Uuid> = accounts.iter().map(|_| uuid::Uuid::now_v7()).collect();
+    sqlx::query(
+        "INSERT INTO reset_requests
+             (event_id, account_id, outcome, attempts, request_id, requested_at, kind)
+         SELECT event_id, account_id, 'pending', 1, 'r', now(), 'reset'
+         FROM unnest($1::uuid[], $2::text[]) AS u(event_id, account_id)",
+    )
+    .bind(&ids)
+    .bind(accounts)
+    .execute(&db.pool)
+    .await
+    .expect("insert pending");
+    ids
+}
+
 #[tokio::test]
 async fn sent_records_written_together_are_each_committed() {
     let db = TestDb::migrated().await;
-    let ids: Vec<uuid::Uuid> = (0..300).map(|_| uuid::Uuid::now_v7()).collect();
-    for (i, id) in ids.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO reset_requests
-                (event_id, account_id, outcome, attempts, request_id, requested_at, kind)
-             VALUES ($1, $2, 'pending', 1, 'r', now(), 'reset')",
-        )
-        .bind(id)
-        .bind(format!("acct-{i}"))
-        .execute(&db.pool)
-        .await
-        .expect("insert pending");
-    }
+    let accounts: Vec<String> = (0..300).map(|i| format!("acct-{i}")).collect();
+    let ids = pending_records(&db, &accounts).await;
     // More callers than the pool has connections, all at once: they queue into batches.
     let (_, store) = small_store(&db, 2).await;
     let marks = ids.iter().map(|id| {
@@ -529,18 +536,7 @@ async fn sent_records_written_together_are_each_committed() {
 async fn sent_records_batched_with_a_failing_claim_are_still_committed() {
     let db = TestDb::migrated().await;
     db.add_account("ada", "ada@example.com", None, None).await;
-    let ids: Vec<uuid::Uuid> = (0..50).map(|_| uuid::Uuid::now_v7()).collect();
-    for id in &ids {
-        sqlx::query(
-            "INSERT INTO reset_requests
-                (event_id, account_id, outcome, attempts, request_id, requested_at, kind)
-             VALUES ($1, 'ada', 'pending', 1, 'r', now(), 'reset')",
-        )
-        .bind(id)
-        .execute(&db.pool)
-        .await
-        .expect("insert pending");
-    }
+    let ids = pending_records(&db, &vec!["ada".to_owned(); 50]).await;
     // A claim whose token hash is taken fails its whole statement.
     let taken = [7u8; 32];
     sqlx::query(
