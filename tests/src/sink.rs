@@ -169,10 +169,30 @@ impl SmtpSink {
 
     /// Waits until at least `count` messages arrived (or `within` passed) and returns them all.
     pub async fn wait_for(&self, count: usize, within: Duration) -> Vec<ReceivedMail> {
+        self.wait_until(within, |messages| messages.len() >= count)
+            .await
+    }
+
+    /// Like [`Self::wait_for`], counting distinct recipients: duplicates (a redelivery after a
+    /// crash) must not end the wait while some recipient still has no mail.
+    pub async fn wait_for_recipients(&self, count: usize, within: Duration) -> Vec<ReceivedMail> {
+        self.wait_until(within, |messages| {
+            let recipients: std::collections::BTreeSet<&str> =
+                messages.iter().map(|m| m.to.as_str()).collect();
+            recipients.len() >= count
+        })
+        .await
+    }
+
+    async fn wait_until(
+        &self,
+        within: Duration,
+        done: impl Fn(&[ReceivedMail]) -> bool,
+    ) -> Vec<ReceivedMail> {
         let deadline = Instant::now() + within;
         loop {
             let messages = self.messages();
-            if messages.len() >= count || Instant::now() > deadline {
+            if done(&messages) || Instant::now() > deadline {
                 return messages;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

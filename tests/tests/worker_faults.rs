@@ -44,7 +44,9 @@ async fn kill_9_of_a_worker_in_the_middle_of_a_run_loses_no_request() {
     );
 
     let second = WorkerProcess::spawn(&args);
-    let mails = sink.wait_for(REQUESTS, Duration::from_secs(60)).await;
+    let mails = sink
+        .wait_for_recipients(REQUESTS, Duration::from_secs(60))
+        .await;
     let mut to: Vec<String> = mails.iter().map(|m| m.to.clone()).collect();
     to.sort();
     to.dedup();
