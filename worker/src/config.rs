@@ -6,6 +6,12 @@ use std::time::Duration;
 
 use shared::{nats::NatsSettings, stream::StreamSettings, telemetry::LogSettings};
 
+/// Events one worker handles at once unless told otherwise. Large enough that each database
+/// statement claims or records many events (on the benchmark machine 64 sends about 1.4 to 2
+/// times the mails per second of 16; BENCHMARKS.md, change 22); a worker killed mid-run leaves
+/// at most this many events for redelivery, some of which may then be mailed twice.
+pub const DEFAULT_CONCURRENCY: u16 = 64;
+
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "worker",
@@ -47,7 +53,7 @@ pub struct ConsumeSettings {
     pub consumer: String,
 
     /// Events handled at once by this process.
-    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
 
     /// Delays before each retry of a failed attempt, comma-separated; their count is the
@@ -101,9 +107,11 @@ pub struct DatabaseSettings {
     #[command(flatten)]
     pub url: shared::db::DatabaseUrl,
 
-    /// Largest number of database connections (default: concurrency + 4).
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS")]
-    pub database_max_connections: Option<u32>,
+    /// Largest number of database connections. Claims and sent records go through one at a
+    /// time whatever the concurrency; the others serve the queries of single events
+    /// (notifications, failures, replays) and the health check.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub database_max_connections: u32,
 }
 
 /// Tokens and throttling.
@@ -163,8 +171,10 @@ pub struct MailSettings {
     #[arg(long, env = "SMTP_CA_FILE")]
     pub smtp_ca_file: Option<PathBuf>,
 
-    /// SMTP connections kept open and used at once.
-    #[arg(long, env = "SMTP_POOL_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    /// SMTP connections kept open and used at once. At the default concurrency, 16 send as
+    /// many mails per second as 64 on the benchmark machine and stay under common relays'
+    /// per-client connection limits (Postfix's 50, for one).
+    #[arg(long, env = "SMTP_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub smtp_pool_size: u16,
 
     /// Longest an SMTP connect or send may take.

@@ -99,10 +99,7 @@ async fn consume_until(
     shutdown: futures::future::Shared<impl Future<Output = ()>>,
 ) -> Result<(), WorkerError> {
     let concurrency = usize::from(settings.consume.concurrency);
-    let max_connections = settings
-        .database
-        .database_max_connections
-        .unwrap_or(u32::from(settings.consume.concurrency) + 4);
+    let max_connections = settings.database.database_max_connections;
     let url = settings.database.url.database_url.clone();
     let Some(store) = retry_until(shutdown.clone(), "PostgreSQL", || {
         Store::connect(&url, max_connections)
