@@ -59,6 +59,13 @@ impl Isolation {
             prefix: format!("test.{tag}.reset"),
         }
     }
+
+    /// Removes the test's stream from this machine's NATS, so reruns do not pile them up.
+    pub async fn delete_stream(&self) {
+        if let Ok(client) = async_nats::connect(NATS_URL).await {
+            let _ = jetstream::new(client).delete_stream(&self.stream).await;
+        }
+    }
 }
 
 impl Default for Isolation {

@@ -398,6 +398,7 @@ async fn one_request_can_be_followed_through_the_logs_which_hold_no_secret() {
         .env("API_KEYS", format!("tests:{KEY}"))
         .env("RESET_STREAM", &iso.stream)
         .env("RESET_SUBJECT_PREFIX", &iso.prefix)
+        .env("RESET_RETENTION", "1h")
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
         .stdout(Stdio::from(api_log))
@@ -474,5 +475,6 @@ async fn one_request_can_be_followed_through_the_logs_which_hold_no_secret() {
     assert!(line["seq"].as_u64().is_some(), "{line}");
     assert!(line.get("error").is_none(), "{line}");
     let _ = std::fs::remove_dir_all(logs);
+    iso.delete_stream().await;
     db.drop_db().await;
 }
