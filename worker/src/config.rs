@@ -7,7 +7,7 @@ use std::time::Duration;
 use shared::{nats::NatsSettings, stream::StreamSettings, telemetry::LogSettings};
 
 /// Events one worker handles at once unless told otherwise. Large enough that each database
-/// statement claims or records many events (on the benchmark machine 64 sends about 1.4 to 2
+/// statement claims or records many events (on the benchmark machine 64 sends about 1.3 to 1.7
 /// times the mails per second of 16; BENCHMARKS.md, change 22); a worker killed mid-run leaves
 /// at most this many events for redelivery, some of which may then be mailed twice.
 pub const DEFAULT_CONCURRENCY: u16 = 64;
