@@ -60,9 +60,9 @@ impl Isolation {
         }
     }
 
-    /// Removes the test's stream from this machine's NATS, so reruns do not pile them up.
-    pub async fn delete_stream(&self) {
-        if let Ok(client) = async_nats::connect(NATS_URL).await {
+    /// Removes the test's stream from the NATS at `nats_url`, so reruns do not pile them up.
+    pub async fn delete_stream(&self, nats_url: &str) {
+        if let Ok(client) = async_nats::connect(nats_url).await {
             let _ = jetstream::new(client).delete_stream(&self.stream).await;
         }
     }
@@ -170,9 +170,7 @@ impl TestApi {
     pub async fn stop(mut self) {
         self.begin_shutdown();
         self.wait_stopped().await;
-        if let Ok(client) = async_nats::connect(self.nats_url.as_str()).await {
-            let _ = jetstream::new(client).delete_stream(&self.iso.stream).await;
-        }
+        self.iso.delete_stream(&self.nats_url).await;
     }
 
     /// Waits for a shutdown begun with [`TestApi::begin_shutdown`].

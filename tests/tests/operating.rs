@@ -6,7 +6,7 @@ use std::time::Duration;
 use e2e::db::TestDb;
 use e2e::sink::SmtpSink;
 use e2e::system::{System, WorkerProcess, binary, worker_args, worker_settings};
-use e2e::{Isolation, KEY, TestApi, free_port, get};
+use e2e::{Isolation, KEY, NATS_URL, TestApi, free_port, get};
 use worker::cli::{DeadLetterCommand, ReplayArgs};
 
 fn replay_args() -> ReplayArgs {
@@ -475,6 +475,6 @@ async fn one_request_can_be_followed_through_the_logs_which_hold_no_secret() {
     assert!(line["seq"].as_u64().is_some(), "{line}");
     assert!(line.get("error").is_none(), "{line}");
     let _ = std::fs::remove_dir_all(logs);
-    iso.delete_stream().await;
+    iso.delete_stream(NATS_URL).await;
     db.drop_db().await;
 }
