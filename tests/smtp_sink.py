@@ -8,7 +8,11 @@ Failures on demand, by recipient local part:
   tempfailN...@   451 at RCPT for the first N attempts to that address, then accepted
   slowN...@       accepted, but the answer to DATA takes N milliseconds
 and for every recipient while the file <dir>/fail-451 (or <dir>/fail-550) exists: 451 (or 550).
-Every RCPT is logged to <dir>/rcpt.log as "<ns> <code> <address>".
+Every RCPT is logged to <dir>/rcpt.log as "<ns> <code> <address>", and every MAIL to
+<dir>/mail.log as "pipelined" when the commands after it had already arrived with it (the
+client did not wait for the answer), else "waited".
+
+It offers PIPELINING (RFC 2920) in its EHLO answer, as mail relays do, unless --no-pipelining.
 
 TLS (certificates made with trustme; the CA is written to <dir>/ca.pem):
   --starttls      offer and require STARTTLS
@@ -29,11 +33,28 @@ from aiosmtpd.controller import Controller
 
 
 class Sink:
-    def __init__(self, out):
+    def __init__(self, out, pipelining):
         self.out = out
+        self.pipelining = pipelining
         self.seq = itertools.count()
         self.tempfails = {}
         self.lock = threading.Lock()
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        # With this hook aiosmtpd leaves recording the greeting to the handler.
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        # Commands that came in the same write as MAIL are already in the reader's buffer.
+        waiting = len(getattr(server._reader, "_buffer", b""))
+        with open(os.path.join(self.out, "mail.log"), "a") as log:
+            log.write("pipelined\n" if waiting else "waited\n")
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         answer = self.decide(address)
@@ -95,6 +116,7 @@ def main():
     parser.add_argument("--dir", required=True)
     parser.add_argument("--starttls", action="store_true")
     parser.add_argument("--implicit-tls", action="store_true")
+    parser.add_argument("--no-pipelining", action="store_true")
     args = parser.parse_args()
     os.makedirs(args.dir, exist_ok=True)
 
@@ -103,7 +125,7 @@ def main():
         options.update(tls_context=tls_context(args.dir), require_starttls=True)
     if args.implicit_tls:
         options.update(ssl_context=tls_context(args.dir), server_hostname="localhost")
-    controller = Controller(Sink(args.dir), hostname="127.0.0.1", port=args.port, **options)
+    controller = Controller(Sink(args.dir, not args.no_pipelining), hostname="127.0.0.1", port=args.port, **options)
     controller.start()
     print(f"ready {args.port}", flush=True)
     threading.Event().wait()

@@ -76,6 +76,15 @@ impl SmtpSink {
     }
 
     pub fn start_with(tls: SinkTls) -> Self {
+        Self::spawn(tls, true)
+    }
+
+    /// A sink that does not offer PIPELINING: clients must wait for each answer.
+    pub fn start_without_pipelining() -> Self {
+        Self::spawn(SinkTls::None, false)
+    }
+
+    fn spawn(tls: SinkTls, pipelining: bool) -> Self {
         let port = crate::free_port();
         let dir = std::env::temp_dir().join(format!("smtp-sink-{}", uuid::Uuid::now_v7().simple()));
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("smtp_sink.py");
@@ -94,6 +103,9 @@ impl SmtpSink {
             SinkTls::Implicit => {
                 command.arg("--implicit-tls");
             }
+        }
+        if !pipelining {
+            command.arg("--no-pipelining");
         }
         let mut child = command.spawn().expect("the SMTP sink starts");
         let stdout = child.stdout.take().expect("stdout");
@@ -144,6 +156,16 @@ impl SmtpSink {
                     parts.next()?.to_owned(),
                 ))
             })
+            .collect()
+    }
+
+    /// For every MAIL command so far, whether the commands after it came in the same write
+    /// (`true`: the client pipelined them) or only after the client had the answer.
+    pub fn mail_log(&self) -> Vec<bool> {
+        std::fs::read_to_string(self.dir.join("mail.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|line| line == "pipelined")
             .collect()
     }
 

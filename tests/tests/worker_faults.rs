@@ -251,16 +251,8 @@ async fn a_changed_consumer_setting_is_applied_on_a_current_nats() {
 #[tokio::test]
 async fn sequential_sends_on_one_connection_do_not_wait_for_delayed_acks() {
     let sink = SmtpSink::start();
-    let iso = Isolation::new();
-    let mut settings = worker_settings(&iso, "postgres://unused", &sink.url());
-    settings.mail.smtp_pool_size = 1;
-    let mailer = worker::transport::Mailer::from_settings(&settings.mail).expect("mailer");
-    let message = lettre::Message::builder()
-        .from("Example <no-reply@example.com>".parse().expect("from"))
-        .to("ada@example.com".parse().expect("to"))
-        .subject("nodelay")
-        .body("x".repeat(2000))
-        .expect("message");
+    let mailer = one_connection_mailer(&sink);
+    let message = message_to("ada@example.com", &"x".repeat(2000));
     mailer.send(&message, "warm-up").await.expect("send");
     let mut times = Vec::new();
     for n in 0..25 {
@@ -275,6 +267,94 @@ async fn sequential_sends_on_one_connection_do_not_wait_for_delayed_acks() {
         "median send {median:?}: the delayed-ACK stall (~40 ms) is back"
     );
     assert_eq!(sink.wait_for(26, Duration::from_secs(5)).await.len(), 26);
+    mailer.close().await;
+}
+
+/// The worker's mailer for `sink`, with a pool of one connection.
+fn one_connection_mailer(sink: &SmtpSink) -> worker::transport::Mailer {
+    let mut settings = worker_settings(&Isolation::new(), "postgres://unused", &sink.url());
+    settings.mail.smtp_pool_size = 1;
+    worker::transport::Mailer::from_settings(&settings.mail).expect("mailer")
+}
+
+fn message_to(to: &str, body: &str) -> lettre::Message {
+    lettre::Message::builder()
+        .from("Example <no-reply@example.com>".parse().expect("from"))
+        .to(to.parse().expect("to"))
+        .subject("a test")
+        .body(body.to_owned())
+        .expect("message")
+}
+
+/// A server offering PIPELINING gets MAIL, RCPT and DATA in one write; one that does not gets
+/// each command after the answer to the one before. Either way the content arrives intact,
+/// lines opening with a dot included.
+#[tokio::test]
+async fn the_envelope_is_pipelined_only_to_servers_that_offer_it() {
+    let body = "first line\r\n.a line opening with a dot\r\n.\r\nlast line\r\n";
+    for pipelining in [true, false] {
+        let sink = if pipelining {
+            SmtpSink::start()
+        } else {
+            SmtpSink::start_without_pipelining()
+        };
+        let mailer = one_connection_mailer(&sink);
+        for n in 0..3 {
+            let message = message_to(&format!("ada{n}@example.com"), body);
+            mailer.send(&message, &n.to_string()).await.expect("send");
+        }
+        let mails = sink.wait_for(3, Duration::from_secs(5)).await;
+        assert_eq!(mails.len(), 3);
+        for mail in &mails {
+            assert!(
+                mail.raw
+                    .contains("\r\n.a line opening with a dot\r\n.\r\nlast line"),
+                "content changed on the way: {:?}",
+                mail.raw
+            );
+        }
+        assert_eq!(
+            sink.mail_log(),
+            vec![pipelining; 3],
+            "pipelining {pipelining}"
+        );
+        mailer.close().await;
+    }
+}
+
+/// A refusal among pipelined answers is the send's outcome, permanent or transient as its
+/// code says, and the next message still goes (on a fresh connection).
+#[tokio::test]
+async fn a_refusal_among_pipelined_answers_is_reported_and_the_next_mail_goes() {
+    use worker::transport::SendError;
+    let sink = SmtpSink::start();
+    let mailer = one_connection_mailer(&sink);
+    let refused = mailer
+        .send(&message_to("reject@example.com", "x"), "rejected")
+        .await;
+    assert!(
+        matches!(&refused, Err(SendError::Permanent(text)) if text.contains("550")),
+        "{refused:?}"
+    );
+    let deferred = mailer
+        .send(&message_to("tempfail1@example.com", "x"), "deferred")
+        .await;
+    assert!(
+        matches!(&deferred, Err(SendError::Transient(text)) if text.contains("451")),
+        "{deferred:?}"
+    );
+    mailer
+        .send(&message_to("tempfail1@example.com", "x"), "retried")
+        .await
+        .expect("accepted the second time");
+    mailer
+        .send(&message_to("ada@example.com", "x"), "next")
+        .await
+        .expect("send");
+    let mails = sink.wait_for(2, Duration::from_secs(5)).await;
+    let to: Vec<&str> = mails.iter().map(|m| m.to.as_str()).collect();
+    assert_eq!(to, ["tempfail1@example.com", "ada@example.com"]);
+    assert!(sink.mail_log().iter().all(|pipelined| *pipelined));
     mailer.close().await;
 }
 
