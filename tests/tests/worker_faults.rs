@@ -250,7 +250,9 @@ async fn a_changed_consumer_setting_is_applied_on_a_current_nats() {
 /// well under that stall.
 #[tokio::test]
 async fn sequential_sends_on_one_connection_do_not_wait_for_delayed_acks() {
-    let sink = SmtpSink::start();
+    // Without PIPELINING, as lettre sends: the content and its final line in two writes, the
+    // case where Nagle's algorithm would hold the second.
+    let sink = SmtpSink::start_without_pipelining();
     let mailer = one_connection_mailer(&sink);
     let message = message_to("ada@example.com", &"x".repeat(2000));
     mailer.send(&message, "warm-up").await.expect("send");
@@ -354,7 +356,44 @@ async fn a_refusal_among_pipelined_answers_is_reported_and_the_next_mail_goes() 
     let mails = sink.wait_for(2, Duration::from_secs(5)).await;
     let to: Vec<&str> = mails.iter().map(|m| m.to.as_str()).collect();
     assert_eq!(to, ["tempfail1@example.com", "ada@example.com"]);
-    assert!(sink.mail_log().iter().all(|pipelined| *pipelined));
+    assert_eq!(sink.mail_log(), vec![true; 4]);
+    mailer.close().await;
+}
+
+/// A refused recipient fails the send even when the server takes DATA for the others (RFC
+/// 2920 lets it): nothing is delivered, and the connection is dropped at once rather than
+/// sent a QUIT the server would read as message content, waiting for its own timeout.
+#[tokio::test]
+async fn a_refused_recipient_among_accepted_ones_fails_the_send_without_a_hang() {
+    use worker::transport::SendError;
+    let sink = SmtpSink::start();
+    let mailer = one_connection_mailer(&sink);
+    let message = lettre::Message::builder()
+        .from("Example <no-reply@example.com>".parse().expect("from"))
+        .to("ada@example.com".parse().expect("to"))
+        .to("reject@example.com".parse().expect("to"))
+        .subject("a test")
+        .body("x".to_owned())
+        .expect("message");
+    let started = Instant::now();
+    let refused = tokio::time::timeout(Duration::from_secs(10), mailer.send(&message, "two"))
+        .await
+        .expect("the send ends well before the server's own timeout");
+    assert!(
+        matches!(&refused, Err(SendError::Permanent(text)) if text.contains("550")),
+        "{refused:?}"
+    );
+    // Dropped, not closed with a QUIT (whose answer would be waited for up to 2 s).
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    mailer
+        .send(&message_to("bob@example.com", "x"), "next")
+        .await
+        .expect("send");
+    let mails = sink.wait_for(1, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let to: Vec<String> = sink.messages().iter().map(|m| m.to.clone()).collect();
+    assert_eq!(to, ["bob@example.com"], "{} mails", mails.len());
     mailer.close().await;
 }
 

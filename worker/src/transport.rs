@@ -20,10 +20,12 @@ use std::time::{Duration, Instant};
 use lettre::Message;
 use lettre::address::Envelope;
 use lettre::transport::smtp::{
+    Error as SmtpError,
     authentication::{Credentials, Mechanism},
     client::{AsyncSmtpConnection, AsyncTokioStream, Certificate, TlsParameters},
     commands::{Data, Ehlo, Mail, Rcpt},
     extension::ClientId,
+    response::Response,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, Semaphore};
@@ -341,7 +343,12 @@ pub struct SmtpPool {
 struct Connection {
     smtp: AsyncSmtpConnection,
     pipelining: bool,
+    /// The server took DATA and is reading message content.
+    in_content: bool,
 }
+
+/// How long a closing connection waits for the answer to its QUIT.
+const QUIT_WAIT: Duration = Duration::from_secs(2);
 
 impl std::fmt::Debug for SmtpPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -388,8 +395,8 @@ impl SmtpPool {
             Ok(Err(err)) => {
                 // After any error the session's state is uncertain (and lettre marks its own
                 // sends broken): the connection is not reused.
-                connection.smtp.abort().await;
-                Err(classify(&err))
+                connection.discard().await;
+                Err(err)
             }
             Err(_) => Err(SendError::Transient(format!(
                 "SMTP send timed out after {:?}",
@@ -466,13 +473,14 @@ impl SmtpPool {
         Ok(Connection {
             smtp: connection,
             pipelining,
+            in_content: false,
         })
     }
 
     async fn close(&self) {
         let idle = std::mem::take(&mut *self.idle.lock().await);
         for (mut connection, _) in idle {
-            let _ = tokio::time::timeout(Duration::from_secs(2), connection.smtp.quit()).await;
+            let _ = tokio::time::timeout(QUIT_WAIT, connection.smtp.quit()).await;
         }
     }
 }
@@ -482,7 +490,7 @@ impl SmtpPool {
 async fn offers_pipelining(
     connection: &mut AsyncSmtpConnection,
     hello: &ClientId,
-) -> Result<bool, lettre::transport::smtp::Error> {
+) -> Result<bool, SmtpError> {
     let answer = connection.command(Ehlo::new(hello.clone())).await?;
     Ok(answer.message().any(|line| {
         line.split_whitespace()
@@ -492,11 +500,7 @@ async fn offers_pipelining(
 }
 
 impl Connection {
-    async fn send(
-        &mut self,
-        envelope: &Envelope,
-        content: &[u8],
-    ) -> Result<(), lettre::transport::smtp::Error> {
+    async fn send(&mut self, envelope: &Envelope, content: &[u8]) -> Result<(), SendError> {
         // lettre's own send covers what the pipelined one leaves out: addresses or content
         // that need SMTPUTF8 or 8BITMIME.
         let ascii = |address: &lettre::Address| AsRef::<str>::as_ref(address).is_ascii();
@@ -505,46 +509,71 @@ impl Connection {
             Ok(text) if self.pipelining && plain && text.is_ascii() => {
                 self.send_pipelined(envelope, text).await
             }
-            _ => self.smtp.send(envelope, content).await.map(drop),
+            _ => self
+                .smtp
+                .send(envelope, content)
+                .await
+                .map(drop)
+                .map_err(|e| classify(&e)),
         }
     }
 
     /// `MAIL`, every `RCPT` and `DATA` in one write, then their answers in order; the first
-    /// refusal is the outcome. Only after `DATA`'s 354 does the content go, in one write with
-    /// its final `.` line.
+    /// refusal is the outcome. Only after `DATA`'s 354, and no refusal, does the content go,
+    /// in one write with its final `.` line.
     async fn send_pipelined(
         &mut self,
         envelope: &Envelope,
         content: &str,
-    ) -> Result<(), lettre::transport::smtp::Error> {
+    ) -> Result<(), SendError> {
         use std::fmt::Write as _;
+        // Writing into a String cannot fail.
         let mut commands = Mail::new(envelope.from().cloned(), Vec::new()).to_string();
         for to in envelope.to() {
             let _ = write!(commands, "{}", Rcpt::new(to.clone(), Vec::new()));
         }
         let _ = write!(commands, "{Data}");
-        // One answer for MAIL, one per RCPT, one for DATA.
+        // One answer for MAIL, one per RCPT, one for DATA. After a failed connection (not a
+        // refusal) no further answer comes.
         let answers = envelope.to().len() + 2;
-        let mut first_refusal = None;
-        let mut answer = self.smtp.command(commands).await;
-        for read in 1..=answers {
-            match answer {
-                Ok(_) => {}
-                Err(err) if err.is_transient() || err.is_permanent() => {
-                    first_refusal.get_or_insert(err);
-                }
-                // The connection itself failed: no further answer is coming.
-                Err(err) => return Err(first_refusal.unwrap_or(err)),
-            }
-            if read == answers {
-                break;
-            }
-            answer = self.smtp.read_response().await;
+        let broken = |reply: &Result<Response, SmtpError>| {
+            reply
+                .as_ref()
+                .is_err_and(|e| !e.is_transient() && !e.is_permanent())
+        };
+        let mut replies = vec![self.smtp.command(commands).await];
+        while replies.len() < answers && !replies.last().is_some_and(broken) {
+            replies.push(self.smtp.read_response().await);
         }
-        if let Some(refusal) = first_refusal {
-            return Err(refusal);
+        let data_accepted = replies.len() == answers
+            && replies
+                .last()
+                .is_some_and(|data| data.as_ref().is_ok_and(|d| d.has_code(354)));
+        if let Some(err) = replies.iter().find_map(|reply| reply.as_ref().err()) {
+            // A server may take DATA even though a recipient was refused (RFC 2920 allows
+            // it). It then reads message content, where a QUIT would be one more line of it.
+            self.in_content = data_accepted;
+            return Err(classify(err));
         }
-        self.smtp.command(DotStuffed(content)).await.map(drop)
+        if !data_accepted {
+            return Err(SendError::Transient(
+                "the server did not answer DATA with 354".into(),
+            ));
+        }
+        self.smtp
+            .command(DotStuffed(content))
+            .await
+            .map(drop)
+            .map_err(|e| classify(&e))
+    }
+
+    /// Closes the connection after a failed send. It says QUIT, waiting briefly for the
+    /// answer, unless the server is reading message content: then the connection is only
+    /// dropped, and the server discards the unfinished message.
+    async fn discard(mut self) {
+        if !self.in_content {
+            let _ = tokio::time::timeout(QUIT_WAIT, self.smtp.abort()).await;
+        }
     }
 }
 
