@@ -803,11 +803,12 @@ async fn a_batch_claims_exactly_as_its_events_would_one_by_one() {
     alone.drop_db().await;
 }
 
-/// Rows read by sequential scans of `table`, and its index scans, as PostgreSQL's statistics
-/// have them so far.
-async fn scans(db: &TestDb, table: &str) -> (i64, i64) {
+/// Rows read by sequential scans of `table`, its index scans, and the index entries they
+/// read, as PostgreSQL's statistics have them so far.
+async fn scans(db: &TestDb, table: &str) -> (i64, i64, i64) {
     sqlx::query_as(
-        "SELECT seq_tup_read, coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = $1",
+        "SELECT seq_tup_read, coalesce(idx_scan, 0), coalesce(idx_tup_fetch, 0)
+         FROM pg_stat_user_tables WHERE relname = $1",
     )
     .bind(table)
     .fetch_one(&db.pool)
@@ -906,6 +907,9 @@ async fn claims_keep_using_the_indexes_after_the_tables_grow() {
         read.0 < 1000 && read.1 < 1000,
         "rows read by sequential scans in 20 claims and 20 sent records (reset_requests, reset_tokens): {read:?}"
     );
+    // Nor a whole index read in place of the table.
+    let fetched = requests_after.2 - requests_before.2;
+    assert!(fetched < 1000, "rows fetched through indexes: {fetched}");
     let sent: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM reset_requests WHERE event_id = ANY($1) AND outcome = 'sent'",
     )
