@@ -125,7 +125,8 @@ def main():
         options.update(tls_context=tls_context(args.dir), require_starttls=True)
     if args.implicit_tls:
         options.update(ssl_context=tls_context(args.dir), server_hostname="localhost")
-    controller = Controller(Sink(args.dir, not args.no_pipelining), hostname="127.0.0.1", port=args.port, **options)
+    sink = Sink(args.dir, pipelining=not args.no_pipelining)
+    controller = Controller(sink, hostname="127.0.0.1", port=args.port, **options)
     controller.start()
     print(f"ready {args.port}", flush=True)
     threading.Event().wait()

@@ -280,10 +280,16 @@ fn one_connection_mailer(sink: &SmtpSink) -> worker::transport::Mailer {
 }
 
 fn message_to(to: &str, body: &str) -> lettre::Message {
-    lettre::Message::builder()
+    message_to_all(&[to], body)
+}
+
+fn message_to_all(recipients: &[&str], body: &str) -> lettre::Message {
+    let builder = lettre::Message::builder()
         .from("Example <no-reply@example.com>".parse().expect("from"))
-        .to(to.parse().expect("to"))
-        .subject("a test")
+        .subject("a test");
+    recipients
+        .iter()
+        .fold(builder, |builder, to| builder.to(to.parse().expect("to")))
         .body(body.to_owned())
         .expect("message")
 }
@@ -368,13 +374,7 @@ async fn a_refused_recipient_among_accepted_ones_fails_the_send_without_a_hang()
     use worker::transport::SendError;
     let sink = SmtpSink::start();
     let mailer = one_connection_mailer(&sink);
-    let message = lettre::Message::builder()
-        .from("Example <no-reply@example.com>".parse().expect("from"))
-        .to("ada@example.com".parse().expect("to"))
-        .to("reject@example.com".parse().expect("to"))
-        .subject("a test")
-        .body("x".to_owned())
-        .expect("message");
+    let message = message_to_all(&["ada@example.com", "reject@example.com"], "x");
     let started = Instant::now();
     let refused = tokio::time::timeout(Duration::from_secs(10), mailer.send(&message, "two"))
         .await
