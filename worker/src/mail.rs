@@ -9,6 +9,7 @@ use lettre::message::{
 use shared::event::{PasswordChanged, ResetRequested};
 use time::macros::format_description;
 
+use crate::encoding::text_body;
 use crate::store::Account;
 use crate::templates::{ChangedData, Rendered, TemplateData, TemplateError, Templates};
 
@@ -164,8 +165,8 @@ impl Composer {
             .message_id(Some(format!("<{event_id}@{domain}>")))
             .header(AutoSubmitted)
             .multipart(MultiPart::alternative_plain_html(
-                rendered.text,
-                rendered.html,
+                text_body(rendered.text),
+                text_body(rendered.html),
             ))?)
     }
 }
