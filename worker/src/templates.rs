@@ -16,7 +16,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use handlebars::Handlebars;
+use handlebars::{Context, Handlebars};
 use serde::Serialize;
 
 /// The locale used when an account has none, or one without templates.
@@ -232,10 +232,15 @@ impl Templates {
         data: &T,
     ) -> Result<Rendered, TemplateError> {
         let locale = self.locale_for(kind, locale);
+        // The data as handlebars holds it, made once for the three parts.
+        let context = Context::wraps(data).map_err(|e| TemplateError::Render {
+            name: name(&locale, kind, "*"),
+            message: e.to_string(),
+        })?;
         let render = |registry: &Handlebars<'static>, part: &str| {
             let name = name(&locale, kind, part);
             registry
-                .render(&name, data)
+                .render_with_context(&name, &context)
                 .map_err(|e| TemplateError::Render {
                     name,
                     message: e.to_string(),
