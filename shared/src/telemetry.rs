@@ -49,7 +49,10 @@ fn install(settings: &LogSettings, writer: crate::logwriter::BatchWriter, termin
         .with_writer(writer)
         .with_ansi(terminal);
     let _ = match settings.log_format {
-        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Pretty if terminal => builder.try_init(),
+        LogFormat::Pretty => builder
+            .event_format(crate::logformat::PlainLines)
+            .try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }
