@@ -219,24 +219,34 @@ impl TestApi {
         post(self.addr, "/auth/forgot-password", &all, body).await
     }
 
-    /// Every event in the test's stream, in order, with its message headers.
+    /// Every `ResetRequested` in the test's stream, in order, with its message headers.
     pub async fn events(&self) -> Vec<(ResetRequested, async_nats::HeaderMap)> {
+        self.messages()
+            .await
+            .into_iter()
+            .map(|message| {
+                let event = ResetRequested::decode(&message.payload).expect("decodable event");
+                (event, message.headers)
+            })
+            .collect()
+    }
+
+    /// Every message in the test's stream, in order, whatever its event type.
+    pub async fn messages(&self) -> Vec<jetstream::message::StreamMessage> {
         let client = async_nats::connect(self.nats_url.as_str())
             .await
             .expect("nats");
         let js = jetstream::new(client);
         let mut stream = js.get_stream(&self.iso.stream).await.expect("stream");
         let state = stream.info().await.expect("info").state.clone();
-        let mut events = Vec::new();
+        let mut messages = Vec::new();
         if state.messages == 0 {
-            return events;
+            return messages;
         }
         for seq in state.first_sequence..=state.last_sequence {
-            let message = stream.get_raw_message(seq).await.expect("message");
-            let event = ResetRequested::decode(&message.payload).expect("decodable event");
-            events.push((event, message.headers));
+            messages.push(stream.get_raw_message(seq).await.expect("message"));
         }
-        events
+        messages
     }
 }
 

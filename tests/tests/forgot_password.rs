@@ -43,10 +43,11 @@ async fn a_json_request_is_answered_ok_and_its_event_is_in_the_stream() {
     );
     // No Idempotency-Key, so nothing for nats-server to deduplicate.
     assert_eq!(headers.get("Nats-Msg-Id").map(|v| v.as_str()), None);
-    assert_eq!(
-        headers.get("Event-Type").map(|v| v.as_str()),
-        Some("ResetRequested")
-    );
+    let header = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
+    assert_eq!(header("Event-Type").as_deref(), Some("ResetRequested"));
+    assert_eq!(header("Event-Version").as_deref(), Some("1"));
+    assert_eq!(header("Request-Id").as_deref(), Some("req-json-1"));
+    assert_eq!(header("Content-Type").as_deref(), Some("application/json"));
     // The key itself is never in the event.
     let raw = String::from_utf8(event.to_json()).expect("utf8");
     assert!(!raw.contains(KEY));

@@ -93,6 +93,32 @@ async fn a_mailed_token_verifies_resets_once_and_the_owner_is_told() {
         !notice.raw.contains("correct horse"),
         "the password is in the notification"
     );
+    // Each event names its own type and request in its headers.
+    let headers: Vec<Vec<Option<String>>> = system
+        .api
+        .messages()
+        .await
+        .iter()
+        .map(|message| {
+            ["Event-Type", "Event-Version", "Content-Type"]
+                .iter()
+                .map(|name| message.headers.get(*name).map(|v| v.as_str().to_owned()))
+                .chain([message
+                    .headers
+                    .get("Request-Id")
+                    .map(|v| (!v.as_str().is_empty()).to_string())])
+                .collect()
+        })
+        .collect();
+    let expected = |kind: &str| {
+        [kind, "1", "application/json", "true"]
+            .map(|v| Some(v.to_owned()))
+            .to_vec()
+    };
+    assert_eq!(
+        headers,
+        [expected("ResetRequested"), expected("PasswordChanged")]
+    );
     // The mail can land a moment before the worker records it as sent.
     system.db.wait_for_outcomes(2).await;
     let kinds: Vec<(String, String)> =
