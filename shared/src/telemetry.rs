@@ -60,20 +60,27 @@ fn install(settings: &LogSettings, writer: crate::logwriter::BatchWriter, termin
 /// Masks an account id or email for logs: enough to tell two requests apart, not enough to
 /// recover the address. `ada.lovelace@example.com` becomes `a***@e***.com`.
 pub fn mask_id(id: &str) -> String {
-    fn first(s: &str) -> String {
-        s.chars().next().map(String::from).unwrap_or_default()
-    }
+    // One string built in place: the api masks an id for every request's log line.
+    let first = |s: &str| s.chars().next();
+    let mut out = String::with_capacity(24);
     match id.rsplit_once('@') {
         Some((local, domain)) => {
-            let tld = domain
-                .rsplit_once('.')
-                .map(|(_, tld)| format!(".{tld}"))
-                .unwrap_or_default();
-            format!("{}***@{}***{}", first(local), first(domain), tld)
+            out.extend(first(local));
+            out.push_str("***@");
+            out.extend(first(domain));
+            out.push_str("***");
+            if let Some((_, tld)) = domain.rsplit_once('.') {
+                out.push('.');
+                out.push_str(tld);
+            }
         }
-        None if id.chars().count() <= 4 => "***".into(),
-        None => format!("{}***", first(id)),
+        None if id.chars().count() <= 4 => out.push_str("***"),
+        None => {
+            out.extend(first(id));
+            out.push_str("***");
+        }
     }
+    out
 }
 
 /// Masks every email address inside a free text (an SMTP server's error often quotes the
@@ -123,6 +130,9 @@ mod tests {
     fn emails_keep_only_first_letters_and_tld() {
         assert_eq!(mask_id("ada.lovelace@example.com"), "a***@e***.com");
         assert_eq!(mask_id("x@localhost"), "x***@l***");
+        assert_eq!(mask_id("@b.c"), "***@b***.c");
+        assert_eq!(mask_id("a@"), "a***@***");
+        assert_eq!(mask_id("Ünï@çà.de"), "Ü***@ç***.de");
     }
 
     #[test]
