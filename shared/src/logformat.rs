@@ -120,15 +120,18 @@ impl Visit for Fields<'_, '_> {
         if self.begin(field) {
             self.result = self
                 .name(field)
-                .and_then(|()| write!(self.writer, "{value}"));
+                .and_then(|()| write_decimal(self.writer, value, 1));
         }
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
         if self.begin(field) {
-            self.result = self
-                .name(field)
-                .and_then(|()| write!(self.writer, "{value}"));
+            self.result = self.name(field).and_then(|()| {
+                if value < 0 {
+                    self.writer.write_char('-')?;
+                }
+                write_decimal(self.writer, value.unsigned_abs(), 1)
+            });
         }
     }
 
@@ -244,14 +247,22 @@ fn write_time(writer: &mut impl Write, secs: u64, micros: u32) -> fmt::Result {
         }
         writer.write_str(prefix)
     })?;
-    let mut digits = [b'0'; 6];
-    let mut rest = micros;
-    for digit in digits.iter_mut().rev() {
-        *digit = b'0' + u8::try_from(rest % 10).unwrap_or(0);
+    write_decimal(writer, u64::from(micros), 6)?;
+    writer.write_str("Z ")
+}
+
+/// Writes `value` in decimal, zero-padded to `width` digits (at most 20), without going
+/// through `core::fmt`'s integer formatting and padding.
+fn write_decimal(writer: &mut (impl Write + ?Sized), value: u64, width: usize) -> fmt::Result {
+    let mut digits = [b'0'; 20];
+    let mut start = digits.len();
+    let mut rest = value;
+    while rest > 0 || start > digits.len() - width.clamp(1, 20) {
+        start -= 1;
+        digits[start] = b'0' + u8::try_from(rest % 10).unwrap_or(0);
         rest /= 10;
     }
-    writer.write_str(std::str::from_utf8(&digits).unwrap_or("000000"))?;
-    writer.write_str("Z ")
+    writer.write_str(std::str::from_utf8(&digits[start..]).map_err(|_| fmt::Error)?)
 }
 
 /// `2026-11-28T11:21:50.` for a Unix time in seconds.
@@ -334,6 +345,7 @@ mod tests {
             missing = None::<&str>,
             seq = 42u64,
             delta = -3i64,
+            least = i64::MIN,
             ok = true,
             r#type = "reset",
             elapsed = ?std::time::Duration::from_micros(1500),
@@ -367,6 +379,17 @@ mod tests {
         assert_eq!(ours, theirs);
         assert!(ours[0].starts_with(" INFO event{seq=7 event_id=e-1}:send{attempt=2}: "));
         assert!(ours[2].contains("\\x1b[2J"), "{}", ours[2]);
+    }
+
+    #[test]
+    fn decimals_match_core_fmt() {
+        for value in [0, 5, 10, 999_999, 1_000_000, u64::MAX] {
+            for width in [1, 6] {
+                let mut ours = String::new();
+                write_decimal(&mut ours, value, width).expect("write");
+                assert_eq!(ours, format!("{value:0width$}"));
+            }
+        }
     }
 
     #[test]
