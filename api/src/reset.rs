@@ -261,7 +261,7 @@ impl Resets {
         let msg_id = event_id.to_string();
         publisher
             .send(Outgoing {
-                subject,
+                subject: subject.into(),
                 event_type: PASSWORD_CHANGED,
                 request_id,
                 payload,

@@ -398,6 +398,32 @@ async fn a_retry_with_the_same_idempotency_key_creates_no_second_event() {
 }
 
 #[tokio::test]
+async fn a_stream_that_refuses_or_is_gone_gives_503_never_200() {
+    let api = TestApi::spawn().await;
+    let client = async_nats::connect(&api.nats_url).await.expect("nats");
+    let js = async_nats::jetstream::new(client);
+    // A stream that holds one event and refuses the next: JetStream answers the second
+    // publish with an error instead of a PubAck.
+    let mut stream = js.get_stream(&api.iso.stream).await.expect("stream");
+    let mut config = stream.info().await.expect("stream info").config.clone();
+    config.max_messages = 1;
+    config.discard = async_nats::jetstream::stream::DiscardPolicy::New;
+    js.update_stream(config).await.expect("stream update");
+    assert_eq!(api.forgot(JSON, r#"{"id":"ada"}"#).await.status, 200);
+    let refused = api.forgot(JSON, r#"{"id":"bob"}"#).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(api.events().await.len(), 1);
+
+    // No stream at all: nothing answers the publish.
+    js.delete_stream(&api.iso.stream)
+        .await
+        .expect("stream delete");
+    let missing = api.forgot(JSON, r#"{"id":"cy"}"#).await;
+    assert_eq!(missing.status, 503, "{}", missing.body);
+    api.stop().await;
+}
+
+#[tokio::test]
 async fn a_sane_request_id_is_echoed_and_any_other_replaced() {
     let api = TestApi::spawn().await;
     let kept = api
