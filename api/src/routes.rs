@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::FutureExt;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use shared::event::{ClientContext, ResetRequested};
@@ -45,8 +45,9 @@ pub struct AppState {
 pub const OPENAPI: &str = include_str!("../../openapi.yaml");
 const OPENAPI_CONTENT_TYPE: &str = "application/yaml";
 
-const REQUEST_ID: &str = "x-request-id";
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
+// Names, not strings: a lookup by `&str` parses and hashes the name on every request.
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 const MAX_USER_AGENT: usize = 512;
 
 /// What a request's log line says beyond its method, path and outcome, filled in as the
@@ -97,7 +98,7 @@ pub async fn handle(
         }
     };
     if let Ok(value) = HeaderValue::from_str(&trail.request_id) {
-        response.headers_mut().insert(REQUEST_ID, value);
+        response.headers_mut().insert(REQUEST_ID.clone(), value);
     }
     state
         .metrics
@@ -164,11 +165,11 @@ struct Accepted {
 }
 
 impl Accepted {
-    fn client(&self) -> ClientContext {
+    fn into_client(self) -> ClientContext {
         ClientContext {
             ip: Some(self.ip),
-            user_agent: self.user_agent.clone(),
-            api_key_label: self.label.clone(),
+            user_agent: self.user_agent,
+            api_key_label: self.label,
         }
     }
 }
@@ -223,7 +224,7 @@ async fn forgot_password(
     let account = body::parse(accepted.kind, &accepted.body)?;
     trail.account = Some(account.masked());
     let msg_id = message_id(&accepted.label, accepted.idempotency_key.as_deref());
-    let event = ResetRequested::new(account, trail.request_id.clone(), accepted.client());
+    let event = ResetRequested::new(account, trail.request_id.clone(), accepted.into_client());
     let publish_started = Instant::now();
     let published = state.publisher.publish(&event, msg_id.as_deref()).await;
     let result = if published.is_ok() { "ok" } else { "error" };
@@ -277,7 +278,7 @@ async fn reset_password(
         body::parse_fields(accepted.kind, &accepted.body, ["token", "password"])?;
     let requester = Requester {
         request_id: trail.request_id.clone(),
-        client: accepted.client(),
+        client: accepted.into_client(),
     };
     let event = state
         .resets
@@ -337,7 +338,7 @@ async fn ready(state: &AppState) -> Result<Response<Full<Bytes>>, ApiError> {
 /// The client's `x-request-id` if it is a sane one, else a new UUIDv7.
 fn request_id(headers: &HeaderMap) -> String {
     headers
-        .get(REQUEST_ID)
+        .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|id| {
             (1..=128).contains(&id.len())
@@ -345,7 +346,17 @@ fn request_id(headers: &HeaderMap) -> String {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@'))
         })
-        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
+        .map_or_else(
+            || {
+                // Encoded directly: `to_string` went through `core::fmt`.
+                let mut text = uuid::Uuid::encode_buffer();
+                uuid::Uuid::now_v7()
+                    .hyphenated()
+                    .encode_lower(&mut text)
+                    .to_owned()
+            },
+            str::to_owned,
+        )
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -358,7 +369,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let mut values = headers.get_all(&IDEMPOTENCY_KEY).iter();
     let Some(value) = values.next() else {
         return Ok(None);
     };
