@@ -10,13 +10,20 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use async_nats::{HeaderMap, Request, RequestErrorKind, Subject, connection::State, jetstream};
+use async_nats::{
+    HeaderMap, HeaderName, Request, RequestErrorKind, Subject, connection::State, jetstream,
+};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use shared::event::{
     EVENT_VERSION, HEADER_EVENT_TYPE, HEADER_EVENT_VERSION, HEADER_REQUEST_ID, RESET_REQUESTED,
     ResetRequested,
 };
+
+// Static names: a name given as `&str` is copied to the heap and checked against the standard
+// names on every insert, and every copy of the prepared map copied it again.
+const EVENT_TYPE: HeaderName = HeaderName::from_static(HEADER_EVENT_TYPE);
+const REQUEST_ID: HeaderName = HeaderName::from_static(HEADER_REQUEST_ID);
 
 /// Publishes events and waits for JetStream to store them.
 #[derive(Debug, Clone)]
@@ -129,10 +136,13 @@ impl Publisher {
             .timeout(timeout)
             .build(client.clone());
         let mut headers = HeaderMap::new();
-        headers.insert(HEADER_EVENT_TYPE, RESET_REQUESTED);
-        headers.insert(HEADER_EVENT_VERSION, EVENT_VERSION.to_string().as_str());
-        headers.insert(HEADER_REQUEST_ID, "");
-        headers.insert("Content-Type", "application/json");
+        headers.insert(EVENT_TYPE, RESET_REQUESTED);
+        headers.insert(
+            HeaderName::from_static(HEADER_EVENT_VERSION),
+            EVENT_VERSION.to_string().as_str(),
+        );
+        headers.insert(REQUEST_ID, "");
+        headers.insert(HeaderName::from_static("Content-Type"), "application/json");
         Self {
             client,
             js,
@@ -177,9 +187,9 @@ impl Publisher {
         }
         let mut headers = self.headers.clone();
         if outgoing.event_type != RESET_REQUESTED {
-            headers.insert(HEADER_EVENT_TYPE, outgoing.event_type);
+            headers.insert(EVENT_TYPE, outgoing.event_type);
         }
-        headers.insert(HEADER_REQUEST_ID, outgoing.request_id);
+        headers.insert(REQUEST_ID, outgoing.request_id);
         if let Some(msg_id) = outgoing.msg_id {
             headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
         }
