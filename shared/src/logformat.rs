@@ -38,53 +38,58 @@ where
         // Events from the `log` crate carry their real target in fields.
         let normalized = event.normalized_metadata();
         let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
-        write_now(&mut writer)?;
-        writer.write_str(match *meta.level() {
+        // The line is put together in a String of its own and handed to the writer whole: each
+        // write through `Writer` is a call through a `dyn fmt::Write`, and a line made of ten
+        // fields is some fifty of them.
+        let mut line = String::with_capacity(256);
+        write_now(&mut line)?;
+        line.push_str(match *meta.level() {
             Level::TRACE => "TRACE ",
             Level::DEBUG => "DEBUG ",
             Level::INFO => " INFO ",
             Level::WARN => " WARN ",
             Level::ERROR => "ERROR ",
-        })?;
+        });
         if let Some(scope) = ctx.event_scope() {
             let mut seen = false;
             for span in scope.from_root() {
-                writer.write_str(span.metadata().name())?;
+                line.push_str(span.metadata().name());
                 seen = true;
                 let extensions = span.extensions();
                 if let Some(fields) = extensions.get::<FormattedFields<N>>()
                     && !fields.is_empty()
                 {
-                    write!(writer, "{{{fields}}}")?;
+                    write!(line, "{{{fields}}}")?;
                 }
-                writer.write_char(':')?;
+                line.push(':');
             }
             if seen {
-                writer.write_char(' ')?;
+                line.push(' ');
             }
         }
-        writer.write_str(meta.target())?;
-        writer.write_str(": ")?;
+        line.push_str(meta.target());
+        line.push_str(": ");
         let mut fields = Fields {
-            writer: &mut writer,
+            writer: &mut line,
             first: true,
             result: Ok(()),
         };
         event.record(&mut fields);
         fields.result?;
-        writer.write_char('\n')
+        line.push('\n');
+        writer.write_str(&line)
     }
 }
 
 /// Writes an event's fields as the default format does: the message first, unnamed, then
 /// `name=value` for the rest, values as their `Debug` shows them.
-struct Fields<'w, 'a> {
-    writer: &'w mut Writer<'a>,
+struct Fields<'w> {
+    writer: &'w mut String,
     first: bool,
     result: fmt::Result,
 }
 
-impl Fields<'_, '_> {
+impl Fields<'_> {
     /// Starts a field: false if it is not to be written.
     fn begin(&mut self, field: &Field) -> bool {
         // `log.target` and the like were shown as the line's own target.
@@ -107,7 +112,7 @@ impl Fields<'_, '_> {
     }
 }
 
-impl Visit for Fields<'_, '_> {
+impl Visit for Fields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
             self.record_debug(field, &format_args!("{value}"));
