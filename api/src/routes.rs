@@ -98,7 +98,7 @@ pub async fn handle(
         }
     };
     if let Ok(value) = HeaderValue::from_str(&trail.request_id) {
-        response.headers_mut().insert(REQUEST_ID.clone(), value);
+        response.headers_mut().insert(REQUEST_ID, value);
     }
     state
         .metrics
