@@ -2,10 +2,11 @@
 //!
 //! An event is published as a core NATS request to a subject the stream covers: JetStream
 //! stores it and answers with a PubAck on the reply inbox. That is what the JetStream
-//! context's publish does too, but its answer goes through an untagged serde enum (it parses
-//! every PubAck twice and builds an error for the variant that does not match), a boxed
-//! future, a semaphore and two timers of its own: about 4,000 instructions per request,
-//! a tenth of the api's, for the same message on the wire and the same PubAck.
+//! context's publish does too, but its answer goes through an untagged serde enum (each
+//! PubAck is buffered into serde's generic content, tried as the error variant first, and
+//! that variant's error is built and dropped), a boxed future, a semaphore and two timers of
+//! its own: about 3,800 of the api's 57,700 instructions per request, for the same message
+//! on the wire and the same PubAck.
 
 use std::borrow::Cow;
 use std::time::Duration;
