@@ -4,6 +4,9 @@
 //!   publishing nothing — the ceiling of the HTTP layer on this machine;
 //! - `publish-only`: the same plus one JetStream publish awaited to its PubAck — the ceiling
 //!   for "200 means durable";
+//! - `publish-event`: the same, but the message is the api's own: a `ResetRequested` with its
+//!   headers, through the api's publisher, to a stream set up as the api's. Between it and
+//!   publish-only lies what the event costs; between the api and it, the api's own work;
 //! - `load`: sends forgot-password requests for numbered accounts and measures, from an SMTP
 //!   sink's files, how long each took to become a mail.
 
@@ -17,10 +20,16 @@ use http::{Request, Response, header};
 use http_body_util::{BodyExt, Full};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
+use shared::account::AccountRef;
 use tokio::net::TcpListener;
 
 /// Reads the body and parses it with the api's own parser; refusals are the api's own answers.
 pub async fn parse(req: Request<Incoming>) -> Result<String, Response<Full<Bytes>>> {
+    parse_account(req).await.map(AccountRef::into_string)
+}
+
+/// [`parse`], keeping the account as the api's own type, for a server that builds its event.
+pub async fn parse_account(req: Request<Incoming>) -> Result<AccountRef, Response<Full<Bytes>>> {
     let kind = api::body::media_type(req.headers().get(header::CONTENT_TYPE))
         .map_err(|e| ApiError::from(e).into_response())?;
     let body = req
@@ -29,9 +38,7 @@ pub async fn parse(req: Request<Incoming>) -> Result<String, Response<Full<Bytes
         .await
         .map_err(|_| ApiError::BodyIncomplete.into_response())?
         .to_bytes();
-    api::body::parse(kind, &body)
-        .map(|id| id.into_string())
-        .map_err(|e| ApiError::from(e).into_response())
+    api::body::parse(kind, &body).map_err(|e| ApiError::from(e).into_response())
 }
 
 /// Serves `handler` on `addr` over HTTP/1.1 with keep-alive, like the api.
