@@ -41,6 +41,20 @@ pub async fn parse_account(req: Request<Incoming>) -> Result<AccountRef, Respons
     api::body::parse(kind, &body).map_err(|e| ApiError::from(e).into_response())
 }
 
+/// The arguments of a publishing server, `[addr] [nats-url] [stream]`, with defaults.
+pub fn publish_args(
+    default_addr: &str,
+    default_stream: &str,
+) -> Result<(SocketAddr, String, String), std::net::AddrParseError> {
+    let mut args = std::env::args().skip(1);
+    let addr = args.next().unwrap_or_else(|| default_addr.into()).parse()?;
+    let nats = args
+        .next()
+        .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
+    let stream = args.next().unwrap_or_else(|| default_stream.into());
+    Ok((addr, nats, stream))
+}
+
 /// Serves `handler` on `addr` over HTTP/1.1 with keep-alive, like the api.
 pub async fn serve<H, F>(addr: SocketAddr, handler: H) -> std::io::Result<()>
 where

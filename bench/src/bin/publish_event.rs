@@ -13,15 +13,7 @@ use shared::stream::{StreamSettings, ensure_stream};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    let addr = args
-        .next()
-        .unwrap_or_else(|| "127.0.0.1:8083".into())
-        .parse()?;
-    let nats = args
-        .next()
-        .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
-    let stream = args.next().unwrap_or_else(|| "BENCH_EVENT".into());
+    let (addr, nats, stream) = bench::publish_args("127.0.0.1:8083", "BENCH_EVENT")?;
     let settings = StreamSettings {
         subject_prefix: format!("bench.{}", stream.to_lowercase()),
         stream,

@@ -8,15 +8,7 @@ use async_nats::jetstream;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    let addr = args
-        .next()
-        .unwrap_or_else(|| "127.0.0.1:8082".into())
-        .parse()?;
-    let nats = args
-        .next()
-        .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
-    let stream = args.next().unwrap_or_else(|| "BENCH_PUBLISH".into());
+    let (addr, nats, stream) = bench::publish_args("127.0.0.1:8082", "BENCH_PUBLISH")?;
     let js = jetstream::new(async_nats::connect(nats).await?);
     let subject = format!("bench.{}.requested", stream.to_lowercase());
     js.create_stream(jetstream::stream::Config {
