@@ -10,6 +10,11 @@
 //! - `load`: sends forgot-password requests for numbered accounts and measures, from an SMTP
 //!   sink's files, how long each took to become a mail.
 
+// The servers allocate as the api does: with glibc's allocator a ceiling would spend on
+// allocator bookkeeping what the api does not, and stop being a ceiling.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
