@@ -485,3 +485,41 @@ pub fn latest_nats_server() -> PathBuf {
     );
     path
 }
+
+/// Dead letters of a test's stream, with their headers.
+pub async fn dead_letters(iso: &Isolation) -> Vec<async_nats::HeaderMap> {
+    let js = jetstream::new(async_nats::connect(NATS_URL).await.expect("nats"));
+    let stream = js.get_stream(&iso.stream).await.expect("stream");
+    let subject = format!("{}.dead", iso.prefix);
+    let mut letters = Vec::new();
+    let mut seq = 1;
+    while let Ok(message) = stream.get_raw_message(seq).await {
+        if message.subject.as_str() == subject {
+            letters.push(message.headers);
+        }
+        seq += 1;
+    }
+    letters
+}
+
+/// Waits (up to 20 s) until the test's stream holds `count` dead letters; returns them all.
+pub async fn wait_for_dead_letters(iso: &Isolation, count: usize) -> Vec<async_nats::HeaderMap> {
+    for _ in 0..200 {
+        let letters = dead_letters(iso).await;
+        if letters.len() >= count {
+            return letters;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    dead_letters(iso).await
+}
+
+/// The value of one series in a Prometheus text page (0 if absent).
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use e2e::db::TestDb;
 use e2e::sink::SmtpSink;
 use e2e::system::{System, WorkerProcess, binary, worker_args, worker_settings};
-use e2e::{Isolation, KEY, NATS_URL, TestApi, free_port, get};
+use e2e::{Isolation, KEY, NATS_URL, TestApi, free_port, get, metric};
 use worker::cli::{DeadLetterCommand, ReplayArgs};
 
 fn replay_args() -> ReplayArgs {
@@ -279,15 +279,6 @@ async fn dead_letters_are_listed_shown_and_retried_into_a_mail() {
         "no dead letters"
     );
     system.stop().await;
-}
-
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(series)
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
 }
 
 #[tokio::test]

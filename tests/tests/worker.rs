@@ -7,7 +7,7 @@ use async_nats::jetstream;
 use e2e::db::TestDb;
 use e2e::sink::SmtpSink;
 use e2e::system::{RESET_URL, System, TestWorker, worker_settings};
-use e2e::{Isolation, NATS_URL, TestApi};
+use e2e::{Isolation, NATS_URL, TestApi, dead_letters, wait_for_dead_letters};
 use sha2::{Digest, Sha256};
 use worker::store::{BatchError, Claim, Limits, Mode, Resolution, Store};
 
@@ -233,33 +233,6 @@ async fn a_451_for_a_while_is_retried_then_delivered() {
         .expect("tokens");
     assert_eq!((live, all), (1, 3));
     system.stop().await;
-}
-
-/// Dead letters of a test's stream, with their headers.
-async fn dead_letters(iso: &Isolation) -> Vec<async_nats::HeaderMap> {
-    let js = jetstream::new(async_nats::connect(NATS_URL).await.expect("nats"));
-    let stream = js.get_stream(&iso.stream).await.expect("stream");
-    let subject = format!("{}.dead", iso.prefix);
-    let mut letters = Vec::new();
-    let mut seq = 1;
-    while let Ok(message) = stream.get_raw_message(seq).await {
-        if message.subject.as_str() == subject {
-            letters.push(message.headers);
-        }
-        seq += 1;
-    }
-    letters
-}
-
-async fn wait_for_dead_letters(iso: &Isolation, count: usize) -> Vec<async_nats::HeaderMap> {
-    for _ in 0..200 {
-        let letters = dead_letters(iso).await;
-        if letters.len() >= count {
-            return letters;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    dead_letters(iso).await
 }
 
 fn header<'a>(headers: &'a async_nats::HeaderMap, name: &str) -> Option<&'a str> {
