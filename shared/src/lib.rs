@@ -14,8 +14,6 @@
 pub mod account;
 pub mod db;
 pub mod event;
-pub mod logformat;
-pub mod logwriter;
 pub mod metrics;
 pub mod nats;
 pub mod stream;

@@ -21,40 +21,48 @@ pub struct LogSettings {
     pub log_format: LogFormat,
 }
 
-pub use crate::logwriter::LogGuard;
+/// Keeps the log writer thread running; dropping it writes out what is still queued.
+pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
 
-/// Installs the global subscriber, logging to stdout. Lines are written by a thread of their
-/// own (see [`crate::logwriter`]), so a request never waits for a write to the terminal or a
-/// pipe; when that thread falls behind, logging blocks rather than dropping lines. Keep the
+/// Installs the global subscriber, logging to stdout at `RUST_LOG` (default `info`). Keep the
 /// guard until the process ends. A second call (several apps in one test process) installs
 /// nothing.
 pub fn init(settings: &LogSettings) -> LogGuard {
-    let (writer, guard) = crate::logwriter::batch_writer(std::io::stdout());
-    install(settings, writer, std::io::stdout().is_terminal());
-    guard
+    let terminal = std::io::stdout().is_terminal();
+    install(settings, std::io::stdout(), terminal, "info")
 }
 
-/// Like [`init`], but to stderr: for commands whose stdout is their output.
-pub fn init_to_stderr(settings: &LogSettings) -> LogGuard {
-    let (writer, guard) = crate::logwriter::batch_writer(std::io::stderr());
-    install(settings, writer, std::io::stderr().is_terminal());
-    guard
+/// For commands whose stdout is their output: logs go to stderr, at `warn` unless `RUST_LOG`
+/// or `verbose` asks for more.
+pub fn init_to_stderr(settings: &LogSettings, verbose: bool) -> LogGuard {
+    let terminal = std::io::stderr().is_terminal();
+    let default = if verbose { "info" } else { "warn" };
+    install(settings, std::io::stderr(), terminal, default)
 }
 
-/// Colours only on a terminal: escape codes in a log file or pipe are noise, and cost.
-fn install(settings: &LogSettings, writer: crate::logwriter::BatchWriter, terminal: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Lines are written by a thread of their own (tracing-appender), so a request never waits
+/// for a terminal or pipe; when that thread falls behind, logging blocks rather than dropping
+/// lines. Colours only on a terminal: escape codes in a file or pipe are noise.
+fn install<W: std::io::Write + Send + 'static>(
+    settings: &LogSettings,
+    out: W,
+    terminal: bool,
+    default_level: &str,
+) -> LogGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(out);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = fmt()
         .with_env_filter(filter)
         .with_writer(writer)
         .with_ansi(terminal);
     let _ = match settings.log_format {
-        LogFormat::Pretty if terminal => builder.try_init(),
-        LogFormat::Pretty => builder
-            .event_format(crate::logformat::PlainLines)
-            .try_init(),
+        LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    guard
 }
 
 /// Masks an account id or email for logs: enough to tell two requests apart, not enough to

@@ -172,6 +172,48 @@ async fn a_dry_replay_shows_each_event_then_and_now_and_changes_nothing() {
 
 /// After an outage the worker gave up on (here: SMTP answering 451 past the last retry),
 /// `replay --execute` sends what failed, once.
+/// `worker replay` as an operator runs it: its results, one JSON line per event, are all of
+/// stdout; connection chatter stays out of both streams unless `-v` asks for it.
+#[tokio::test]
+async fn replay_prints_only_its_results_on_stdout() {
+    let system = System::start().await;
+    system
+        .db
+        .add_account("ada", "ada@example.com", None, None)
+        .await;
+    assert_eq!(system.api.forgot_id("ada").await.status, 200);
+    system.db.wait_for_outcomes(1).await;
+    let mut args = worker_args(&system.api.iso, &system.db.url, &system.sink.url());
+    args.extend(["replay".to_owned(), "--json".to_owned()]);
+    let run = |verbose: bool| {
+        let mut command = std::process::Command::new(binary("worker"));
+        command.args(&args).env_remove("RUST_LOG");
+        if verbose {
+            command.arg("-v");
+        }
+        command.output().expect("worker replay runs")
+    };
+
+    let quiet = run(false);
+    assert!(quiet.status.success(), "{quiet:?}");
+    let stdout = String::from_utf8(quiet.stdout).expect("utf-8");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("every stdout line is a result"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    assert_eq!(lines[0]["record"]["outcome"], "sent");
+    let stderr = String::from_utf8_lossy(&quiet.stderr);
+    assert!(!stderr.contains("INFO"), "{stderr}");
+
+    let verbose = run(true);
+    assert!(verbose.status.success());
+    assert_eq!(String::from_utf8_lossy(&verbose.stdout), stdout);
+    let stderr = String::from_utf8_lossy(&verbose.stderr);
+    assert!(stderr.contains("INFO"), "{stderr}");
+    system.stop().await;
+}
+
 #[tokio::test]
 async fn replay_execute_recovers_events_that_failed_during_an_outage() {
     let system = System::start_with(|s| {

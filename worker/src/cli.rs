@@ -16,6 +16,10 @@ use crate::config::Settings;
 pub struct Cli {
     #[command(flatten)]
     pub settings: Settings,
+    /// For `replay` and `dead-letters`: log at info on stderr, not only warnings (`RUST_LOG`
+    /// overrides both). Their results alone go to stdout.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
     #[command(subcommand)]
     pub command: Option<Command>,
 }

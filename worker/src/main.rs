@@ -10,7 +10,7 @@ use worker::cli::{Cli, Command};
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let _logs = if cli.command.is_some() {
-        shared::telemetry::init_to_stderr(&cli.settings.log)
+        shared::telemetry::init_to_stderr(&cli.settings.log, cli.verbose)
     } else {
         shared::telemetry::init(&cli.settings.log)
     };
