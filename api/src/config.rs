@@ -45,7 +45,8 @@ pub struct HttpSettings {
     pub rate_limit: RateLimit,
 
     /// Take the client IP from the last `X-Forwarded-For` entry (set only behind a proxy you run).
-    #[arg(long, env = "API_TRUST_PROXY")]
+    /// Accepts 1/0, true/false, yes/no, on/off.
+    #[arg(long, env = "API_TRUST_PROXY", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_value = "false", default_missing_value = "true")]
     pub trust_proxy: bool,
 
     /// How long JetStream may take to acknowledge an event before the client gets 503.

@@ -1,5 +1,3 @@
-use clap::Parser;
-
 // glibc's allocator spent about a tenth of the api's CPU in its own bookkeeping under load
 // (malloc_consolidate, unlink_chunk); mimalloc's thread-local heaps avoid most of it.
 #[global_allocator]
@@ -7,7 +5,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let settings = api::Settings::parse();
+    let settings: api::Settings = shared::settings::parse();
     let _logs = shared::telemetry::init(&settings.log);
     let app = match api::Application::build(settings).await {
         Ok(app) => app,

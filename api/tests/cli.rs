@@ -46,3 +46,39 @@ fn without_a_key_it_exits_non_zero_saying_what_to_set() {
     let log = String::from_utf8_lossy(&output.stdout);
     assert!(log.contains("set API_KEYS"), "{log}");
 }
+
+/// A refused value is reported by the variable people set, with what was wrong.
+#[test]
+fn a_bad_setting_names_its_environment_variable() {
+    for (variable, value) in [
+        ("API_MAX_BODY", "lots"),
+        ("API_RATE_LIMIT", "many"),
+        ("API_PUBLISH_TIMEOUT", "soon"),
+        ("API_TRUST_PROXY", "perhaps"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_api"))
+            .env(variable, value)
+            .output()
+            .expect("api runs");
+        assert!(!output.status.success());
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            said.contains(&format!("{variable}=\"{value}\" is refused")),
+            "{variable}: {said}"
+        );
+    }
+}
+
+/// Booleans accept what people type.
+#[test]
+fn api_trust_proxy_accepts_1() {
+    let output = Command::new(env!("CARGO_BIN_EXE_api"))
+        .env("API_TRUST_PROXY", "1")
+        .env_remove("API_KEYS")
+        .env("API_ADDR", "127.0.0.1:0")
+        .output()
+        .expect("api runs");
+    // It gets past the settings to the missing key.
+    let log = String::from_utf8_lossy(&output.stdout);
+    assert!(log.contains("set API_KEYS"), "{log}");
+}

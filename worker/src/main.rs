@@ -1,5 +1,3 @@
-use clap::Parser;
-
 // glibc's allocator spent about a tenth of the api's CPU in its own bookkeeping under load
 // (malloc_consolidate, unlink_chunk); mimalloc's thread-local heaps avoid most of it.
 #[global_allocator]
@@ -8,7 +6,7 @@ use worker::cli::{Cli, Command};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = shared::settings::parse();
     let _logs = if cli.command.is_some() {
         shared::telemetry::init_to_stderr(&cli.settings.log, cli.verbose)
     } else {

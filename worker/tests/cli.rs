@@ -76,3 +76,22 @@ fn a_bad_smtp_url_is_refused_with_its_variable_named() {
     let log = String::from_utf8_lossy(&output.stdout);
     assert!(log.contains("SMTP_URL"), "{log}");
 }
+
+/// A refused value is reported by the variable people set, with what was wrong.
+#[test]
+fn a_bad_setting_names_its_environment_variable() {
+    for (variable, value) in [
+        ("WORKER_CONCURRENCY", "0"),
+        ("RESET_COOLDOWN", "a while"),
+        ("TOKEN_TTL", "long"),
+        ("WORKER_BACKOFF", "2s,soon"),
+    ] {
+        let output = worker().env(variable, value).output().expect("worker runs");
+        assert!(!output.status.success());
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            said.contains(&format!("{variable}=\"{value}\" is refused")),
+            "{variable}: {said}"
+        );
+    }
+}
