@@ -8,11 +8,23 @@ Failures on demand, by recipient local part:
   tempfailN...@   451 at RCPT for the first N attempts to that address, then accepted
   slowN...@       accepted, but the answer to DATA takes N milliseconds
 and for every recipient while the file <dir>/fail-451 (or <dir>/fail-550) exists: 451 (or 550).
-Every RCPT is logged to <dir>/rcpt.log as "<ns> <code> <address>", and every MAIL to
-<dir>/mail.log as "pipelined" when the commands after it had already arrived with it (the
-client did not wait for the answer), else "waited".
+
+Failures while a connection is set up, also switched by control files in --dir:
+  fail-ehlo       every EHLO and HELO is answered "554 5.7.1 Service refused for now"
+  fail-greeting   new connections are greeted with "554 5.3.2 Not accepting connections"
+                  instead of 220; as RFC 5321 (3.1) asks, the server then waits for QUIT
+                  and answers every other command with 503
+
+Every RCPT is logged to <dir>/rcpt.log as "<ns> <code> <address>", every EHLO and HELO to
+<dir>/ehlo.log as "<ns> <code>", and every MAIL to <dir>/mail.log as "pipelined" when the
+commands after it had already arrived with it (the client did not wait for the answer), else
+"waited".
 
 It offers PIPELINING (RFC 2920) in its EHLO answer, as mail relays do, unless --no-pipelining.
+
+With --strict it answers a second HELO or EHLO in one session with "503 Duplicate HELO/EHLO",
+as strict servers (and Python's old smtpd) do. RSET does not forget the greeting; STARTTLS
+does, so the EHLO that RFC 3207 requires after it is accepted.
 
 TLS (certificates made with trustme; the CA is written to <dir>/ca.pem):
   --starttls      offer and require STARTTLS
@@ -30,12 +42,14 @@ import threading
 import time
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 
 
 class Sink:
-    def __init__(self, out, pipelining):
+    def __init__(self, out, pipelining, strict):
         self.out = out
         self.pipelining = pipelining
+        self.strict = strict
         self.seq = itertools.count()
         self.tempfails = {}
         self.lock = threading.Lock()
@@ -97,6 +111,68 @@ class Sink:
         return "250 2.0.0 Message accepted for delivery"
 
 
+class SinkSMTP(SMTP):
+    """One SMTP session (aiosmtpd makes one per connection) with the sink's set-up failures."""
+
+    def control(self, name):
+        return os.path.exists(os.path.join(self.event_handler.out, name))
+
+    def log_ehlo(self, code):
+        with open(os.path.join(self.event_handler.out, "ehlo.log"), "a") as log:
+            log.write(f"{time.time_ns()} {code}\n")
+
+    def refusal(self, hostname):
+        """The answer to HELO/EHLO when it is refused, else None."""
+        if self.control("fail-ehlo"):
+            return "554 5.7.1 Service refused for now"
+        # As in smtpd, a missing name is a syntax error (501) before it is a duplicate. The
+        # session, with the name it greeted with, is made anew after STARTTLS but not by RSET.
+        if self.event_handler.strict and hostname and self.session.host_name:
+            return "503 Duplicate HELO/EHLO"
+        return None
+
+    async def smtp_HELO(self, hostname):
+        await self.greet(hostname, super().smtp_HELO)
+
+    async def smtp_EHLO(self, hostname):
+        await self.greet(hostname, super().smtp_EHLO)
+
+    async def greet(self, hostname, accept):
+        refusal = self.refusal(hostname)
+        if refusal:
+            # Refused before anything changes, as in smtpd: the session keeps its state.
+            self.log_ehlo(refusal[:3])
+            await self.push(refusal)
+            return
+        self.log_ehlo("250" if hostname else "501")
+        await accept(hostname)
+
+    async def _handle_client(self):
+        # aiosmtpd 1.4.6 writes the 220 greeting at the start of this method.
+        if not self.control("fail-greeting"):
+            return await super()._handle_client()
+        try:
+            await self.push("554 5.3.2 Not accepting connections")
+            while self.transport is not None:
+                line = await self._reader.readuntil()
+                command = line.strip().split(b" ", 1)[0].upper()
+                if command == b"QUIT":
+                    await self.push("221 Bye")
+                    break
+                if command in (b"EHLO", b"HELO"):
+                    self.log_ehlo("503")
+                await self.push("503 5.5.1 Bad sequence of commands")
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        if self.transport is not None:
+            self.transport.close()
+
+
+class SinkController(Controller):
+    def factory(self):
+        return SinkSMTP(self.handler, **self.SMTP_kwargs)
+
+
 def tls_context(out):
     import ssl
 
@@ -117,6 +193,7 @@ def main():
     parser.add_argument("--starttls", action="store_true")
     parser.add_argument("--implicit-tls", action="store_true")
     parser.add_argument("--no-pipelining", action="store_true")
+    parser.add_argument("--strict", action="store_true")
     args = parser.parse_args()
     os.makedirs(args.dir, exist_ok=True)
 
@@ -125,8 +202,8 @@ def main():
         options.update(tls_context=tls_context(args.dir), require_starttls=True)
     if args.implicit_tls:
         options.update(ssl_context=tls_context(args.dir), server_hostname="localhost")
-    sink = Sink(args.dir, pipelining=not args.no_pipelining)
-    controller = Controller(sink, hostname="127.0.0.1", port=args.port, **options)
+    sink = Sink(args.dir, pipelining=not args.no_pipelining, strict=args.strict)
+    controller = SinkController(sink, hostname="127.0.0.1", port=args.port, **options)
     controller.start()
     print(f"ready {args.port}", flush=True)
     threading.Event().wait()

@@ -21,7 +21,7 @@ use crate::{
     publish::{Publisher, message_id},
     reply::{self, ApiError},
     reset::{Requester, ResetError, Resets},
-    telemetry::{ApiMetrics, route_label},
+    telemetry::{ApiMetrics, RequestLabels, ResultLabels, route_label},
 };
 
 /// What every request handler shares.
@@ -103,7 +103,11 @@ pub async fn handle(
     state
         .metrics
         .requests
-        .inc(&[route_name, response.status().as_str()]);
+        .get_or_create(&RequestLabels {
+            route: route_name,
+            status: response.status().as_u16(),
+        })
+        .inc();
     tracing::info!(
         request_id = %trail.request_id,
         method = %method,
@@ -231,7 +235,8 @@ async fn forgot_password(
     state
         .metrics
         .publish
-        .observe_duration(&[result], publish_started.elapsed());
+        .get_or_create(&ResultLabels { result })
+        .observe(publish_started.elapsed().as_secs_f64());
     match published {
         Ok(ack) => {
             trail.event_id = Some(event.event_id);

@@ -1,39 +1,55 @@
-//! The api's metrics, served at `GET /metrics` in the Prometheus text format.
+//! The api's metrics, served at `GET /metrics` in the OpenMetrics text format.
 
-use shared::metrics::{Counter, Histogram, LATENCY_BUCKETS};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::{counter::Counter, family::Family, histogram::Histogram};
+use shared::metrics::{Registry, latency_histogram};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: &'static str,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
 
 #[derive(Debug)]
 pub struct ApiMetrics {
-    /// Requests by route and status.
-    pub requests: Counter,
-    /// Time from publish to PubAck, by result.
-    pub publish: Histogram,
+    registry: Registry,
+    /// Requests by route and status: `api_requests_total`.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Time from publish to PubAck, by result: `api_publish_duration_seconds`.
+    pub publish: Family<ResultLabels, Histogram, fn() -> Histogram>,
 }
 
 impl Default for ApiMetrics {
     fn default() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::default();
+        registry.register(
+            "api_requests",
+            "HTTP requests by route and status code.",
+            requests.clone(),
+        );
+        let publish = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "api_publish_duration_seconds",
+            "Time from publishing an event to JetStream's acknowledgement, by result (ok, error).",
+            publish.clone(),
+        );
         Self {
-            requests: Counter::new(
-                "api_requests_total",
-                "HTTP requests by route and status code.",
-                &["route", "status"],
-            ),
-            publish: Histogram::new(
-                "api_publish_duration_seconds",
-                "Time from publishing an event to JetStream's acknowledgement, by result (ok, error).",
-                &["result"],
-                LATENCY_BUCKETS,
-            ),
+            registry,
+            requests,
+            publish,
         }
     }
 }
 
 impl ApiMetrics {
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        self.requests.render(&mut out);
-        self.publish.render(&mut out);
-        out
+        shared::metrics::render(&self.registry)
     }
 }
 

@@ -76,15 +76,16 @@ impl SmtpSink {
     }
 
     pub fn start_with(tls: SinkTls) -> Self {
-        Self::spawn(tls, true)
+        Self::spawn(tls, false)
     }
 
-    /// A sink that does not offer PIPELINING: clients must wait for each answer.
-    pub fn start_without_pipelining() -> Self {
-        Self::spawn(SinkTls::None, false)
+    /// A strict server: it answers a second EHLO in one session with `503 Duplicate
+    /// HELO/EHLO`, as some servers do although RFC 5321 asks them to accept it.
+    pub fn start_strict() -> Self {
+        Self::spawn(SinkTls::None, true)
     }
 
-    fn spawn(tls: SinkTls, pipelining: bool) -> Self {
+    fn spawn(tls: SinkTls, strict: bool) -> Self {
         let port = crate::free_port();
         let dir = std::env::temp_dir().join(format!("smtp-sink-{}", uuid::Uuid::now_v7().simple()));
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("smtp_sink.py");
@@ -104,8 +105,8 @@ impl SmtpSink {
                 command.arg("--implicit-tls");
             }
         }
-        if !pipelining {
-            command.arg("--no-pipelining");
+        if strict {
+            command.arg("--strict");
         }
         let mut child = command.spawn().expect("the SMTP sink starts");
         let stdout = child.stdout.take().expect("stdout");
@@ -136,11 +137,26 @@ impl SmtpSink {
         std::fs::write(self.dir.join(format!("fail-{code}")), b"").expect("control file");
     }
 
-    /// Ends [`SmtpSink::fail_all`].
+    /// Makes the sink answer every EHLO and HELO with a 5xx until [`SmtpSink::heal`]: a
+    /// failure of connection set-up, not of any message.
+    pub fn fail_ehlo(&self) {
+        std::fs::write(self.dir.join("fail-ehlo"), b"").expect("control file");
+    }
+
+    /// Ends [`SmtpSink::fail_all`] and [`SmtpSink::fail_ehlo`].
     pub fn heal(&self) {
-        for code in [451, 550] {
-            let _ = std::fs::remove_file(self.dir.join(format!("fail-{code}")));
+        for control in ["fail-451", "fail-550", "fail-ehlo"] {
+            let _ = std::fs::remove_file(self.dir.join(control));
         }
+    }
+
+    /// The reply code of every EHLO or HELO the sink answered so far, oldest first.
+    pub fn ehlo_log(&self) -> Vec<u16> {
+        std::fs::read_to_string(self.dir.join("ehlo.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.split(' ').nth(1)?.parse().ok())
+            .collect()
     }
 
     /// Every RCPT the sink answered: (Unix ns, reply code, address).
@@ -156,16 +172,6 @@ impl SmtpSink {
                     parts.next()?.to_owned(),
                 ))
             })
-            .collect()
-    }
-
-    /// For every MAIL command so far, whether the commands after it came in the same write
-    /// (`true`: the client pipelined them) or only after the client had the answer.
-    pub fn mail_log(&self) -> Vec<bool> {
-        std::fs::read_to_string(self.dir.join("mail.log"))
-            .unwrap_or_default()
-            .lines()
-            .map(|line| line == "pipelined")
             .collect()
     }
 
@@ -259,5 +265,55 @@ fn parse(file: &Path) -> ReceivedMail {
         text,
         html,
         raw: String::from_utf8_lossy(&raw).into_owned(),
+    }
+}
+
+/// A private Postfix instance (Debian's package, installed by `scripts/test-deps`) that
+/// relays everything it accepts to an [`SmtpSink`]: a real MTA in front of the test server,
+/// started and stopped by `tests/postfix_relay.sh`.
+#[derive(Debug)]
+pub struct PostfixRelay {
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl PostfixRelay {
+    pub fn start(sink: &SmtpSink) -> Self {
+        let port = crate::free_port();
+        let dir = std::env::temp_dir().join(format!("postfix-{}", uuid::Uuid::now_v7().simple()));
+        let output = Command::new(relay_script())
+            .arg("start")
+            .arg(&dir)
+            .args([port.to_string(), sink.port.to_string()])
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("tests/postfix_relay.sh runs");
+        let said = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && said.contains("ready"),
+            "Postfix did not start ({}): {said}",
+            output.status
+        );
+        Self { port, dir }
+    }
+
+    /// The `SMTP_URL` that reaches this relay.
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+}
+
+fn relay_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("postfix_relay.sh")
+}
+
+impl Drop for PostfixRelay {
+    fn drop(&mut self) {
+        let _ = Command::new(relay_script())
+            .arg("stop")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

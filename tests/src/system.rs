@@ -181,9 +181,17 @@ impl System {
 
     /// Starts everything; `tweak` adjusts the worker's settings.
     pub async fn start_with(tweak: impl FnOnce(&mut worker::Settings)) -> Self {
+        Self::start_with_sink(SmtpSink::start(), tweak).await
+    }
+
+    /// Like [`System::start_with`], with mail going to `sink` (unless `tweak` points the
+    /// worker elsewhere, e.g. at a relay in front of it).
+    pub async fn start_with_sink(
+        sink: SmtpSink,
+        tweak: impl FnOnce(&mut worker::Settings),
+    ) -> Self {
         let iso = Isolation::new();
         let db = TestDb::migrated().await;
-        let sink = SmtpSink::start();
         let db_url = db.url.clone();
         let api = TestApi::spawn_in(iso.clone(), |s| s.reset.database.database_url = db_url).await;
         let mut settings = worker_settings(&iso, &db.url, &sink.url());

@@ -333,7 +333,7 @@ async fn the_api_counts_requests_and_publish_latency() {
     assert!(
         metrics
             .header("content-type")
-            .is_some_and(|c| c.starts_with("text/plain"))
+            .is_some_and(|c| c.starts_with("application/openmetrics-text"))
     );
     let body = &metrics.body;
     assert_eq!(

@@ -82,6 +82,12 @@ impl Backoff {
         self.0.get(index).copied()
     }
 
+    /// The last delay of the schedule (30 s if it has none): how often an event waiting
+    /// for the SMTP server to take connections again is tried once the schedule has run out.
+    pub fn longest(&self) -> Duration {
+        self.0.last().copied().unwrap_or(Duration::from_secs(30))
+    }
+
     /// Attempts in all: the first plus one per delay.
     pub fn max_attempts(&self) -> u32 {
         u32::try_from(self.0.len()).unwrap_or(u32::MAX - 1) + 1

@@ -24,6 +24,7 @@ use tracing::{Instrument, field::Empty};
 use crate::config::Backoff;
 use crate::handle::{Deps, Handled, handle, handle_changed};
 use crate::store::{EventMeta, Mode};
+use crate::telemetry::ReasonLabels;
 
 /// Headers on a dead letter, beside the original event's own.
 pub const HEADER_DEAD_REASON: &str = "Dead-Reason";
@@ -97,7 +98,6 @@ pub async fn ensure_consumer(
     stream: &jetstream::stream::Stream,
     name: &str,
     filter_subject: String,
-    backoff: &Backoff,
     ack_wait: Duration,
 ) -> Result<PullConsumer, ConsumerSetupError> {
     let config = pull::Config {
@@ -107,10 +107,11 @@ pub async fn ensure_consumer(
         ack_policy: AckPolicy::Explicit,
         deliver_policy: DeliverPolicy::All,
         ack_wait,
-        // Retries are driven by naks with a delay, and the last attempt is dead-lettered by the
-        // worker itself. The server's own limit sits a little above ours, for deliveries that
-        // ended with a crash and not an answer.
-        max_deliver: i64::from(backoff.max_attempts()) + 3,
+        // Retries are driven by naks with a delay, and the worker itself ends every event:
+        // acked, or dead-lettered once its retries or its time (TOKEN_TTL) run out. The server
+        // sets no limit of its own: an SMTP outage is retried without counting against the
+        // event, and a limit reached there would leave the event neither mailed nor dead.
+        max_deliver: -1,
         ..Default::default()
     };
     match stream.create_consumer(config.clone()).await {
@@ -325,8 +326,8 @@ async fn process(
                     tracing::warn!(error = %err, "ack not sent; the redelivery will find the event done");
                 }
                 tracing::info!(outcome = handled.as_str(), "event handled");
-                deps.status.metrics.events.inc(&[handled.as_str()]);
-                deps.status.metrics.attempts.observe(&[], f64::from(attempt));
+                deps.status.metrics.event(handled.as_str());
+                deps.status.metrics.attempts.observe(f64::from(attempt));
                 if let Handled::AlreadyDone(outcome) = handled {
                     tracing::info!(previous = outcome.as_str(), "event had been handled before");
                 }
@@ -335,27 +336,39 @@ async fn process(
                 give_up(js, deps, settings, &message, &meta, "permanent", attempt, &err.to_string()).await;
             }
             Err(err) => {
-                let retry = settings
-                    .backoff
-                    .after(attempt)
-                    .filter(|delay| time::OffsetDateTime::now_utc() + *delay < deadline);
+                // An SMTP outage or a wrong SMTP setting is not the event's fault: it waits
+                // on the schedule (its last step once that runs out) for as long as its link
+                // may still be sent, and is never dead-lettered for running out of retries.
+                let scheduled = settings.backoff.after(attempt);
+                let scheduled = if err.is_connection() {
+                    scheduled.or(Some(settings.backoff.longest()))
+                } else {
+                    scheduled
+                };
+                let retry =
+                    scheduled.filter(|delay| time::OffsetDateTime::now_utc() + *delay < deadline);
                 match retry {
                     Some(delay) => {
-                        tracing::warn!(
-                            error = %mask_addresses(&err.to_string()),
-                            retry_in = ?delay,
-                            "attempt failed; will retry"
-                        );
+                        if err.is_connection() {
+                            // The pool has logged the failed set-up once; not again per mail.
+                            tracing::debug!(retry_in = ?delay, "no SMTP session; will retry");
+                        } else {
+                            tracing::warn!(
+                                error = %mask_addresses(&err.to_string()),
+                                retry_in = ?delay,
+                                "attempt failed; will retry"
+                            );
+                        }
                         if let Err(db) = deps.store.record_failure(&meta, attempt, &err.to_string(), false).await {
                             tracing::warn!(error = %db, "recording the failed attempt");
                         }
-                        deps.status.metrics.events.inc(&["retried"]);
+                        deps.status.metrics.event("retried");
                         if let Err(nak) = message.ack_with(AckKind::Nak(Some(delay))).await {
                             tracing::warn!(error = %nak, "nak not sent; JetStream redelivers after ack_wait");
                         }
                     }
                     None => {
-                        let reason = if settings.backoff.after(attempt).is_some() {
+                        let reason = if scheduled.is_some() {
                             "expired"
                         } else {
                             "retries_exhausted"
@@ -378,7 +391,7 @@ async fn give_up(
     settings: &LoopSettings,
     message: &jetstream::Message,
     event: &EventMeta,
-    reason: &str,
+    reason: &'static str,
     attempt: u32,
     error: &str,
 ) {
@@ -397,7 +410,7 @@ async fn dead_letter(
     deps: &Deps,
     settings: &LoopSettings,
     message: &jetstream::Message,
-    reason: &str,
+    reason: &'static str,
     attempt: u32,
     error: &str,
 ) {
@@ -432,12 +445,13 @@ async fn dead_letter(
                 tracing::warn!(error = %err, "terminating the dead-lettered message");
             }
             tracing::warn!(reason, "event moved to the dead letters");
-            deps.status.metrics.events.inc(&["dead_lettered"]);
-            deps.status.metrics.dead_letters.inc(&[reason]);
+            deps.status.metrics.event("dead_lettered");
             deps.status
                 .metrics
-                .attempts
-                .observe(&[], f64::from(attempt));
+                .dead_letters
+                .get_or_create(&ReasonLabels { reason })
+                .inc();
+            deps.status.metrics.attempts.observe(f64::from(attempt));
         }
         Err(err) => {
             tracing::error!(error = %err, "dead letter not stored; the event stays in the consumer");

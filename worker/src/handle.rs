@@ -8,7 +8,7 @@ use shared::event::{PasswordChanged, ResetRequested};
 
 use crate::mail::{ComposeError, Composer};
 use crate::store::{BatchError, Claim, EventMeta, Limits, Mode, Outcome, Resolution, Store};
-use crate::telemetry::Status;
+use crate::telemetry::{ResultLabels, Status};
 use crate::templates::Templates;
 use crate::tokens::{MintError, Token};
 use crate::transport::{Mailer, SendError};
@@ -66,6 +66,12 @@ impl HandleError {
     /// A permanent failure goes straight to the dead letters.
     pub fn is_permanent(&self) -> bool {
         matches!(self, Self::Send(SendError::Permanent(_)) | Self::Compose(_))
+    }
+
+    /// The SMTP server could not be reached or refused the session: not this event's fault,
+    /// so it does not use up the event's retries.
+    pub fn is_connection(&self) -> bool {
+        matches!(self, Self::Send(SendError::Connection(_)))
     }
 }
 
@@ -153,13 +159,13 @@ async fn deliver(
     let sent = deps.mailer.send(message, &event_id.to_string()).await;
     let result = match &sent {
         Ok(()) => "ok",
-        Err(SendError::Transient(_)) => "transient",
-        Err(SendError::Permanent(_)) => "permanent",
+        Err(err) => err.as_str(),
     };
     deps.status
         .metrics
         .send
-        .observe_duration(&[result], started.elapsed());
+        .get_or_create(&ResultLabels { result })
+        .observe(started.elapsed().as_secs_f64());
     sent?;
 
     // The email is out: recording it must not fail lightly, or a redelivery would send it

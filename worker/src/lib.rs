@@ -78,7 +78,7 @@ pub async fn run(
 ) -> Result<(), WorkerError> {
     let shutdown = shutdown.shared();
     let (templates, composer, mailer) = mail_parts(&settings)?;
-    let status = Arc::new(Status::default());
+    let status = Arc::new(Status::new(mailer.health()));
     let (bound, listener) = telemetry::serve(settings.status.addr, status.clone())
         .await
         .map_err(|source| WorkerError::Listen {
@@ -137,7 +137,6 @@ async fn consume_until(
         &stream,
         &settings.consume.consumer,
         subjects.requested(),
-        &settings.consume.backoff,
         settings.consume.ack_wait,
     )
     .await?;
@@ -146,7 +145,6 @@ async fn consume_until(
         &stream,
         &format!("{}-changed", settings.consume.consumer),
         subjects.changed(),
-        &settings.consume.backoff,
         settings.consume.ack_wait,
     )
     .await?;

@@ -327,7 +327,7 @@ async fn deps_for(settings: &Settings) -> Result<Deps, OpsError> {
         composer,
         mailer,
         limits: Limits::from(&settings.policy),
-        status: Arc::new(Status::default()),
+        status: Arc::new(Status::new(None)),
     })
 }
 

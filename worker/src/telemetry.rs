@@ -12,114 +12,180 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use shared::metrics::{CONTENT_TYPE, Counter, Gauge, Histogram, LATENCY_BUCKETS};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::{
+    counter::Counter, family::Family, gauge::Gauge, histogram::Histogram,
+};
+use shared::metrics::{CONTENT_TYPE, Registry, latency_histogram};
 use tokio::net::TcpListener;
 
-/// Everything the worker counts.
+use crate::transport::SmtpHealth;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+/// Everything the worker counts, in one registry.
 #[derive(Debug)]
 pub struct WorkerMetrics {
-    /// Deliveries by how they ended.
-    pub events: Counter,
-    /// SMTP (or outbox) hand-over time, by result.
-    pub send: Histogram,
+    registry: Registry,
+    /// Deliveries by how they ended: `worker_events_total`.
+    pub events: Family<OutcomeLabels, Counter>,
+    /// SMTP (or outbox) hand-over time, by result: `worker_send_duration_seconds`.
+    pub send: Family<ResultLabels, Histogram, fn() -> Histogram>,
     /// Delivery attempt at which an event was finished (acked or dead-lettered).
     pub attempts: Histogram,
-    /// Events moved to the dead letters, by reason.
-    pub dead_letters: Counter,
+    /// Events moved to the dead letters, by reason: `worker_dead_letters_total`.
+    pub dead_letters: Family<ReasonLabels, Counter>,
     pub consumer_pending: Gauge,
     pub consumer_ack_pending: Gauge,
     pub consumer_redelivered: Gauge,
 }
 
-const ATTEMPT_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 10.0];
-
-impl Default for WorkerMetrics {
-    fn default() -> Self {
-        Self {
-            events: Counter::new(
-                "worker_events_total",
-                "Event deliveries by outcome: sent, no_account, throttled, already_done, retried, dead_lettered.",
-                &["outcome"],
-            ),
-            send: Histogram::new(
-                "worker_send_duration_seconds",
-                "Time to hand one email to SMTP (or the outbox), by result (ok, transient, permanent).",
-                &["result"],
-                LATENCY_BUCKETS,
-            ),
-            attempts: Histogram::new(
-                "worker_event_attempts",
-                "Delivery attempt on which an event was finished.",
-                &[],
-                ATTEMPT_BUCKETS,
-            ),
-            dead_letters: Counter::new(
-                "worker_dead_letters_total",
-                "Events moved to the dead letters, by reason.",
-                &["reason"],
-            ),
-            consumer_pending: Gauge::new(
-                "worker_consumer_pending",
-                "Events in the stream not yet delivered to any worker (from JetStream).",
-            ),
-            consumer_ack_pending: Gauge::new(
-                "worker_consumer_ack_pending",
-                "Events delivered to workers and not yet acked (from JetStream).",
-            ),
-            consumer_redelivered: Gauge::new(
-                "worker_consumer_redelivered",
-                "Events delivered more than once and not yet acked (from JetStream).",
-            ),
-        }
-    }
-}
+const ATTEMPT_BUCKETS: [f64; 8] = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 10.0];
 
 impl WorkerMetrics {
+    /// The worker's metrics, with the SMTP pool's connection failures if mail goes by SMTP.
+    pub fn new(smtp: Option<&SmtpHealth>) -> Self {
+        let mut registry = Registry::default();
+        let events = Family::default();
+        registry.register(
+            "worker_events",
+            "Event deliveries by outcome: sent, no_account, throttled, already_done, retried, dead_lettered.",
+            events.clone(),
+        );
+        let send = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "worker_send_duration_seconds",
+            "Time to hand one email to SMTP (or the outbox), by result (ok, transient, permanent, connection).",
+            send.clone(),
+        );
+        let attempts = Histogram::new(ATTEMPT_BUCKETS);
+        registry.register(
+            "worker_event_attempts",
+            "Delivery attempt on which an event was finished.",
+            attempts.clone(),
+        );
+        let dead_letters = Family::default();
+        registry.register(
+            "worker_dead_letters",
+            "Events moved to the dead letters, by reason.",
+            dead_letters.clone(),
+        );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let gauge = Gauge::default();
+            registry.register(name, help, gauge.clone());
+            gauge
+        };
+        let consumer_pending = gauge(
+            &mut registry,
+            "worker_consumer_pending",
+            "Events in the stream not yet delivered to any worker (from JetStream).",
+        );
+        let consumer_ack_pending = gauge(
+            &mut registry,
+            "worker_consumer_ack_pending",
+            "Events delivered to workers and not yet acked (from JetStream).",
+        );
+        let consumer_redelivered = gauge(
+            &mut registry,
+            "worker_consumer_redelivered",
+            "Events delivered more than once and not yet acked (from JetStream).",
+        );
+        if let Some(smtp) = smtp {
+            registry.register(
+                "worker_smtp_connect_failures",
+                "SMTP connection set-ups that failed, by stage (tcp, tls, hello, starttls, auth, timeout).",
+                smtp.failures.clone(),
+            );
+        }
+        Self {
+            registry,
+            events,
+            send,
+            attempts,
+            dead_letters,
+            consumer_pending,
+            consumer_ack_pending,
+            consumer_redelivered,
+        }
+    }
+
+    /// Counts one delivery that ended with `outcome`.
+    pub fn event(&self, outcome: &'static str) {
+        self.events.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        self.events.render(&mut out);
-        self.send.render(&mut out);
-        self.attempts.render(&mut out);
-        self.dead_letters.render(&mut out);
-        self.consumer_pending.render(&mut out);
-        self.consumer_ack_pending.render(&mut out);
-        self.consumer_redelivered.render(&mut out);
-        out
+        shared::metrics::render(&self.registry)
     }
 }
 
 /// What the listener reports on, filled in as the worker comes up.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Status {
     pub metrics: WorkerMetrics,
     pub nats: OnceLock<async_nats::Client>,
     pub database: OnceLock<sqlx::PgPool>,
     pub consumer: OnceLock<PullConsumer>,
+    /// `None` when mail goes to the outbox.
+    pub smtp: Option<Arc<SmtpHealth>>,
 }
 
 impl Status {
-    /// Why the worker is not ready, if it is not.
-    async fn not_ready(&self) -> Option<&'static str> {
-        let Some(client) = self.nats.get() else {
-            return Some("not connected to NATS yet");
-        };
-        if client.connection_state() != async_nats::connection::State::Connected {
-            return Some("NATS is not connected");
+    pub fn new(smtp: Option<Arc<SmtpHealth>>) -> Self {
+        Self {
+            metrics: WorkerMetrics::new(smtp.as_deref()),
+            nats: OnceLock::new(),
+            database: OnceLock::new(),
+            consumer: OnceLock::new(),
+            smtp,
         }
-        let Some(pool) = self.database.get() else {
-            return Some("no database connection yet");
-        };
-        let ping = sqlx::query("SELECT 1").execute(pool);
-        if !matches!(
-            tokio::time::timeout(Duration::from_secs(2), ping).await,
-            Ok(Ok(_))
-        ) {
-            return Some("the database does not answer");
+    }
+
+    /// What keeps the worker from working, each problem naming its dependency; empty when
+    /// ready.
+    async fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        match self.database.get() {
+            None => problems.push("PostgreSQL: not connected yet".to_owned()),
+            Some(pool) => {
+                let ping = sqlx::query("SELECT 1").execute(pool);
+                if !matches!(
+                    tokio::time::timeout(Duration::from_secs(2), ping).await,
+                    Ok(Ok(_))
+                ) {
+                    problems.push("PostgreSQL: does not answer".to_owned());
+                }
+            }
         }
-        if self.consumer.get().is_none() {
-            return Some("the consumer is not set up yet");
+        match self.nats.get() {
+            None => problems.push("NATS: not connected yet".to_owned()),
+            Some(client)
+                if client.connection_state() != async_nats::connection::State::Connected =>
+            {
+                problems.push("NATS: connection lost".to_owned());
+            }
+            Some(_) if self.consumer.get().is_none() => {
+                problems.push("NATS: the consumer is not set up yet".to_owned());
+            }
+            Some(_) => {}
         }
-        None
+        if let Some(problem) = self.smtp.as_ref().and_then(|health| health.problem()) {
+            problems.push(format!("SMTP: {problem}"));
+        }
+        problems
     }
 
     /// Reads the consumer's numbers from JetStream into the gauges.
@@ -130,13 +196,16 @@ impl Status {
         if let Ok(Ok(info)) =
             tokio::time::timeout(Duration::from_secs(2), consumer.get_info()).await
         {
-            self.metrics.consumer_pending.set(info.num_pending);
+            let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+            self.metrics
+                .consumer_pending
+                .set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
             self.metrics
                 .consumer_ack_pending
-                .set(info.num_ack_pending as u64);
+                .set(count(info.num_ack_pending));
             self.metrics
                 .consumer_redelivered
-                .set(info.num_redelivered as u64);
+                .set(count(info.num_redelivered));
         }
     }
 }
@@ -186,14 +255,18 @@ async fn respond(
             reply(StatusCode::OK, CONTENT_TYPE, status.metrics.render())
         }
         "/healthz" => reply(StatusCode::OK, "application/json", json(200, "OK")),
-        "/readyz" => match status.not_ready().await {
-            None => reply(StatusCode::OK, "application/json", json(200, "OK")),
-            Some(why) => reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "application/json",
-                json(503, &format!("not ready: {why}")),
-            ),
-        },
+        "/readyz" => {
+            let problems = status.problems().await;
+            if problems.is_empty() {
+                reply(StatusCode::OK, "application/json", json(200, "OK"))
+            } else {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "application/json",
+                    json(503, &format!("not ready: {}", problems.join("; "))),
+                )
+            }
+        }
         _ => reply(
             StatusCode::NOT_FOUND,
             "application/json",

@@ -1,15 +1,15 @@
 //! Where emails go: an SMTP server through our own connection pool, or an outbox folder.
 //!
-//! The pool opens its connections itself rather than through lettre's pooled transport:
-//! lettre 0.11.23 never sets TCP_NODELAY, and because it writes the body and the final `.`
+//! The pool opens its sockets itself rather than using lettre's pooled transport: lettre
+//! 0.11.23 never sets TCP_NODELAY, and because it writes the body and the final `.`
 //! separately, every message then waits for the server's delayed ACK (~40 ms, about 23 mails/s
-//! per connection). Here every socket gets `TCP_NODELAY` before lettre's lower-level
-//! [`AsyncSmtpConnection`] speaks SMTP over it.
+//! per connection). Everything said over the socket is lettre's own [`AsyncSmtpConnection`].
 //!
-//! Where the server offers PIPELINING (RFC 2920), a message costs two round trips instead of
-//! four: `MAIL`, `RCPT` and `DATA` go in one write, and the content with its final `.` in a
-//! second. Each round trip is a write, a wake-up and a read on both sides; on a machine the
-//! worker shares with its relay, halving them is a good part of what a mail costs.
+//! Failures are sorted by where they happen. Connection set-up (TCP, TLS, greeting, EHLO,
+//! STARTTLS, AUTH) failing is [`SendError::Connection`]: the server or our settings are at
+//! fault, so the mail waits and is never dead-lettered, `/readyz` says so, and the pool tries
+//! again after a growing wait. A 5xx answer to MAIL FROM, RCPT TO or DATA is permanent for that
+//! message; a 4xx, a timeout or a dropped connection is worth another attempt.
 
 use std::io;
 use std::net::SocketAddr;
@@ -18,15 +18,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lettre::Message;
-use lettre::address::Envelope;
 use lettre::transport::smtp::{
-    Error as SmtpError,
     authentication::{Credentials, Mechanism},
     client::{AsyncSmtpConnection, AsyncTokioStream, Certificate, TlsParameters},
-    commands::{Data, Ehlo, Mail, Rcpt},
     extension::ClientId,
-    response::Response,
 };
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::{counter::Counter, family::Family};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, Semaphore};
 use tokio_rustls::rustls;
@@ -36,12 +34,27 @@ use crate::config::MailSettings;
 /// Why a message was not handed over.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
-    /// Worth retrying: a 4xx answer, a timeout, a refused or dropped connection.
+    /// No SMTP session could be opened: retried for as long as the event may be mailed, and
+    /// never a reason to give up on the message.
+    #[error(transparent)]
+    Connection(ConnectError),
+    /// Worth retrying: a 4xx answer to this message, a timeout, a dropped connection.
     #[error("{0}")]
     Transient(String),
-    /// Not worth retrying: a 5xx answer.
+    /// Not worth retrying: a 5xx answer to MAIL FROM, RCPT TO or DATA for this message.
     #[error("{0}")]
     Permanent(String),
+}
+
+impl SendError {
+    /// The `result` label of `worker_send_duration_seconds`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Connection(_) => "connection",
+            Self::Transient(_) => "transient",
+            Self::Permanent(_) => "permanent",
+        }
+    }
 }
 
 /// Why the mail settings are unusable.
@@ -102,6 +115,14 @@ impl Mailer {
                 pool.target.host, pool.target.port, pool.target.security
             ),
             Self::Outbox(outbox) => format!("outbox {}", outbox.dir.display()),
+        }
+    }
+
+    /// Whether the SMTP server takes connections; `None` for the outbox.
+    pub fn health(&self) -> Option<Arc<SmtpHealth>> {
+        match self {
+            Self::Smtp(pool) => Some(pool.health.clone()),
+            Self::Outbox(_) => None,
         }
     }
 
@@ -330,25 +351,27 @@ impl tokio::io::AsyncWrite for TlsTcp {
 /// clients, and a send on a dead connection would cost the message a retry.
 const CHECK_AFTER_IDLE: Duration = Duration::from_secs(10);
 
+/// How long a closing connection waits for the answer to its QUIT.
+const QUIT_WAIT: Duration = Duration::from_secs(2);
+
+/// After a failed connection set-up, the first wait before the pool tries again; it doubles
+/// with each failure in a row, up to [`RECONNECT_MAX`].
+const RECONNECT_FIRST: Duration = Duration::from_secs(1);
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+
 /// A bounded pool of SMTP connections, each carrying one message at a time.
+///
+/// Each connection is lettre's [`AsyncSmtpConnection`] speaking over a socket the pool opened
+/// with `TCP_NODELAY` (see `docs/decisions/smtp-pool-nodelay.md`). lettre says EHLO once per
+/// connection (again after STARTTLS) and sends each message with MAIL, RCPT, DATA, content.
 pub struct SmtpPool {
     target: SmtpTarget,
     hello: ClientId,
     timeout: Duration,
     permits: Semaphore,
-    idle: Mutex<Vec<(Connection, Instant)>>,
+    idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
+    health: Arc<SmtpHealth>,
 }
-
-/// An open SMTP session and what its server offered.
-struct Connection {
-    smtp: AsyncSmtpConnection,
-    pipelining: bool,
-    /// The server took DATA and is reading message content.
-    in_content: bool,
-}
-
-/// How long a closing connection waits for the answer to its QUIT.
-const QUIT_WAIT: Duration = Duration::from_secs(2);
 
 impl std::fmt::Debug for SmtpPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -367,6 +390,7 @@ impl SmtpPool {
             timeout,
             permits: Semaphore::new(size.max(1)),
             idle: Mutex::new(Vec::new()),
+            health: Arc::new(SmtpHealth::default()),
         }
     }
 
@@ -378,25 +402,23 @@ impl SmtpPool {
             .map_err(|_| SendError::Transient("the SMTP pool is closed".into()))?;
         let mut connection = match self.take_idle().await {
             Some(connection) => connection,
-            None => tokio::time::timeout(self.timeout, self.connect())
-                .await
-                .map_err(|_| {
-                    SendError::Transient(format!("SMTP connect timed out after {:?}", self.timeout))
-                })??,
+            None => self.open().await?,
         };
-        let body = message.formatted();
-        let sent =
-            tokio::time::timeout(self.timeout, connection.send(message.envelope(), &body)).await;
+        let sent = tokio::time::timeout(
+            self.timeout,
+            connection.send(message.envelope(), &message.formatted()),
+        )
+        .await;
         match sent {
-            Ok(Ok(())) => {
+            Ok(Ok(_)) => {
                 self.idle.lock().await.push((connection, Instant::now()));
                 Ok(())
             }
             Ok(Err(err)) => {
-                // After any error the session's state is uncertain (and lettre marks its own
+                // After any error the session's state is uncertain (lettre marks its own
                 // sends broken): the connection is not reused.
-                connection.discard().await;
-                Err(err)
+                let _ = tokio::time::timeout(QUIT_WAIT, connection.abort()).await;
+                Err(classify(&err))
             }
             Err(_) => Err(SendError::Transient(format!(
                 "SMTP send timed out after {:?}",
@@ -405,47 +427,63 @@ impl SmtpPool {
         }
     }
 
-    async fn take_idle(&self) -> Option<Connection> {
+    async fn take_idle(&self) -> Option<AsyncSmtpConnection> {
         loop {
             let (mut connection, since) = self.idle.lock().await.pop()?;
-            if connection.smtp.has_broken() {
+            if connection.has_broken() {
                 continue;
             }
-            if since.elapsed() < CHECK_AFTER_IDLE || connection.smtp.test_connected().await {
+            if since.elapsed() < CHECK_AFTER_IDLE || connection.test_connected().await {
                 return Some(connection);
             }
         }
     }
 
-    async fn connect(&self) -> Result<Connection, SendError> {
-        let target = &self.target;
-        let tcp = TcpStream::connect((target.host.as_str(), target.port))
+    /// Opens a connection unless set-up failed a moment ago: then every send fails at once
+    /// with that failure until the next try is due, so an outage costs one attempt (and one
+    /// log line) per wait rather than one per message.
+    async fn open(&self) -> Result<AsyncSmtpConnection, SendError> {
+        self.health.admit().map_err(SendError::Connection)?;
+        let opened = tokio::time::timeout(self.timeout, self.connect())
             .await
-            .map_err(|e| {
-                SendError::Transient(format!(
-                    "connecting to {}:{}: {e}",
-                    target.host, target.port
-                ))
-            })?;
-        tcp.set_nodelay(true)
-            .map_err(|e| SendError::Transient(format!("setting TCP_NODELAY: {e}")))?;
+            .unwrap_or_else(|_| {
+                Err(ConnectError {
+                    stage: ConnectStage::Timeout,
+                    detail: format!("no session within {:?} (SMTP_TIMEOUT)", self.timeout),
+                })
+            });
+        match opened {
+            Ok(connection) => {
+                self.health.connected();
+                Ok(connection)
+            }
+            Err(err) => {
+                self.health.failed(&err, &self.target);
+                Err(SendError::Connection(err))
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<AsyncSmtpConnection, ConnectError> {
+        let target = &self.target;
+        let tcp = open_socket(&target.host, target.port).await?;
         let mut connection = match target.security {
             Security::Implicit => {
-                let config = target.rustls_config().map_err(SendError::Transient)?;
+                let config = target
+                    .rustls_config()
+                    .map_err(|e| ConnectStage::Tls.error(e))?;
                 let name = rustls::pki_types::ServerName::try_from(target.host.clone())
-                    .map_err(|e| SendError::Transient(format!("TLS server name: {e}")))?;
+                    .map_err(|e| ConnectStage::Tls.error(format!("server name: {e}")))?;
                 let tls = tokio_rustls::TlsConnector::from(config)
                     .connect(name, tcp)
                     .await
-                    .map_err(|e| SendError::Transient(format!("TLS handshake: {e}")))?;
+                    .map_err(|e| ConnectStage::Tls.error(format!("handshake: {e}")))?;
                 AsyncSmtpConnection::connect_with_transport(Box::new(TlsTcp(tls)), &self.hello)
                     .await
-                    .map_err(|e| classify(&e))?
             }
-            _ => AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello)
-                .await
-                .map_err(|e| classify(&e))?,
-        };
+            _ => AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello).await,
+        }
+        .map_err(|e| ConnectStage::Hello.error(e))?;
         let starttls = match target.security {
             Security::StartTls => true,
             Security::Opportunistic => connection.can_starttls(),
@@ -454,155 +492,188 @@ impl SmtpPool {
         if starttls {
             let parameters = target
                 .tls_parameters()
-                .map_err(|e| SendError::Transient(format!("TLS settings: {e}")))?;
+                .map_err(|e| ConnectStage::StartTls.error(format!("TLS settings: {e}")))?;
             connection
                 .starttls(parameters, &self.hello)
                 .await
-                .map_err(|e| classify(&e))?;
+                .map_err(|e| ConnectStage::StartTls.error(e))?;
         }
-        // Before AUTH: a second EHLO resets the session, and some servers forget the login.
-        let pipelining = offers_pipelining(&mut connection, &self.hello)
-            .await
-            .map_err(|e| classify(&e))?;
         if let Some(credentials) = &target.credentials {
             connection
                 .auth(&[Mechanism::Plain, Mechanism::Login], credentials)
                 .await
-                .map_err(|e| classify(&e))?;
+                .map_err(|e| ConnectStage::Auth.error(e))?;
         }
-        Ok(Connection {
-            smtp: connection,
-            pipelining,
-            in_content: false,
-        })
+        Ok(connection)
     }
 
     async fn close(&self) {
         let idle = std::mem::take(&mut *self.idle.lock().await);
         for (mut connection, _) in idle {
-            let _ = tokio::time::timeout(QUIT_WAIT, connection.smtp.quit()).await;
+            let _ = tokio::time::timeout(QUIT_WAIT, connection.quit()).await;
         }
     }
 }
 
-/// Whether the server lists PIPELINING in its EHLO answer. lettre keeps only the keywords it
-/// uses itself, so the pool asks once more when it opens a connection.
-async fn offers_pipelining(
-    connection: &mut AsyncSmtpConnection,
-    hello: &ClientId,
-) -> Result<bool, SmtpError> {
-    let answer = connection.command(Ehlo::new(hello.clone())).await?;
-    Ok(answer.message().any(|line| {
-        line.split_whitespace()
-            .next()
-            .is_some_and(|keyword| keyword.eq_ignore_ascii_case("PIPELINING"))
-    }))
+/// A socket that sends each write at once: without TCP_NODELAY, lettre's separate write of
+/// the final `.` line waits for the server's delayed ACK, ~40 ms per message.
+async fn open_socket(host: &str, port: u16) -> Result<TcpStream, ConnectError> {
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| ConnectStage::Tcp.error(e))?;
+    tcp.set_nodelay(true)
+        .map_err(|e| ConnectStage::Tcp.error(format!("setting TCP_NODELAY: {e}")))?;
+    Ok(tcp)
 }
 
-impl Connection {
-    async fn send(&mut self, envelope: &Envelope, content: &[u8]) -> Result<(), SendError> {
-        // lettre's own send covers what the pipelined one leaves out: addresses or content
-        // that need SMTPUTF8 or 8BITMIME.
-        let ascii = |address: &lettre::Address| AsRef::<str>::as_ref(address).is_ascii();
-        let plain = envelope.from().is_none_or(ascii) && envelope.to().iter().all(ascii);
-        match std::str::from_utf8(content) {
-            Ok(text) if self.pipelining && plain && text.is_ascii() => {
-                self.send_pipelined(envelope, text).await
-            }
-            _ => self
-                .smtp
-                .send(envelope, content)
-                .await
-                .map(drop)
-                .map_err(|e| classify(&e)),
-        }
-    }
-
-    /// `MAIL`, every `RCPT` and `DATA` in one write, then their answers in order; the first
-    /// refusal is the outcome. Only after `DATA`'s 354, and no refusal, does the content go,
-    /// in one write with its final `.` line.
-    async fn send_pipelined(
-        &mut self,
-        envelope: &Envelope,
-        content: &str,
-    ) -> Result<(), SendError> {
-        use std::fmt::Write as _;
-        // Writing into a String cannot fail.
-        let mut commands = Mail::new(envelope.from().cloned(), Vec::new()).to_string();
-        for to in envelope.to() {
-            let _ = write!(commands, "{}", Rcpt::new(to.clone(), Vec::new()));
-        }
-        let _ = write!(commands, "{Data}");
-        // One answer for MAIL, one per RCPT, one for DATA. After a failed connection (not a
-        // refusal) no further answer comes.
-        let answers = envelope.to().len() + 2;
-        let broken = |reply: &Result<Response, SmtpError>| {
-            reply
-                .as_ref()
-                .is_err_and(|e| !e.is_transient() && !e.is_permanent())
-        };
-        let mut replies = vec![self.smtp.command(commands).await];
-        while replies.len() < answers && !replies.last().is_some_and(broken) {
-            replies.push(self.smtp.read_response().await);
-        }
-        let data_accepted = replies.len() == answers
-            && replies
-                .last()
-                .is_some_and(|data| data.as_ref().is_ok_and(|d| d.has_code(354)));
-        if let Some(err) = replies.iter().find_map(|reply| reply.as_ref().err()) {
-            // A server may take DATA even though a recipient was refused (RFC 2920 allows
-            // it). It then reads message content, where a QUIT would be one more line of it.
-            self.in_content = data_accepted;
-            return Err(classify(err));
-        }
-        if !data_accepted {
-            return Err(SendError::Transient(
-                "the server did not answer DATA with 354".into(),
-            ));
-        }
-        self.smtp
-            .command(DotStuffed(content))
-            .await
-            .map(drop)
-            .map_err(|e| classify(&e))
-    }
-
-    /// Closes the connection after a failed send. It says QUIT, waiting briefly for the
-    /// answer, unless the server is reading message content: then the connection is only
-    /// dropped, and the server discards the unfinished message.
-    async fn discard(mut self) {
-        if !self.in_content {
-            let _ = tokio::time::timeout(QUIT_WAIT, self.smtp.abort()).await;
-        }
-    }
-}
-
-/// Message content as it goes after `DATA`: a `.` opening a line is doubled (RFC 5321
-/// 4.5.2), and a line holding only `.` ends it.
-struct DotStuffed<'a>(&'a str);
-
-impl std::fmt::Display for DotStuffed<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut rest = self.0;
-        if rest.starts_with('.') {
-            f.write_str(".")?;
-        }
-        while let Some(at) = rest.find("\r\n.") {
-            f.write_str(&rest[..at + 3])?;
-            f.write_str(".")?;
-            rest = &rest[at + 3..];
-        }
-        f.write_str(rest)?;
-        f.write_str("\r\n.\r\n")
-    }
-}
-
-/// 5xx is permanent; 4xx, I/O and connection errors are worth another attempt.
+/// A 5xx is permanent only here, as the answer to MAIL FROM, RCPT TO or DATA about this
+/// message; 4xx, I/O and connection errors are worth another attempt.
 fn classify(err: &lettre::transport::smtp::Error) -> SendError {
     if err.is_permanent() {
         SendError::Permanent(err.to_string())
     } else {
         SendError::Transient(err.to_string())
+    }
+}
+
+/// The step of connection set-up that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectStage {
+    /// Reaching the server over TCP.
+    Tcp,
+    /// The TLS handshake of `smtps://`.
+    Tls,
+    /// The server's greeting or its answer to EHLO.
+    Hello,
+    StartTls,
+    Auth,
+    /// Set-up took longer than `SMTP_TIMEOUT`.
+    Timeout,
+}
+
+impl ConnectStage {
+    /// The `stage` label of `worker_smtp_connect_failures_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Tls => "tls",
+            Self::Hello => "hello",
+            Self::StartTls => "starttls",
+            Self::Auth => "auth",
+            Self::Timeout => "timeout",
+        }
+    }
+
+    fn error(self, detail: impl std::fmt::Display) -> ConnectError {
+        ConnectError {
+            stage: self,
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// Connection set-up failed: a fault of the server or of our settings, never of a message,
+/// whatever the reply code (a 5xx to EHLO or AUTH included).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("SMTP connection set-up failed at {}: {detail}", stage.as_str())]
+pub struct ConnectError {
+    pub stage: ConnectStage,
+    pub detail: String,
+}
+
+/// Whether the SMTP server takes our connections, for `/readyz` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct SmtpHealth {
+    state: std::sync::Mutex<Option<Outage>>,
+    /// `worker_smtp_connect_failures_total`, registered by the worker's metrics.
+    pub failures: Family<StageLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    pub stage: &'static str,
+}
+
+/// Set-up failing since `since`; the next try is due at `retry_at`.
+#[derive(Debug)]
+struct Outage {
+    error: ConnectError,
+    since: Instant,
+    retry_at: Instant,
+    wait: Duration,
+}
+
+impl SmtpHealth {
+    /// Why no connection can be had now, if set-up is failing.
+    pub fn problem(&self) -> Option<ConnectError> {
+        self.lock().as_ref().map(|outage| outage.error.clone())
+    }
+
+    /// Connection set-ups that failed at `stage` so far.
+    pub fn failures(&self, stage: ConnectStage) -> u64 {
+        self.failures
+            .get_or_create(&StageLabels {
+                stage: stage.as_str(),
+            })
+            .get()
+    }
+
+    /// Lets a set-up go ahead, or fails with the last failure while the wait runs. A try that
+    /// goes ahead moves the next one a wait further, so only one is under way at a time.
+    fn admit(&self) -> Result<(), ConnectError> {
+        let mut state = self.lock();
+        let Some(outage) = state.as_mut() else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        if now < outage.retry_at {
+            return Err(outage.error.clone());
+        }
+        outage.retry_at = now + outage.wait;
+        Ok(())
+    }
+
+    fn connected(&self) {
+        if let Some(outage) = self.lock().take() {
+            tracing::info!(
+                down_for = ?outage.since.elapsed(),
+                "the SMTP server takes connections again"
+            );
+        }
+    }
+
+    fn failed(&self, error: &ConnectError, target: &SmtpTarget) {
+        self.failures
+            .get_or_create(&StageLabels {
+                stage: error.stage.as_str(),
+            })
+            .inc();
+        let mut state = self.lock();
+        let now = Instant::now();
+        let wait = state
+            .as_ref()
+            .map_or(RECONNECT_FIRST, |o| (o.wait * 2).min(RECONNECT_MAX));
+        let since = state.as_ref().map_or(now, |o| o.since);
+        tracing::warn!(
+            server = %format_args!("{}:{}", target.host, target.port),
+            stage = error.stage.as_str(),
+            error = %error.detail,
+            next_try_in = ?wait,
+            "cannot open an SMTP session; mail waits, nothing is dead-lettered"
+        );
+        *state = Some(Outage {
+            error: error.clone(),
+            since,
+            retry_at: now + wait,
+            wait,
+        });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Outage>> {
+        // A panic while holding this lock leaves a consistent Option behind.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -644,16 +715,54 @@ mod tests {
         assert!(!format!("{target:?}").contains("p@ss"));
     }
 
+    #[tokio::test]
+    async fn pool_sockets_have_nagle_off() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("listener");
+        let port = listener.local_addr().expect("addr").port();
+        let socket = open_socket("127.0.0.1", port).await.expect("connect");
+        assert!(socket.nodelay().expect("nodelay"));
+    }
+
+    #[tokio::test]
+    async fn a_refused_tcp_connection_is_a_connection_failure() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        let port = listener.local_addr().expect("addr").port();
+        drop(listener);
+        let failed = open_socket("127.0.0.1", port).await;
+        assert!(matches!(
+            failed,
+            Err(ConnectError {
+                stage: ConnectStage::Tcp,
+                ..
+            })
+        ));
+    }
+
     #[test]
-    fn content_lines_opening_with_a_dot_are_stuffed_and_a_dot_line_ends_it() {
-        let stuffed = |content: &str| DotStuffed(content).to_string();
-        assert_eq!(stuffed("plain\r\ntext"), "plain\r\ntext\r\n.\r\n");
-        assert_eq!(stuffed(".first\r\n"), "..first\r\n\r\n.\r\n");
-        assert_eq!(
-            stuffed("a\r\n.\r\n..b\r\nc.d\n.e"),
-            "a\r\n..\r\n...b\r\nc.d\n.e\r\n.\r\n"
-        );
-        assert_eq!(stuffed(""), "\r\n.\r\n");
+    fn a_failing_set_up_is_tried_again_only_after_a_growing_wait() {
+        let health = SmtpHealth::default();
+        let target = SmtpTarget::parse("smtp://127.0.0.1:2525", None).expect("url");
+        assert!(health.admit().is_ok());
+        let refused = ConnectStage::Hello.error("554 5.7.1 no");
+        health.failed(&refused, &target);
+        assert_eq!(health.problem(), Some(refused.clone()));
+        assert_eq!(health.admit(), Err(refused.clone()), "within the wait");
+        assert_eq!(health.failures(ConnectStage::Hello), 1);
+        {
+            let mut state = health.lock();
+            let outage = state.as_mut().expect("outage");
+            outage.retry_at = Instant::now();
+        }
+        assert!(health.admit().is_ok(), "the wait is over: one try");
+        assert!(health.admit().is_err(), "and only one");
+        health.failed(&refused, &target);
+        let wait = health.lock().as_ref().map(|o| o.wait);
+        assert_eq!(wait, Some(RECONNECT_FIRST * 2));
+        health.connected();
+        assert_eq!(health.problem(), None);
+        assert!(health.admit().is_ok());
     }
 
     #[test]
