@@ -1,5 +1,6 @@
 //! Building and running the api: one path for `main` and for the tests.
 
+use backon::Retryable;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -185,36 +186,32 @@ impl Application {
 /// Creates or updates the stream, retrying until NATS answers. Until then publishes fail
 /// with 503 and `/readyz` says why.
 async fn keep_stream_ensured(js: async_nats::jetstream::Context, settings: StreamSettings) {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match ensure_stream(&js, &settings).await {
-            Ok(()) => {
-                tracing::info!(stream = %settings.stream, "event stream ready");
-                return;
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, retry_in = ?delay, "event stream not ready");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-        }
+    let ensured = (|| ensure_stream(&js, &settings))
+        .retry(shared::retry::forever(
+            Duration::from_millis(200),
+            Duration::from_secs(10),
+        ))
+        .notify(|err, delay| {
+            tracing::warn!(error = %err, retry_in = ?delay, "event stream not ready");
+        })
+        .await;
+    if ensured.is_ok() {
+        tracing::info!(stream = %settings.stream, "event stream ready");
     }
 }
 
 /// Applies the migrations once PostgreSQL answers, then relays the event outbox: events
 /// committed with a password change but not published at once (NATS down, the api stopped).
 async fn keep_database_ready(state: Arc<AppState>) {
-    let mut delay = Duration::from_millis(500);
-    loop {
-        match shared::db::migrate(state.resets.pool()).await {
-            Ok(()) => break,
-            Err(err) => {
-                tracing::warn!(error = %err, retry_in = ?delay, "database not ready; reset endpoints answer 503");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
-            }
-        }
-    }
+    let _ = (|| shared::db::migrate(state.resets.pool()))
+        .retry(shared::retry::forever(
+            Duration::from_millis(500),
+            Duration::from_secs(30),
+        ))
+        .notify(|err, delay| {
+            tracing::warn!(error = %err, retry_in = ?delay, "database not ready; reset endpoints answer 503");
+        })
+        .await;
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tick.tick().await;

@@ -8,6 +8,7 @@
 //! - [`account`]: [`AccountRef`](account::AccountRef), the validated `id` a request names;
 //! - [`stream`]: subject names and the JetStream stream both sides create or update;
 //! - [`nats`]: connecting to NATS with the same options everywhere;
+//! - [`retry`]: the backoff for waiting on a dependency;
 //! - [`settings`]: reading settings from the environment, errors named by variable;
 //! - [`db`]: the PostgreSQL schema (migrations) both binaries use;
 //! - [`telemetry`]: `tracing` set-up (`LOG_FORMAT`) and masking of personal data in logs.
@@ -17,6 +18,7 @@ pub mod db;
 pub mod event;
 pub mod metrics;
 pub mod nats;
+pub mod retry;
 pub mod settings;
 pub mod stream;
 pub mod telemetry;

@@ -2,7 +2,9 @@
 //! retries and dead letters; this decides and does.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use backon::{ExponentialBuilder, Retryable};
 
 use shared::event::{PasswordChanged, ResetRequested};
 
@@ -169,20 +171,14 @@ async fn deliver(
     sent?;
 
     // The email is out: recording it must not fail lightly, or a redelivery would send it
-    // again. A few quick retries cover a database blip.
-    let mut delay = std::time::Duration::from_millis(50);
-    for _ in 0..5 {
-        match deps.store.mark_sent(event_id).await {
-            Ok(()) => return Ok(Handled::Sent),
-            Err(err) => {
-                tracing::warn!(error = %err, "recording a sent email failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-        }
-    }
-    deps.store
-        .mark_sent(event_id)
+    // again. A few quick retries (50 ms doubling, about 1.5 s in all) cover a database blip.
+    (|| deps.store.mark_sent(event_id))
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(50))
+                .with_max_times(5),
+        )
+        .notify(|err, _| tracing::warn!(error = %err, "recording a sent email failed; retrying"))
         .await
         .map_err(HandleError::Record)?;
     Ok(Handled::Sent)

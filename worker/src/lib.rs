@@ -28,6 +28,8 @@ pub mod tokens;
 pub mod transport;
 
 use std::future::Future;
+
+use backon::Retryable;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -223,27 +225,21 @@ pub(crate) fn mail_parts(
 async fn retry_until<T, E, F, Fut>(
     shutdown: impl Future<Output = ()>,
     what: &str,
-    mut attempt: F,
+    attempt: F,
 ) -> Option<T>
 where
     E: std::fmt::Display,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    tokio::pin!(shutdown);
-    let mut delay = Duration::from_millis(200);
-    loop {
-        tokio::select! {
-            result = attempt() => match result {
-                Ok(value) => return Some(value),
-                Err(err) => tracing::warn!(error = %err, retry_in = ?delay, "{what} not ready"),
-            },
-            () = &mut shutdown => return None,
-        }
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = &mut shutdown => return None,
-        }
-        delay = (delay * 2).min(Duration::from_secs(10));
+    let retried = attempt
+        .retry(shared::retry::forever(
+            Duration::from_millis(200),
+            Duration::from_secs(10),
+        ))
+        .notify(|err, delay| tracing::warn!(error = %err, retry_in = ?delay, "{what} not ready"));
+    tokio::select! {
+        result = retried => result.ok(),
+        () = shutdown => None,
     }
 }
