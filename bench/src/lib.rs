@@ -7,8 +7,9 @@
 //! - `publish-event`: the same, but the message is the api's own: a `ResetRequested` with its
 //!   headers, through the api's publisher, to a stream set up as the api's. Between it and
 //!   publish-only lies what the event costs; between the api and it, the api's own work;
-//! - `load`: sends forgot-password requests for numbered accounts and measures, from an SMTP
-//!   sink's files, how long each took to become a mail.
+//! - `load`: sends forgot-password requests for numbered accounts and measures, in its own
+//!   SMTP sink ([`sink`]), how long each took to become a mail;
+//! - `smtp-pool`: the worker's SMTP pool against lettre's own pooled transport, side by side.
 
 // The servers allocate as the api does: with glibc's allocator a ceiling would spend on
 // allocator bookkeeping what the api does not, and stop being a ceiling.
@@ -81,5 +82,75 @@ where
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+/// An SMTP server for the benchmarks (mailin-embedded) that accepts every mail and notes when
+/// each one's content ended, on this process's clock.
+pub mod sink {
+    use std::sync::{Arc, Mutex};
+
+    /// Now, in Unix nanoseconds: the clock of every time the benchmarks note.
+    pub fn now_ns() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+
+    /// Every mail received: the recipient's local part and when its content ended (Unix ns).
+    pub type Arrivals = Arc<Mutex<Vec<(String, u64)>>>;
+
+    /// The SMTP server's side of one session: accepts everything, keeps only arrival times.
+    #[derive(Clone)]
+    struct Sink {
+        arrivals: Arrivals,
+        recipient: String,
+    }
+
+    impl mailin_embedded::Handler for Sink {
+        fn data_start(
+            &mut self,
+            _domain: &str,
+            _from: &str,
+            _is8bit: bool,
+            to: &[String],
+        ) -> mailin_embedded::Response {
+            self.recipient = to.first().cloned().unwrap_or_default();
+            mailin_embedded::response::OK
+        }
+
+        fn data_end(&mut self) -> mailin_embedded::Response {
+            let at = now_ns();
+            if let Ok(mut arrivals) = self.arrivals.lock() {
+                arrivals.push((std::mem::take(&mut self.recipient), at));
+            }
+            mailin_embedded::response::OK
+        }
+    }
+
+    /// Starts the SMTP server on 127.0.0.1:`port`, on threads of its own.
+    pub fn start(port: u16) -> Result<Arrivals, Box<dyn std::error::Error>> {
+        let arrivals: Arrivals = Arc::new(Mutex::new(Vec::new()));
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+        let mut server = mailin_embedded::Server::new(Sink {
+            arrivals: arrivals.clone(),
+            recipient: String::new(),
+        });
+        // A session holds a thread: enough for every worker's whole SMTP pool.
+        server
+            .with_name("bench-sink")
+            .with_num_threads(128)
+            .with_tcp_listener(listener);
+        std::thread::spawn(move || {
+            if let Err(err) = server.serve() {
+                eprintln!("load: the SMTP sink stopped: {err}");
+            }
+        });
+        Ok(arrivals)
+    }
+
+    pub fn received(arrivals: &Arrivals) -> usize {
+        arrivals.lock().map(|a| a.len()).unwrap_or(0)
     }
 }
