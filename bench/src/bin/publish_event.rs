@@ -1,14 +1,15 @@
-//! Publish-only with the api's own event: parse the body, build the `ResetRequested` the api
-//! would, publish it with its headers through the api's publisher to a stream configured as
-//! the api's, await the PubAck, answer 200. No key check, rate limit, metrics or log line.
+//! The api's ceiling, written the way the libraries' docs show: parse the body, build an event
+//! of the contract's shape, serialise it with serde_json (derive), publish it with its four
+//! headers through `jetstream::Context::publish_with_headers` to a stream configured as the
+//! api's, await the PubAck, answer 200. No key check, rate limit, metrics or log line.
 //! `publish-event [addr] [nats-url] [stream]`.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
 use std::time::Duration;
 
-use api::{publish::Publisher, reply::ApiError};
-use shared::event::{ClientContext, ResetRequested};
+use api::reply::ApiError;
+use async_nats::HeaderMap;
+use shared::event::{ClientContext, EVENT_VERSION, RESET_REQUESTED, ResetRequested};
 use shared::stream::{StreamSettings, ensure_stream};
 
 #[tokio::main]
@@ -21,16 +22,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         retention: Duration::from_secs(3600),
         replicas: 1,
     };
-    let client = async_nats::connect(nats).await?;
-    let publisher = Publisher::new(
-        client,
-        settings.subjects().requested(),
-        Duration::from_secs(3),
-    );
-    ensure_stream(publisher.jetstream(), &settings).await?;
-    let publisher = Arc::new(publisher);
+    let js = async_nats::jetstream::new(async_nats::connect(nats).await?);
+    ensure_stream(&js, &settings).await?;
+    let subject = settings.subjects().requested();
     bench::serve(addr, move |req| {
-        let publisher = publisher.clone();
+        let (js, subject) = (js.clone(), subject.clone());
         async move {
             let account = match bench::parse_account(req).await {
                 Ok(account) => account,
@@ -43,14 +39,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 user_agent: None,
                 api_key_label: "bench".into(),
             };
-            // The request id as the api makes one (`to_string` would go through `core::fmt`).
-            let mut text = uuid::Uuid::encode_buffer();
-            let request_id = uuid::Uuid::now_v7()
-                .hyphenated()
-                .encode_lower(&mut text)
-                .to_owned();
-            let event = ResetRequested::new(account, request_id, client);
-            match publisher.publish(&event, None).await {
+            let event = ResetRequested::new(account, uuid::Uuid::now_v7().to_string(), client);
+            let Ok(payload) = serde_json::to_vec(&event) else {
+                return ApiError::Unavailable.into_response();
+            };
+            let mut headers = HeaderMap::new();
+            headers.insert("Event-Type", RESET_REQUESTED);
+            headers.insert("Event-Version", EVENT_VERSION.to_string().as_str());
+            headers.insert("Request-Id", event.request_id.as_str());
+            headers.insert("Content-Type", "application/json");
+            let stored = async {
+                js.publish_with_headers(subject, headers, payload.into())
+                    .await?
+                    .await
+            };
+            match stored.await {
                 Ok(_) => api::reply::ok(),
                 Err(_) => ApiError::Unavailable.into_response(),
             }
