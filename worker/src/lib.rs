@@ -17,7 +17,6 @@ pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod consume;
-pub mod encoding;
 pub mod handle;
 pub mod mail;
 pub mod ops;

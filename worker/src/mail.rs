@@ -11,7 +11,6 @@ use lettre::message::{
 use shared::event::{PasswordChanged, ResetRequested};
 use time::macros::format_description;
 
-use crate::encoding::text_body;
 use crate::store::Account;
 use crate::templates::{ChangedData, Rendered, TemplateData, TemplateError, Templates};
 
@@ -172,8 +171,8 @@ impl Composer {
             .message_id(Some(format!("<{event_id}@{domain}>")))
             .header(AutoSubmitted)
             .multipart(MultiPart::alternative_plain_html(
-                text_body(rendered.text),
-                text_body(rendered.html),
+                rendered.text,
+                rendered.html,
             ))?)
     }
 }
