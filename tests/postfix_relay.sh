@@ -15,7 +15,9 @@
 # stop: stops that instance (and no other); DIR is left for the caller to remove.
 #
 # Instances are independent: each has its own DIR and ports, so several can run at once.
-# Runs as root, as `postfix start` requires; the system's own instance is not touched.
+# Runs as root, as `postfix start` requires; the system's own instance is not touched, nor
+# /etc/postfix/main.cf: as root, `postfix -c DIR` (and `postqueue -c DIR/etc -p` to look at the
+# queue) needs no alternate_config_directories, which only the set-gid commands consult.
 set -euo pipefail
 
 usage() {

@@ -38,23 +38,16 @@ impl TestDb {
         db
     }
 
-    pub async fn add_account(
-        &self,
-        id: &str,
-        email: &str,
-        display_name: Option<&str>,
-        locale: Option<&str>,
-    ) {
-        sqlx::query(
-            "INSERT INTO accounts (id, email, display_name, locale) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(id)
-        .bind(email)
-        .bind(display_name)
-        .bind(locale)
-        .execute(&self.pool)
-        .await
-        .expect("insert account");
+    /// An account to add: `db.account("ada").add().await` adds `ada` with the email
+    /// `ada@example.com`; `.email()`, `.name()` and `.locale()` change what it gets.
+    pub fn account(&self, id: &str) -> NewAccount<'_> {
+        NewAccount {
+            db: self,
+            id: id.to_owned(),
+            email: format!("{id}@example.com"),
+            display_name: None,
+            locale: None,
+        }
     }
 
     /// Adds accounts `{prefix}0` … `{prefix}{n-1}`, each with the email `{id}@example.com`.
@@ -231,5 +224,46 @@ impl Drop for PrivatePostgres {
             .args(["-D", &self.data(), "-m", "immediate", "stop"])
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An account being described for [`TestDb::account`].
+#[derive(Debug)]
+#[must_use = "an account is added only by .add().await"]
+pub struct NewAccount<'a> {
+    db: &'a TestDb,
+    id: String,
+    email: String,
+    display_name: Option<String>,
+    locale: Option<String>,
+}
+
+impl NewAccount<'_> {
+    pub fn email(mut self, email: &str) -> Self {
+        email.clone_into(&mut self.email);
+        self
+    }
+
+    pub fn name(mut self, display_name: &str) -> Self {
+        self.display_name = Some(display_name.to_owned());
+        self
+    }
+
+    pub fn locale(mut self, locale: &str) -> Self {
+        self.locale = Some(locale.to_owned());
+        self
+    }
+
+    pub async fn add(self) {
+        sqlx::query(
+            "INSERT INTO accounts (id, email, display_name, locale) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&self.id)
+        .bind(&self.email)
+        .bind(&self.display_name)
+        .bind(&self.locale)
+        .execute(&self.db.pool)
+        .await
+        .expect("insert account");
     }
 }

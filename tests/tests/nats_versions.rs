@@ -63,11 +63,12 @@ async fn the_worker_delivers_and_dead_letters_against_a_current_nats_server() {
     let nats = PrivateNats::start_binary(latest_nats_server());
     let url = nats.url();
     let db = TestDb::migrated().await;
-    db.add_account("ada", "ada@example.com", None, None).await;
-    db.add_account("temp", "tempfail1@example.com", None, None)
+    db.account("ada").add().await;
+    db.account("temp")
+        .email("tempfail1@example.com")
+        .add()
         .await;
-    db.add_account("gone", "reject@example.com", None, None)
-        .await;
+    db.account("gone").email("reject@example.com").add().await;
     let sink = SmtpSink::start();
     let api = TestApi::spawn_with(|s| s.nats.nats_url = url.clone()).await;
     let mut settings = worker_settings(&api.iso, &db.url, &sink.url());

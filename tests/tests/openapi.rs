@@ -215,10 +215,7 @@ fn the_document_parses_and_every_reference_resolves() {
 async fn every_status_the_api_answers_is_documented_for_its_operation() {
     let doc = document();
     let system = System::start().await;
-    system
-        .db
-        .add_account("ada", "ada@example.com", Some("Ada"), None)
-        .await;
+    system.db.account("ada").name("Ada").add().await;
     let api = &system.api;
     let auth = bearer();
     let mut seen = Vec::new();

@@ -51,10 +51,7 @@ fn ops_settings(system: &System) -> worker::Settings {
 #[tokio::test]
 async fn a_dry_replay_shows_each_event_then_and_now_and_changes_nothing() {
     let system = System::start().await;
-    system
-        .db
-        .add_account("ada", "ada@example.com", None, Some("de"))
-        .await;
+    system.db.account("ada").locale("de").add().await;
     for id in ["ada", "nobody@example.com", "ada"] {
         assert_eq!(system.api.forgot_id(id).await.status, 200);
     }
@@ -177,10 +174,7 @@ async fn a_dry_replay_shows_each_event_then_and_now_and_changes_nothing() {
 #[tokio::test]
 async fn replay_prints_only_its_results_on_stdout() {
     let system = System::start().await;
-    system
-        .db
-        .add_account("ada", "ada@example.com", None, None)
-        .await;
+    system.db.account("ada").add().await;
     assert_eq!(system.api.forgot_id("ada").await.status, 200);
     system.db.wait_for_outcomes(1).await;
     let mut args = worker_args(&system.api.iso, &system.db.url, &system.sink.url());
@@ -222,12 +216,11 @@ async fn replay_execute_recovers_events_that_failed_during_an_outage() {
     .await;
     system
         .db
-        .add_account("temp", "tempfail2@example.com", None, None)
+        .account("temp")
+        .email("tempfail2@example.com")
+        .add()
         .await;
-    system
-        .db
-        .add_account("ada", "ada@example.com", None, None)
-        .await;
+    system.db.account("ada").add().await;
     assert_eq!(system.api.forgot_id("temp").await.status, 200);
     assert_eq!(system.api.forgot_id("ada").await.status, 200);
     assert_eq!(
@@ -265,7 +258,9 @@ async fn dead_letters_are_listed_shown_and_retried_into_a_mail() {
     .await;
     system
         .db
-        .add_account("temp", "tempfail2@example.com", None, None)
+        .account("temp")
+        .email("tempfail2@example.com")
+        .add()
         .await;
     assert_eq!(system.api.forgot_id("temp").await.status, 200);
     assert_eq!(
@@ -414,7 +409,9 @@ async fn three_workers_share_1000_requests_and_each_mail_goes_out_once() {
 async fn one_request_can_be_followed_through_the_logs_which_hold_no_secret() {
     let iso = Isolation::new();
     let db = TestDb::migrated().await;
-    db.add_account("ada", "ada.lovelace@example.com", None, None)
+    db.account("ada")
+        .email("ada.lovelace@example.com")
+        .add()
         .await;
     let sink = SmtpSink::start();
     let logs = std::env::temp_dir().join(format!("logs-{}", uuid::Uuid::now_v7().simple()));

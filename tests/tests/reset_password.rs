@@ -41,10 +41,7 @@ async fn stored_hash(system: &System, id: &str) -> Option<String> {
 #[tokio::test]
 async fn a_mailed_token_verifies_resets_once_and_the_owner_is_told() {
     let system = System::start().await;
-    system
-        .db
-        .add_account("ada", "ada@example.com", Some("Ada"), None)
-        .await;
+    system.db.account("ada").name("Ada").add().await;
     let token = mailed_token(&system, "ada", 0).await;
 
     // Verifying consumes nothing: twice is fine.
@@ -151,14 +148,8 @@ async fn forged_expired_superseded_and_stale_tokens_all_get_the_same_400() {
         s.policy.token_ttl = Duration::from_secs(2);
     })
     .await;
-    system
-        .db
-        .add_account("ada", "ada@example.com", None, None)
-        .await;
-    system
-        .db
-        .add_account("bob", "bob@example.com", None, None)
-        .await;
+    system.db.account("ada").add().await;
+    system.db.account("bob").add().await;
 
     let forged = "A".repeat(43);
     for attempt in [forged.as_str(), "short", "' OR 1=1 --"] {
@@ -214,10 +205,7 @@ async fn forged_expired_superseded_and_stale_tokens_all_get_the_same_400() {
 #[tokio::test]
 async fn twenty_concurrent_uses_of_one_token_give_exactly_one_200() {
     let system = System::start().await;
-    system
-        .db
-        .add_account("ada", "ada@example.com", None, None)
-        .await;
+    system.db.account("ada").add().await;
     let token = mailed_token(&system, "ada", 0).await;
     let attempts = (0..20).map(|n| {
         let api = &system.api;
@@ -252,7 +240,9 @@ async fn the_password_policy_names_the_rule_that_failed() {
     let system = System::start().await;
     system
         .db
-        .add_account("ada-account", "ada@example.com", None, None)
+        .account("ada-account")
+        .email("ada@example.com")
+        .add()
         .await;
     let token = mailed_token(&system, "ada-account", 0).await;
     let cases = [
@@ -333,10 +323,7 @@ async fn without_the_database_forgot_password_works_and_resets_answer_503() {
 #[tokio::test]
 async fn a_queued_notification_is_relayed_from_the_outbox() {
     let system = System::start().await;
-    system
-        .db
-        .add_account("ada", "ada@example.com", None, None)
-        .await;
+    system.db.account("ada").add().await;
     let event = shared::event::PasswordChanged::new(
         "ada".into(),
         "queued-before-a-crash".into(),

@@ -16,7 +16,7 @@ async fn mail_goes_over_starttls_and_implicit_tls() {
     for tls in [SinkTls::StartTls, SinkTls::Implicit] {
         let iso = Isolation::new();
         let db = TestDb::migrated().await;
-        db.add_account("ada", "ada@example.com", None, None).await;
+        db.account("ada").add().await;
         let sink = SmtpSink::start_with(tls);
         let mut settings = worker_settings(&iso, &db.url, &sink.url());
         settings.mail.smtp_ca_file = Some(sink.ca_file());

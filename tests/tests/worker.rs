@@ -22,11 +22,13 @@ fn json_id(id: &str) -> String {
 async fn each_content_type_ends_in_one_mail_to_the_stored_address() {
     let system = System::start().await;
     let db = &system.db;
-    db.add_account("u-json", "json@example.com", Some("Jay Son"), None)
+    db.account("u-json")
+        .email("json@example.com")
+        .name("Jay Son")
+        .add()
         .await;
-    db.add_account("u-xml", "xml@example.com", None, None).await;
-    db.add_account("u-form", "form@example.com", None, None)
-        .await;
+    db.account("u-xml").email("xml@example.com").add().await;
+    db.account("u-form").email("form@example.com").add().await;
 
     let api = &system.api;
     // By id, and by email in another case: the mail goes to the stored address either way.
@@ -76,10 +78,7 @@ async fn each_content_type_ends_in_one_mail_to_the_stored_address() {
 #[tokio::test]
 async fn the_mailed_token_matches_the_stored_hash_and_its_plaintext_is_stored_nowhere() {
     let system = System::start().await;
-    system
-        .db
-        .add_account("ada", "ada@example.com", Some("Ada"), None)
-        .await;
+    system.db.account("ada").name("Ada").add().await;
     assert_eq!(system.api.forgot_id("ada").await.status, 200);
     let mails = system.sink.wait_for(1, WAIT).await;
     assert_eq!(mails.len(), 1);
@@ -134,10 +133,7 @@ async fn the_mailed_token_matches_the_stored_hash_and_its_plaintext_is_stored_no
 #[tokio::test]
 async fn an_unknown_account_gets_the_same_answer_and_no_mail() {
     let system = System::start().await;
-    system
-        .db
-        .add_account("known", "known@example.com", None, None)
-        .await;
+    system.db.account("known").add().await;
     let unknown = system.api.forgot_id("nobody@example.com").await;
     let known = system.api.forgot_id("known").await;
     assert_eq!(
@@ -162,10 +158,7 @@ async fn an_unknown_account_gets_the_same_answer_and_no_mail() {
 #[tokio::test]
 async fn a_burst_for_one_account_gives_one_mail() {
     let system = System::start().await;
-    system
-        .db
-        .add_account("ada", "ada@example.com", None, None)
-        .await;
+    system.db.account("ada").add().await;
     let body = json_id("ada");
     let requests = (0..10).map(|_| system.api.forgot(JSON, &body));
     for response in futures::future::join_all(requests).await {
@@ -185,10 +178,7 @@ async fn a_burst_for_one_account_gives_one_mail() {
 #[tokio::test]
 async fn host_headers_never_reach_the_link() {
     let system = System::start().await;
-    system
-        .db
-        .add_account("ada", "ada@example.com", None, None)
-        .await;
+    system.db.account("ada").add().await;
     let response = system
         .api
         .forgot_with(
@@ -218,7 +208,9 @@ async fn a_451_for_a_while_is_retried_then_delivered() {
     // The sink answers 451 to this address twice, then accepts.
     system
         .db
-        .add_account("temp", "tempfail2@example.com", None, None)
+        .account("temp")
+        .email("tempfail2@example.com")
+        .add()
         .await;
     assert_eq!(system.api.forgot_id("temp").await.status, 200);
     let mails = system.sink.wait_for(1, WAIT).await;
@@ -244,7 +236,9 @@ async fn a_550_goes_to_the_dead_letters_after_one_attempt() {
     let system = System::start().await;
     system
         .db
-        .add_account("gone", "reject@example.com", None, None)
+        .account("gone")
+        .email("reject@example.com")
+        .add()
         .await;
     assert_eq!(system.api.forgot_id("gone").await.status, 200);
     let letters = wait_for_dead_letters(&system.api.iso, 1).await;
@@ -272,10 +266,7 @@ async fn a_550_goes_to_the_dead_letters_after_one_attempt() {
 #[tokio::test]
 async fn a_poison_message_is_dead_lettered_and_the_next_one_delivered() {
     let system = System::start().await;
-    system
-        .db
-        .add_account("ada", "ada@example.com", None, None)
-        .await;
+    system.db.account("ada").add().await;
     let js = jetstream::new(async_nats::connect(NATS_URL).await.expect("nats"));
     let subject = format!("{}.requested", system.api.iso.prefix);
     js.publish(subject.clone(), "this is not an event".into())
@@ -305,10 +296,7 @@ async fn a_poison_message_is_dead_lettered_and_the_next_one_delivered() {
 #[tokio::test]
 async fn a_redelivered_event_that_was_sent_is_not_mailed_again() {
     let system = System::start().await;
-    system
-        .db
-        .add_account("ada", "ada@example.com", None, None)
-        .await;
+    system.db.account("ada").add().await;
     assert_eq!(system.api.forgot_id("ada").await.status, 200);
     assert_eq!(system.sink.wait_for(1, WAIT).await.len(), 1);
 
@@ -335,12 +323,12 @@ async fn the_account_locale_picks_the_templates() {
     let system = System::start().await;
     system
         .db
-        .add_account("hans", "hans@example.com", Some("Hans"), Some("de-AT"))
+        .account("hans")
+        .name("Hans")
+        .locale("de-AT")
+        .add()
         .await;
-    system
-        .db
-        .add_account("joao", "joao@example.com", None, Some("pt-BR"))
-        .await;
+    system.db.account("joao").locale("pt-BR").add().await;
     assert_eq!(system.api.forgot_id("hans").await.status, 200);
     assert_eq!(system.api.forgot_id("joao").await.status, 200);
     let mails = system.sink.wait_for(2, WAIT).await;
@@ -364,13 +352,7 @@ async fn two_workers_and_200_requests_give_exactly_200_mails() {
     let db = TestDb::migrated().await;
     let sink = SmtpSink::start();
     for n in 0..200 {
-        db.add_account(
-            &format!("user-{n}"),
-            &format!("user-{n}@example.com"),
-            None,
-            None,
-        )
-        .await;
+        db.account(&format!("user-{n}")).add().await;
     }
     let api = TestApi::spawn_in(iso.clone(), |_| {}).await;
     let workers = [
@@ -408,7 +390,7 @@ async fn two_workers_and_200_requests_give_exactly_200_mails() {
 async fn without_smtp_the_mail_goes_to_the_outbox() {
     let iso = Isolation::new();
     let db = TestDb::migrated().await;
-    db.add_account("ada", "ada@example.com", None, None).await;
+    db.account("ada").add().await;
     let outbox = std::env::temp_dir().join(format!("outbox-{}", uuid::Uuid::now_v7().simple()));
     let mut settings = worker_settings(&iso, &db.url, "smtp://unused");
     settings.mail.smtp_url = None;
@@ -508,7 +490,7 @@ async fn sent_records_written_together_are_each_committed() {
 #[tokio::test]
 async fn sent_records_batched_with_a_failing_claim_are_still_committed() {
     let db = TestDb::migrated().await;
-    db.add_account("ada", "ada@example.com", None, None).await;
+    db.account("ada").add().await;
     let ids = pending_records(&db, &vec!["ada".to_owned(); 50]).await;
     // A claim whose token hash is taken fails its whole statement.
     let taken = [7u8; 32];
@@ -554,10 +536,8 @@ async fn sent_records_batched_with_a_failing_claim_are_still_committed() {
 async fn claims_from_two_workers_at_once_give_one_mail_per_account_without_deadlock() {
     let db = TestDb::migrated().await;
     db.add_numbered_accounts("acct", 20).await;
-    db.add_account("twin-a", "twin@example.com", None, None)
-        .await;
-    db.add_account("twin-b", "TWIN@example.com", None, None)
-        .await;
+    db.account("twin-a").email("twin@example.com").add().await;
+    db.account("twin-b").email("TWIN@example.com").add().await;
     // Two workers' stores with two connections each: the 210 claims below queue into batches
     // that share accounts, taken in opposite orders from one round to the next.
     let stores = [small_store(&db, 2).await.1, small_store(&db, 2).await.1];
@@ -608,13 +588,10 @@ async fn claims_from_two_workers_at_once_give_one_mail_per_account_without_deadl
 async fn claim_fixture() -> TestDb {
     let db = TestDb::migrated().await;
     for id in ["fresh", "recent", "busy", "twice", "sent", "crashed"] {
-        db.add_account(id, &format!("{id}@example.com"), None, None)
-            .await;
+        db.account(id).add().await;
     }
-    db.add_account("twin-a", "twin@example.com", None, None)
-        .await;
-    db.add_account("twin-b", "TWIN@example.com", None, None)
-        .await;
+    db.account("twin-a").email("twin@example.com").add().await;
+    db.account("twin-b").email("TWIN@example.com").add().await;
     sqlx::query("UPDATE accounts SET password_hash = 'hash-of-' || id")
         .execute(&db.pool)
         .await

@@ -18,8 +18,7 @@ async fn kill_9_of_a_worker_in_the_middle_of_a_run_loses_no_request() {
     let db = TestDb::migrated().await;
     let sink = SmtpSink::start();
     for n in 0..REQUESTS {
-        db.add_account(&format!("u{n}"), &format!("u{n}@example.com"), None, None)
-            .await;
+        db.account(&format!("u{n}")).add().await;
     }
     let api = TestApi::spawn_in(iso.clone(), |_| {}).await;
     let args = worker_args(&iso, &db.url, &sink.url());
@@ -94,10 +93,7 @@ async fn the_daily_limit_caps_mails_per_account() {
         s.policy.daily_limit = 2;
     })
     .await;
-    system
-        .db
-        .add_account("ada", "ada@example.com", None, None)
-        .await;
+    system.db.account("ada").add().await;
     for expected in 1..=3usize {
         assert_eq!(system.api.forgot_id("ada").await.status, 200);
         // Wait for this one to be decided before sending the next.
@@ -130,11 +126,15 @@ async fn an_email_shared_by_several_accounts_gets_no_mail() {
     let system = System::start().await;
     system
         .db
-        .add_account("a1", "shared@example.com", None, None)
+        .account("a1")
+        .email("shared@example.com")
+        .add()
         .await;
     system
         .db
-        .add_account("a2", "Shared@Example.com", None, None)
+        .account("a2")
+        .email("Shared@Example.com")
+        .add()
         .await;
     assert_eq!(system.api.forgot_id("shared@example.com").await.status, 200);
     // By id the account is unambiguous.
@@ -154,10 +154,7 @@ async fn an_email_shared_by_several_accounts_gets_no_mail() {
 #[tokio::test]
 async fn an_event_older_than_the_token_ttl_is_dead_lettered_not_mailed() {
     let system = System::start().await;
-    system
-        .db
-        .add_account("ada", "ada@example.com", None, None)
-        .await;
+    system.db.account("ada").add().await;
     let mut event = e2e::reset_event("ada", "stale-request");
     event.requested_at -= time::Duration::hours(2);
     let js = jetstream::new(async_nats::connect(NATS_URL).await.expect("nats"));
@@ -228,7 +225,9 @@ async fn a_send_slower_than_ack_wait_is_not_redelivered_mid_send() {
     let system = System::start_with(|s| s.consume.ack_wait = Duration::from_secs(1)).await;
     system
         .db
-        .add_account("slow", "slow2500@example.com", None, None)
+        .account("slow")
+        .email("slow2500@example.com")
+        .add()
         .await;
     assert_eq!(system.api.forgot_id("slow").await.status, 200);
     let mails = system.sink.wait_for(1, Duration::from_secs(20)).await;
@@ -264,7 +263,7 @@ async fn workers_starting_together_on_an_empty_database_all_come_up() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(migrated, "no worker created the tables");
-    db.add_account("ada", "ada@example.com", None, None).await;
+    db.account("ada").add().await;
     assert_eq!(api.forgot_id("ada").await.status, 200);
     assert_eq!(sink.wait_for(1, Duration::from_secs(20)).await.len(), 1);
     for worker in workers {
