@@ -20,6 +20,15 @@ use uuid::Uuid;
 use crate::config::ResetSettings;
 use crate::publish::{Outgoing, Publisher};
 
+/// Why a queued event is still in the outbox; the relay tries again.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("publishing: {0}")]
+    Publish(#[from] crate::publish::PublishFailure),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
 /// Longest accepted password, in characters (NIST SP 800-63B asks for at least 64).
 pub const MAX_PASSWORD_CHARS: usize = 128;
 
@@ -257,7 +266,7 @@ impl Resets {
         subject: &str,
         payload: Vec<u8>,
         request_id: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), OutboxError> {
         let msg_id = event_id.to_string();
         publisher
             .send(Outgoing {
@@ -267,27 +276,24 @@ impl Resets {
                 payload,
                 msg_id: Some(&msg_id),
             })
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         sqlx::query("DELETE FROM event_outbox WHERE event_id = $1")
             .bind(event_id)
             .execute(&self.pool)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(())
     }
 
     /// Publishes whatever the outbox still holds (events whose immediate publish failed, or
     /// whose api stopped in between). A repeated `Nats-Msg-Id` makes a double publish harmless.
-    pub async fn relay_outbox(&self, publisher: &Publisher) -> Result<usize, String> {
+    pub async fn relay_outbox(&self, publisher: &Publisher) -> Result<usize, OutboxError> {
         let queued: Vec<(Uuid, String, Vec<u8>)> = sqlx::query_as(
             "SELECT event_id, subject, payload FROM event_outbox
              WHERE created_at < now() - interval '2 seconds'
              ORDER BY created_at LIMIT 100",
         )
         .fetch_all(&self.pool)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         let mut published = 0;
         for (event_id, subject, payload) in queued {
             let request_id = PasswordChanged::decode(&payload)

@@ -136,31 +136,35 @@ fn already_exists(err: &jetstream::context::CreateStreamError) -> bool {
     )
 }
 
-fn parse_stream_name(raw: &str) -> Result<String, String> {
-    let ok = !raw.is_empty()
-        && raw
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if ok {
-        Ok(raw.to_owned())
-    } else {
-        Err("a stream name takes letters, digits, `-` and `_` only".into())
-    }
+/// Why `RESET_STREAM` or `RESET_SUBJECT_PREFIX` is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum NameError {
+    #[error("a stream name takes letters, digits, `-` and `_` only")]
+    Stream,
+    #[error(
+        "a subject prefix is dot-separated tokens of letters, digits, `-` and `_` (no wildcards)"
+    )]
+    Prefix,
 }
 
-fn parse_prefix(raw: &str) -> Result<String, String> {
-    let ok = !raw.is_empty()
-        && raw.split('.').all(|token| {
-            !token.is_empty()
-                && token
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        });
-    if ok {
-        Ok(raw.to_owned())
-    } else {
-        Err("a subject prefix is dot-separated tokens of letters, digits, `-` and `_` (no wildcards)".into())
-    }
+fn is_token(token: &str) -> bool {
+    !token.is_empty()
+        && token
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn parse_stream_name(raw: &str) -> Result<String, NameError> {
+    is_token(raw)
+        .then(|| raw.to_owned())
+        .ok_or(NameError::Stream)
+}
+
+fn parse_prefix(raw: &str) -> Result<String, NameError> {
+    raw.split('.')
+        .all(is_token)
+        .then(|| raw.to_owned())
+        .ok_or(NameError::Prefix)
 }
 
 #[cfg(test)]

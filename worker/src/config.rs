@@ -94,15 +94,32 @@ impl Backoff {
     }
 }
 
-fn parse_backoff(raw: &str) -> Result<Backoff, String> {
+/// Why `WORKER_BACKOFF` is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BackoffError {
+    #[error("`{text}`: {source}")]
+    Delay {
+        text: String,
+        source: humantime::DurationError,
+    },
+    #[error("a zero delay would redeliver at once; give every retry a delay")]
+    Zero,
+}
+
+fn parse_backoff(raw: &str) -> Result<Backoff, BackoffError> {
     let delays = raw
         .split(',')
         .map(str::trim)
         .filter(|d| !d.is_empty())
-        .map(|d| humantime::parse_duration(d).map_err(|e| format!("`{d}`: {e}")))
+        .map(|d| {
+            humantime::parse_duration(d).map_err(|source| BackoffError::Delay {
+                text: d.to_owned(),
+                source,
+            })
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if delays.iter().any(Duration::is_zero) {
-        return Err("a zero delay would redeliver at once; give every retry a delay".into());
+        return Err(BackoffError::Zero);
     }
     Ok(Backoff(delays))
 }
