@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use shared::{nats::NatsSettings, stream::StreamSettings, telemetry::LogSettings};
+use shared::{logging::LogSettings, nats::NatsSettings, stream::StreamSettings};
 
 use crate::limit::RateLimit;
 

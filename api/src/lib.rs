@@ -11,19 +11,18 @@
 //!
 //! Layout: [`config`] (settings), [`startup`] (building and running the server, shared by `main`
 //! and the tests), [`routes`] (the request pipeline), [`body`], [`auth`], [`limit`],
-//! [`publish`], [`reply`] (the response shape and every error status), [`telemetry`]
-//! (metrics).
+//! [`publish`], [`reply`] (the response shape and every error status), [`metrics`].
 
 pub mod auth;
 pub mod body;
 pub mod config;
 pub mod limit;
+pub mod metrics;
 pub mod publish;
 pub mod reply;
 pub mod reset;
 pub mod routes;
 pub mod startup;
-pub mod telemetry;
 
 pub use config::Settings;
 pub use startup::Application;

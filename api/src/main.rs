@@ -6,7 +6,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let settings: api::Settings = shared::settings::parse();
-    let _logs = shared::telemetry::init(&settings.log);
+    let _logs = shared::logging::init(&settings.log);
     let app = match api::Application::build(settings).await {
         Ok(app) => app,
         Err(err) => {

@@ -18,10 +18,10 @@ use crate::{
     auth::ApiKeys,
     body,
     limit::{Limiter, client_ip},
+    metrics::{ApiMetrics, RequestLabels, ResultLabels, route_label},
     publish::{Publisher, message_id},
     reply::{self, ApiError},
     reset::{Requester, ResetError, Resets},
-    telemetry::{ApiMetrics, RequestLabels, ResultLabels, route_label},
 };
 
 /// What every request handler shares.

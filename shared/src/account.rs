@@ -48,9 +48,9 @@ impl AccountRef {
         self.0
     }
 
-    /// A form safe to log: see [`crate::telemetry::mask_id`].
+    /// A form safe to log: see [`crate::logging::mask_id`].
     pub fn masked(&self) -> String {
-        crate::telemetry::mask_id(&self.0)
+        crate::logging::mask_id(&self.0)
     }
 }
 

@@ -11,17 +11,17 @@
 //! - [`retry`]: the backoff for waiting on a dependency;
 //! - [`settings`]: reading settings from the environment, errors named by variable;
 //! - [`db`]: the PostgreSQL schema (migrations) both binaries use;
-//! - [`telemetry`]: `tracing` set-up (`LOG_FORMAT`) and masking of personal data in logs.
+//! - [`logging`]: `tracing` set-up (`LOG_FORMAT`) and masking of personal data in logs.
 
 pub mod account;
 pub mod db;
 pub mod event;
+pub mod logging;
 pub mod metrics;
 pub mod nats;
 pub mod retry;
 pub mod settings;
 pub mod stream;
-pub mod telemetry;
 
 /// Resolves on the first SIGINT or SIGTERM: what both binaries stop on.
 pub async fn shutdown_signal() {

@@ -197,7 +197,7 @@ async fn a_changed_consumer_setting_is_applied_on(binary: std::path::PathBuf) {
     let subject = format!("{}.requested", iso.prefix);
     for ack_wait in [Duration::from_secs(30), Duration::from_secs(45)] {
         let mut consumer =
-            worker::consume::ensure_consumer(&stream, "reset-worker", subject.clone(), ack_wait)
+            worker::jetstream::ensure_consumer(&stream, "reset-worker", subject.clone(), ack_wait)
                 .await
                 .expect("create or update");
         let info = consumer.info().await.expect("info");

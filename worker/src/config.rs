@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use shared::{nats::NatsSettings, stream::StreamSettings, telemetry::LogSettings};
+use shared::{logging::LogSettings, nats::NatsSettings, stream::StreamSettings};
 
 /// Events one worker handles at once unless told otherwise. Large enough that each database
 /// statement claims or records many events (on the benchmark machine 64 sends about 1.3 to 1.7

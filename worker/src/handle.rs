@@ -8,10 +8,10 @@ use backon::{ExponentialBuilder, Retryable};
 
 use shared::event::{PasswordChanged, ResetRequested};
 
+use crate::mail::templates::Templates;
 use crate::mail::{ComposeError, Composer};
+use crate::status::{ResultLabels, Status};
 use crate::store::{BatchError, Claim, EventMeta, Limits, Mode, Outcome, Resolution, Store};
-use crate::telemetry::{ResultLabels, Status};
-use crate::templates::Templates;
 use crate::tokens::{MintError, Token};
 use crate::transport::{Mailer, SendError};
 

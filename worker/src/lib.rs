@@ -6,23 +6,25 @@
 //! renders the email from the templates and hands it to SMTP (or the outbox). Failures are
 //! retried on JetStream's schedule and end in the dead letters (`{prefix}.dead`).
 //!
-//! Layout: [`config`] (settings), [`consume`] (the JetStream side: acks, retries, dead
-//! letters), [`handle`] (one event, knowing nothing of JetStream), [`store`] (PostgreSQL, with
-//! claims and sent records written in batches by [`batch`]), [`tokens`], [`templates`],
-//! [`mail`] (composing), [`transport`] (SMTP pool and outbox), [`telemetry`] (metrics and
-//! health on `WORKER_ADDR`), [`cli`] and [`ops`] (the operator commands `replay` and
-//! `dead-letters`).
+//! Layout:
+//! - [`config`] (settings) and [`cli`] (the command line);
+//! - [`jetstream`]: the consumers, the consume loop (acks, retries, a clean stop) and the
+//!   dead letters;
+//! - [`handle`]: one event, knowing nothing of JetStream;
+//! - [`store`]: PostgreSQL, with claims and sent records written in batches; [`tokens`];
+//! - [`mail`]: composing the emails from the [`mail::templates`];
+//! - [`transport`]: the SMTP pool, the SMTP target and the outbox;
+//! - [`status`]: metrics and health on `WORKER_ADDR`;
+//! - [`ops`]: the operator commands `replay` and `dead-letters`.
 
-pub mod batch;
 pub mod cli;
 pub mod config;
-pub mod consume;
 pub mod handle;
+pub mod jetstream;
 pub mod mail;
 pub mod ops;
+pub mod status;
 pub mod store;
-pub mod telemetry;
-pub mod templates;
 pub mod tokens;
 pub mod transport;
 
@@ -36,12 +38,13 @@ pub use config::Settings;
 use futures::FutureExt;
 use shared::stream::ensure_stream;
 
-use crate::consume::{ConsumerSetupError, LoopSettings, ensure_consumer};
 use crate::handle::Deps;
+use crate::jetstream::consume::{self, LoopSettings};
+use crate::jetstream::{ConsumerSetupError, ensure_consumer};
+use crate::mail::templates::{TemplateError, Templates};
 use crate::mail::{Composer, ComposerSettingsError};
+use crate::status::Status;
 use crate::store::{Limits, Store};
-use crate::telemetry::Status;
-use crate::templates::{TemplateError, Templates};
 use crate::transport::{Mailer, TransportSettingsError};
 
 /// Why the worker stopped with an error. Each message says what to change.
@@ -80,7 +83,7 @@ pub async fn run(
     let shutdown = shutdown.shared();
     let (templates, composer, mailer) = mail_parts(&settings)?;
     let status = Arc::new(Status::new(mailer.health()));
-    let (bound, listener) = telemetry::serve(settings.status.addr, status.clone())
+    let (bound, listener) = status::serve(settings.status.addr, status.clone())
         .await
         .map_err(|source| WorkerError::Listen {
             addr: settings.status.addr,

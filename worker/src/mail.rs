@@ -1,5 +1,7 @@
 //! Turning an event, an account and a token into an email.
 
+pub mod templates;
+
 use std::time::Duration;
 
 use lettre::Address;
@@ -12,7 +14,7 @@ use shared::event::{PasswordChanged, ResetRequested};
 use time::macros::format_description;
 
 use crate::store::Account;
-use crate::templates::{ChangedData, Rendered, TemplateData, TemplateError, Templates};
+use templates::{ChangedData, Rendered, TemplateData, TemplateError, Templates};
 
 /// What every email shares: sender, product name, support address, link base.
 #[derive(Debug, Clone)]

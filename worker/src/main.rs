@@ -8,9 +8,9 @@ use worker::cli::{Cli, Command};
 async fn main() -> std::process::ExitCode {
     let cli: Cli = shared::settings::parse();
     let _logs = if cli.command.is_some() {
-        shared::telemetry::init_to_stderr(&cli.settings.log, cli.verbose)
+        shared::logging::init_to_stderr(&cli.settings.log, cli.verbose)
     } else {
-        shared::telemetry::init(&cli.settings.log)
+        shared::logging::init(&cli.settings.log)
     };
     let result = match &cli.command {
         None => worker::run(cli.settings, shared::shutdown_signal())

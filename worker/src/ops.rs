@@ -17,17 +17,17 @@ use async_nats::jetstream::{
 use futures::StreamExt;
 use serde_json::json;
 use shared::event::ResetRequested;
-use shared::telemetry::mask_id;
+use shared::logging::mask_id;
 
 use crate::cli::{DeadLetterCommand, ReplayArgs};
 use crate::config::Settings;
-use crate::consume::{
+use crate::handle::{Deps, handle};
+use crate::jetstream::{
     HEADER_DEAD_ATTEMPTS, HEADER_DEAD_ERROR, HEADER_DEAD_REASON, HEADER_DEAD_STREAM_SEQ,
     HEADER_DEAD_SUBJECT, HEADER_RETRY_OF,
 };
-use crate::handle::{Deps, handle};
+use crate::status::Status;
 use crate::store::{Limits, Lookup, Mode, Store};
-use crate::telemetry::Status;
 
 /// Why an operator command failed.
 #[derive(Debug, thiserror::Error)]
@@ -253,7 +253,7 @@ async fn describe(
                     .await;
                 format!(
                     "error: {}",
-                    shared::telemetry::mask_addresses(&err.to_string())
+                    shared::logging::mask_addresses(&err.to_string())
                 )
             }
         })
@@ -293,7 +293,7 @@ async fn describe(
             r.attempts,
             r.last_error
                 .as_deref()
-                .map(|e| format!(", last error: {}", shared::telemetry::mask_addresses(e)))
+                .map(|e| format!(", last error: {}", shared::logging::mask_addresses(e)))
                 .unwrap_or_default()
         )),
         None => text.push_str("    then: no processing record (not handled yet)\n"),
@@ -454,7 +454,7 @@ fn summarize(message: &jetstream::Message, as_json: bool) -> String {
         .as_ref()
         .map(|e| mask_id(&e.id))
         .unwrap_or_else(|| "(unreadable)".into());
-    let error = shared::telemetry::mask_addresses(&header(HEADER_DEAD_ERROR));
+    let error = shared::logging::mask_addresses(&header(HEADER_DEAD_ERROR));
     if as_json {
         json!({
             "seq": seq,

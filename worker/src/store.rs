@@ -1,6 +1,8 @@
 //! Everything the worker keeps in PostgreSQL: processing records, tokens, and reads of
 //! `accounts`. Queries are checked at run time, so building needs no database.
 
+pub mod batch;
+
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -8,7 +10,7 @@ use shared::event::ResetRequested;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use uuid::Uuid;
 
-use crate::batch::Batcher;
+use batch::Batcher;
 
 /// A row of `accounts`.
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -1,41 +1,28 @@
-//! Taking events off JetStream: the durable consumer, bounded concurrency, acks, retries with
-//! backoff, dead letters, and a clean stop.
+//! Taking events off a consumer: bounded concurrency, acks, retries with backoff, in-progress
+//! acks during long sends, and a clean stop.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::{
     self, AckKind,
     consumer::{
-        AckPolicy, DeliverPolicy, PullConsumer,
+        PullConsumer,
         pull::{self, MessagesErrorKind},
     },
-    stream::ConsumerErrorKind,
 };
 use futures::{FutureExt, StreamExt};
-use shared::event::{DecodeError, HEADER_REQUEST_ID, PasswordChanged, ResetRequested};
-use shared::telemetry::mask_addresses;
+use shared::event::{DecodeError, PasswordChanged, ResetRequested};
+use shared::logging::mask_addresses;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{Instrument, field::Empty};
 
+use super::dead_letter::{HEADER_RETRY_OF, dead_letter, give_up};
 use crate::config::Backoff;
 use crate::handle::{Deps, Handled, handle, handle_changed};
 use crate::store::{EventMeta, Mode};
-use crate::telemetry::ReasonLabels;
-
-/// Headers on a dead letter, beside the original event's own.
-pub const HEADER_DEAD_REASON: &str = "Dead-Reason";
-pub const HEADER_DEAD_ATTEMPTS: &str = "Dead-Attempts";
-pub const HEADER_DEAD_ERROR: &str = "Dead-Error";
-pub const HEADER_DEAD_STREAM_SEQ: &str = "Dead-Stream-Seq";
-/// The subject the event was on, so a retry republishes it there.
-pub const HEADER_DEAD_SUBJECT: &str = "Dead-Subject";
-/// On an event republished by `worker dead-letters retry`: the dead letter it came from. Such
-/// an event is processed even if it failed before, and even if it is older than TOKEN_TTL.
-pub const HEADER_RETRY_OF: &str = "Retry-Of";
 
 /// How often the server confirms a waiting pull is alive; two missed in a row start a new one.
 const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
@@ -69,76 +56,10 @@ impl Incoming {
 
     fn masked_account(&self) -> String {
         match self {
-            Self::Reset(event) => shared::telemetry::mask_id(&event.id),
-            Self::Changed(event) => shared::telemetry::mask_id(&event.account_id),
+            Self::Reset(event) => shared::logging::mask_id(&event.id),
+            Self::Changed(event) => shared::logging::mask_id(&event.account_id),
         }
     }
-}
-
-/// Why the consumer could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum ConsumerSetupError {
-    #[error("creating consumer {name}: {source}")]
-    Create {
-        name: String,
-        source: jetstream::stream::ConsumerError,
-    },
-    #[error("updating consumer {name} to the current settings: {source}")]
-    Update {
-        name: String,
-        source: jetstream::stream::ConsumerUpdateError,
-    },
-}
-
-/// Creates the durable consumer, or brings an existing one up to the current settings.
-///
-/// nats-server 2.9 updates a durable silently when it is created again with other settings;
-/// 2.10+ refuses, so that case is handled by an explicit update.
-pub async fn ensure_consumer(
-    stream: &jetstream::stream::Stream,
-    name: &str,
-    filter_subject: String,
-    ack_wait: Duration,
-) -> Result<PullConsumer, ConsumerSetupError> {
-    let config = pull::Config {
-        durable_name: Some(name.to_owned()),
-        description: Some("Password-reset workers".into()),
-        filter_subject,
-        ack_policy: AckPolicy::Explicit,
-        deliver_policy: DeliverPolicy::All,
-        ack_wait,
-        // Retries are driven by naks with a delay, and the worker itself ends every event:
-        // acked, or dead-lettered once its retries or its time (TOKEN_TTL) run out. The server
-        // sets no limit of its own: an SMTP outage is retried without counting against the
-        // event, and a limit reached there would leave the event neither mailed nor dead.
-        max_deliver: -1,
-        ..Default::default()
-    };
-    match stream.create_consumer(config.clone()).await {
-        Ok(consumer) => Ok(consumer),
-        Err(err) if already_exists(&err) => {
-            stream
-                .update_consumer(config)
-                .await
-                .map_err(|source| ConsumerSetupError::Update {
-                    name: name.to_owned(),
-                    source,
-                })
-        }
-        Err(source) => Err(ConsumerSetupError::Create {
-            name: name.to_owned(),
-            source,
-        }),
-    }
-}
-
-fn already_exists(err: &jetstream::stream::ConsumerError) -> bool {
-    matches!(
-        err.kind(),
-        ConsumerErrorKind::JetStream(inner)
-            if inner.error_code() == jetstream::ErrorCode::CONSUMER_ALREADY_EXISTS
-                || inner.error_code() == jetstream::ErrorCode::CONSUMER_NAME_EXIST
-    )
 }
 
 /// Consumes until `shutdown` resolves, then stops fetching, gives in-flight events up to
@@ -383,85 +304,6 @@ async fn process(
     .await;
 }
 
-/// Records the event as failed and moves it to the dead letters.
-#[allow(clippy::too_many_arguments)]
-async fn give_up(
-    js: &jetstream::Context,
-    deps: &Deps,
-    settings: &LoopSettings,
-    message: &jetstream::Message,
-    event: &EventMeta,
-    reason: &'static str,
-    attempt: u32,
-    error: &str,
-) {
-    tracing::error!(reason, error = %mask_addresses(error), "giving up on the event");
-    if let Err(db) = deps.store.record_failure(event, attempt, error, true).await {
-        tracing::warn!(error = %db, "recording the failure");
-    }
-    dead_letter(js, deps, settings, message, reason, attempt, error).await;
-}
-
-/// Republishes the original event to `{prefix}.dead` with why, then terminates the message.
-/// If the dead letter cannot be stored, the message is nak'd instead so nothing is lost.
-#[allow(clippy::too_many_arguments)]
-async fn dead_letter(
-    js: &jetstream::Context,
-    deps: &Deps,
-    settings: &LoopSettings,
-    message: &jetstream::Message,
-    reason: &'static str,
-    attempt: u32,
-    error: &str,
-) {
-    let seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
-    let mut headers = HeaderMap::new();
-    if let Some(original) = &message.headers {
-        for name in ["Event-Type", "Event-Version", HEADER_REQUEST_ID] {
-            if let Some(value) = original.get(name) {
-                headers.insert(name, value.as_str());
-            }
-        }
-    }
-    headers.insert(HEADER_DEAD_REASON, reason);
-    headers.insert(HEADER_DEAD_ATTEMPTS, attempt.to_string().as_str());
-    headers.insert(HEADER_DEAD_ERROR, one_line(error).as_str());
-    headers.insert(HEADER_DEAD_STREAM_SEQ, seq.to_string().as_str());
-    headers.insert(HEADER_DEAD_SUBJECT, message.subject.as_str());
-    // Dead-lettering the same delivery twice stores one letter.
-    headers.insert("Nats-Msg-Id", format!("dead-{seq}-{attempt}").as_str());
-    let published = async {
-        js.publish_with_headers(
-            settings.dead_subject.clone(),
-            headers,
-            message.payload.clone(),
-        )
-        .await?
-        .await
-    };
-    match published.await {
-        Ok(_) => {
-            if let Err(err) = message.ack_with(AckKind::Term).await {
-                tracing::warn!(error = %err, "terminating the dead-lettered message");
-            }
-            tracing::warn!(reason, "event moved to the dead letters");
-            deps.status.metrics.event("dead_lettered");
-            deps.status
-                .metrics
-                .dead_letters
-                .get_or_create(&ReasonLabels { reason })
-                .inc();
-            deps.status.metrics.attempts.observe(f64::from(attempt));
-        }
-        Err(err) => {
-            tracing::error!(error = %err, "dead letter not stored; the event stays in the consumer");
-            let _ = message
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-                .await;
-        }
-    }
-}
-
 /// Keeps JetStream from redelivering a message while it is still being worked on.
 async fn with_progress<F: Future>(
     message: &jetstream::Message,
@@ -477,24 +319,5 @@ async fn with_progress<F: Future>(
                 let _ = message.ack_with(AckKind::Progress).await;
             }
         }
-    }
-}
-
-/// Header values are one line, and not endless.
-fn one_line(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(512)
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn header_values_are_one_bounded_line() {
-        assert_eq!(one_line("a\r\nb\tc"), "a  b c");
-        assert_eq!(one_line(&"x".repeat(2000)).len(), 512);
     }
 }

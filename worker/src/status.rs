@@ -1,5 +1,5 @@
-//! The worker's own small HTTP listener (`WORKER_ADDR`): `/metrics` in the Prometheus text
-//! format, `/healthz` and `/readyz`.
+//! The worker's own small HTTP listener (`WORKER_ADDR`): `/metrics` in the OpenMetrics text
+//! format, `/healthz`, and `/readyz` naming each dependency that is down.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
