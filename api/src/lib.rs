@@ -10,7 +10,7 @@
 //! answer nor its timing tells whether the account exists.
 //!
 //! Layout: [`config`] (settings), [`startup`] (building and running the server, shared by `main`
-//! and the tests), [`routes`] (the request pipeline), [`body`], [`auth`], [`limit`],
+//! and the tests), [`routes`] (the request pipeline, one file per endpoint), [`body`], [`auth`], [`limit`],
 //! [`publish`], [`reply`] (the response shape and every error status), [`metrics`].
 
 pub mod auth;

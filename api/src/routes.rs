@@ -1,5 +1,6 @@
-//! The request pipeline: routing, then for forgot-password the checks in the order that
-//! costs least first — rate limit, key, size, media type — and only then the body.
+//! The request pipeline: routing, then for every POST the checks in the order that costs
+//! least first — rate limit, key, size, media type — and only then the body. One file per
+//! endpoint under `routes/`: forgot-password, reset-password (verify and reset), health.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,16 +13,24 @@ use futures::FutureExt;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use shared::event::{ClientContext, ResetRequested};
+use shared::event::ClientContext;
+
+mod forgot_password;
+mod health;
+mod reset_password;
+
+use forgot_password::forgot_password;
+use health::ready;
+use reset_password::{reset_password, verify_token};
 
 use crate::{
     auth::ApiKeys,
     body,
     limit::{Limiter, client_ip},
-    metrics::{ApiMetrics, RequestLabels, ResultLabels, route_label},
-    publish::{Publisher, message_id},
+    metrics::{ApiMetrics, RequestLabels, route_label},
+    publish::Publisher,
     reply::{self, ApiError},
-    reset::{Requester, ResetError, Resets},
+    reset::Resets,
 };
 
 /// What every request handler shares.
@@ -216,128 +225,6 @@ async fn accept(
         idempotency_key,
         body,
     })
-}
-
-async fn forgot_password(
-    state: &AppState,
-    peer: SocketAddr,
-    trail: &mut Trail,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, ApiError> {
-    let accepted = accept(state, &state.limiter, peer, trail, req).await?;
-    let account = body::parse(accepted.kind, &accepted.body)?;
-    trail.account = Some(account.masked());
-    let msg_id = message_id(&accepted.label, accepted.idempotency_key.as_deref());
-    let event = ResetRequested::new(account, trail.request_id.clone(), accepted.into_client());
-    let publish_started = Instant::now();
-    let published = state.publisher.publish(&event, msg_id.as_deref()).await;
-    let result = if published.is_ok() { "ok" } else { "error" };
-    state
-        .metrics
-        .publish
-        .get_or_create(&ResultLabels { result })
-        .observe(publish_started.elapsed().as_secs_f64());
-    match published {
-        Ok(ack) => {
-            trail.event_id = Some(event.event_id);
-            trail.seq = Some(ack.sequence);
-            if ack.duplicate {
-                tracing::info!(
-                    request_id = %trail.request_id,
-                    "duplicate Idempotency-Key: the earlier event stands"
-                );
-            }
-            Ok(reply::ok())
-        }
-        Err(err) => {
-            tracing::warn!(request_id = %trail.request_id, error = %err, "event not published");
-            Err(ApiError::Unavailable)
-        }
-    }
-}
-
-async fn verify_token(
-    state: &AppState,
-    peer: SocketAddr,
-    trail: &mut Trail,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, ApiError> {
-    let accepted = accept(state, &state.reset_limiter, peer, trail, req).await?;
-    let [token] = body::parse_fields(accepted.kind, &accepted.body, ["token"])?;
-    state
-        .resets
-        .verify(&token)
-        .await
-        .map_err(|err| reset_error(err, trail))?;
-    Ok(reply::ok())
-}
-
-async fn reset_password(
-    state: &AppState,
-    peer: SocketAddr,
-    trail: &mut Trail,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, ApiError> {
-    let accepted = accept(state, &state.reset_limiter, peer, trail, req).await?;
-    let [token, password] =
-        body::parse_fields(accepted.kind, &accepted.body, ["token", "password"])?;
-    let requester = Requester {
-        request_id: trail.request_id.clone(),
-        client: accepted.into_client(),
-    };
-    let event = state
-        .resets
-        .reset(&token, &password, requester)
-        .await
-        .map_err(|err| reset_error(err, trail))?;
-    trail.event_id = Some(event.event_id);
-    tracing::info!(request_id = %trail.request_id, "password changed");
-    // The event is in the outbox already; publishing now only saves the relay's delay.
-    if let Err(err) = state
-        .resets
-        .publish_queued(
-            &state.publisher,
-            event.event_id,
-            &state.changed_subject,
-            event.to_json(),
-            &trail.request_id,
-        )
-        .await
-    {
-        tracing::warn!(
-            request_id = %trail.request_id,
-            error = %err,
-            "PasswordChanged not published yet; the outbox relay will"
-        );
-    }
-    Ok(reply::ok())
-}
-
-fn reset_error(err: ResetError, trail: &Trail) -> ApiError {
-    let request_id = &trail.request_id;
-    match err {
-        ResetError::InvalidToken => ApiError::InvalidToken,
-        ResetError::Policy(policy) => ApiError::WeakPassword(policy),
-        ResetError::Database(err) => {
-            tracing::warn!(%request_id, error = %err, "database unavailable for a reset endpoint");
-            ApiError::Unavailable
-        }
-        ResetError::Hash(err) => {
-            tracing::error!(%request_id, error = %err, "password hashing failed");
-            ApiError::Internal
-        }
-    }
-}
-
-async fn ready(state: &AppState) -> Result<Response<Full<Bytes>>, ApiError> {
-    if !state.publisher.is_connected() {
-        return Err(ApiError::NotReady("NATS is not connected"));
-    }
-    let lookup = state.publisher.jetstream().get_stream(&state.stream_name);
-    match tokio::time::timeout(Duration::from_secs(2), lookup).await {
-        Ok(Ok(_)) => Ok(reply::ok()),
-        _ => Err(ApiError::NotReady("the event stream is not reachable")),
-    }
 }
 
 /// The client's `x-request-id` if it is a sane one, else a new UUIDv7.

@@ -1,0 +1,52 @@
+//! `POST /auth/forgot-password`: the body becomes a `ResetRequested` event, and the client
+//! hears 200 once JetStream has stored it.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use shared::event::ResetRequested;
+
+use super::{AppState, Trail, accept};
+use crate::{body, metrics::ResultLabels, publish::message_id, reply, reply::ApiError};
+
+pub(super) async fn forgot_password(
+    state: &AppState,
+    peer: SocketAddr,
+    trail: &mut Trail,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let accepted = accept(state, &state.limiter, peer, trail, req).await?;
+    let account = body::parse(accepted.kind, &accepted.body)?;
+    trail.account = Some(account.masked());
+    let msg_id = message_id(&accepted.label, accepted.idempotency_key.as_deref());
+    let event = ResetRequested::new(account, trail.request_id.clone(), accepted.into_client());
+    let publish_started = Instant::now();
+    let published = state.publisher.publish(&event, msg_id.as_deref()).await;
+    let result = if published.is_ok() { "ok" } else { "error" };
+    state
+        .metrics
+        .publish
+        .get_or_create(&ResultLabels { result })
+        .observe(publish_started.elapsed().as_secs_f64());
+    match published {
+        Ok(ack) => {
+            trail.event_id = Some(event.event_id);
+            trail.seq = Some(ack.sequence);
+            if ack.duplicate {
+                tracing::info!(
+                    request_id = %trail.request_id,
+                    "duplicate Idempotency-Key: the earlier event stands"
+                );
+            }
+            Ok(reply::ok())
+        }
+        Err(err) => {
+            tracing::warn!(request_id = %trail.request_id, error = %err, "event not published");
+            Err(ApiError::Unavailable)
+        }
+    }
+}
