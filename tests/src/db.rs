@@ -1,6 +1,7 @@
 //! A fresh PostgreSQL database per test, on the machine's server.
 
 use sqlx::{Connection, PgConnection, PgPool};
+use worker::store::Outcome;
 
 /// The machine's PostgreSQL, where test databases are created.
 pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -63,8 +64,8 @@ impl TestDb {
         .expect("insert accounts");
     }
 
-    /// Outcome counts of the processing records, e.g. `[("sent", 3), ("throttled", 2)]`.
-    pub async fn outcomes(&self) -> Vec<(String, i64)> {
+    /// Outcome counts of the processing records, e.g. `[(Sent, 3), (Throttled, 2)]`.
+    pub async fn outcomes(&self) -> Vec<(Outcome, i64)> {
         sqlx::query_as(
             "SELECT outcome, count(*) FROM reset_requests GROUP BY outcome ORDER BY outcome",
         )
@@ -74,13 +75,13 @@ impl TestDb {
     }
 
     /// Waits until `count` events have a final outcome (or 10 s pass); returns the counts.
-    pub async fn wait_for_outcomes(&self, count: i64) -> Vec<(String, i64)> {
+    pub async fn wait_for_outcomes(&self, count: i64) -> Vec<(Outcome, i64)> {
         let mut outcomes = Vec::new();
         for _ in 0..200 {
             outcomes = self.outcomes().await;
             let done: i64 = outcomes
                 .iter()
-                .filter(|(o, _)| o != "pending")
+                .filter(|(o, _)| *o != Outcome::Pending)
                 .map(|(_, n)| n)
                 .sum();
             if done >= count {
@@ -92,7 +93,7 @@ impl TestDb {
     }
 
     /// The only processing record's outcome and attempts.
-    pub async fn only_record(&self) -> (String, i32) {
+    pub async fn only_record(&self) -> (Outcome, i32) {
         sqlx::query_as("SELECT outcome, attempts FROM reset_requests")
             .fetch_one(&self.pool)
             .await

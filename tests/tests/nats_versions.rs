@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use e2e::{PrivateNats, TestApi, latest_nats_server, system_nats_server};
 use shared::stream::ensure_stream;
+use worker::store::Outcome;
 
 async fn the_api_works_against(binary: PathBuf) {
     let nats = PrivateNats::start_binary(binary);
@@ -82,7 +83,7 @@ async fn the_worker_delivers_and_dead_letters_against_a_current_nats_server() {
     to.sort();
     assert_eq!(to, ["ada@example.com", "tempfail1@example.com"]);
     let outcomes = db.wait_for_outcomes(3).await;
-    assert_eq!(outcomes, [("failed".to_owned(), 1), ("sent".to_owned(), 2)]);
+    assert_eq!(outcomes, [(Outcome::Failed, 1), (Outcome::Sent, 2)]);
     worker.stop().await;
     api.stop().await;
     db.drop_db().await;

@@ -8,6 +8,7 @@ use e2e::sink::SmtpSink;
 use e2e::system::{System, WorkerProcess, binary, worker_args, worker_settings};
 use e2e::{Isolation, KEY, NATS_URL, TestApi, free_port, get, metric};
 use worker::cli::{DeadLetterCommand, ReplayArgs};
+use worker::store::Outcome;
 
 fn replay_args() -> ReplayArgs {
     ReplayArgs {
@@ -139,9 +140,9 @@ async fn a_dry_replay_shows_each_event_then_and_now_and_changes_nothing() {
     assert_eq!(
         system.db.outcomes().await,
         [
-            ("no_account".to_owned(), 1),
-            ("sent".to_owned(), 1),
-            ("throttled".to_owned(), 1)
+            (Outcome::NoAccount, 1),
+            (Outcome::Sent, 1),
+            (Outcome::Throttled, 1)
         ]
     );
     let mut text_out = Vec::new();
@@ -225,7 +226,7 @@ async fn replay_execute_recovers_events_that_failed_during_an_outage() {
     assert_eq!(system.api.forgot_id("ada").await.status, 200);
     assert_eq!(
         system.db.wait_for_outcomes(2).await,
-        [("failed".to_owned(), 1), ("sent".to_owned(), 1)]
+        [(Outcome::Failed, 1), (Outcome::Sent, 1)]
     );
 
     let settings = ops_settings(&system);
@@ -246,7 +247,7 @@ async fn replay_execute_recovers_events_that_failed_during_an_outage() {
     let mut to: Vec<&str> = mails.iter().map(|m| m.to.as_str()).collect();
     to.sort();
     assert_eq!(to, ["ada@example.com", "tempfail2@example.com"]);
-    assert_eq!(system.db.outcomes().await, [("sent".to_owned(), 2)]);
+    assert_eq!(system.db.outcomes().await, [(Outcome::Sent, 2)]);
     system.stop().await;
 }
 
@@ -263,10 +264,7 @@ async fn dead_letters_are_listed_shown_and_retried_into_a_mail() {
         .add()
         .await;
     assert_eq!(system.api.forgot_id("temp").await.status, 200);
-    assert_eq!(
-        system.db.wait_for_outcomes(1).await,
-        [("failed".to_owned(), 1)]
-    );
+    assert_eq!(system.db.wait_for_outcomes(1).await, [(Outcome::Failed, 1)]);
     let settings = ops_settings(&system);
 
     let mut listed = String::new();
@@ -305,10 +303,7 @@ async fn dead_letters_are_listed_shown_and_retried_into_a_mail() {
     );
     let mails = system.sink.wait_for(1, Duration::from_secs(20)).await;
     assert_eq!(mails.len(), 1);
-    assert_eq!(
-        system.db.wait_for_outcomes(1).await,
-        [("sent".to_owned(), 1)]
-    );
+    assert_eq!(system.db.wait_for_outcomes(1).await, [(Outcome::Sent, 1)]);
     assert_eq!(
         dead_letters(&settings, DeadLetterCommand::List { json: false })
             .await

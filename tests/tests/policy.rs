@@ -6,6 +6,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use e2e::NATS_URL;
 use e2e::system::System;
+use worker::store::Outcome;
 
 #[tokio::test]
 async fn the_daily_limit_caps_mails_per_account() {
@@ -33,7 +34,7 @@ async fn the_daily_limit_caps_mails_per_account() {
     }
     assert_eq!(
         system.db.outcomes().await,
-        [("sent".to_owned(), 2), ("throttled".to_owned(), 1)]
+        [(Outcome::Sent, 2), (Outcome::Throttled, 1)]
     );
     assert_eq!(system.sink.messages().len(), 2);
     // Each new token invalidated the one before: only the last mailed link works.
@@ -65,7 +66,7 @@ async fn an_email_shared_by_several_accounts_gets_no_mail() {
     assert_eq!(mails[0].to, "Shared@Example.com");
     assert_eq!(
         system.db.wait_for_outcomes(2).await,
-        [("no_account".to_owned(), 1), ("sent".to_owned(), 1)]
+        [(Outcome::NoAccount, 1), (Outcome::Sent, 1)]
     );
     system.stop().await;
 }

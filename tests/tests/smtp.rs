@@ -7,6 +7,7 @@ use e2e::db::TestDb;
 use e2e::sink::{PostfixRelay, SinkTls, SmtpSink};
 use e2e::system::{System, TestWorker, worker_settings};
 use e2e::{Isolation, TestApi, dead_letters, free_port, get, metric};
+use worker::store::Outcome;
 use worker::transport::{Mailer, SendError};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -195,7 +196,7 @@ async fn every_account_gets_one_mail(system: &System, accounts: i32) {
     system.db.wait_for_outcomes(i64::from(accounts)).await;
     assert_eq!(
         system.db.outcomes().await,
-        [("sent".to_owned(), i64::from(accounts))]
+        [(Outcome::Sent, i64::from(accounts))]
     );
 }
 

@@ -9,6 +9,7 @@ use e2e::sink::SmtpSink;
 use e2e::system::{RESET_URL, System, TestWorker, worker_settings};
 use e2e::{Isolation, NATS_URL, TestApi, dead_letters, wait_for_dead_letters};
 use sha2::{Digest, Sha256};
+use worker::store::Outcome;
 use worker::store::{BatchError, Claim, Limits, Mode, Resolution, Store};
 
 const JSON: &str = "application/json";
@@ -71,7 +72,7 @@ async fn each_content_type_ends_in_one_mail_to_the_stored_address() {
         .expect("mail");
     assert!(anonymous.text.starts_with("Hello,"));
     // A mail can land a moment before the worker records it as sent.
-    assert_eq!(db.wait_for_outcomes(3).await, [("sent".to_owned(), 3)]);
+    assert_eq!(db.wait_for_outcomes(3).await, [(Outcome::Sent, 3)]);
     system.stop().await;
 }
 
@@ -150,7 +151,7 @@ async fn an_unknown_account_gets_the_same_answer_and_no_mail() {
     assert_eq!(mails_after[0].to, "known@example.com");
     assert_eq!(
         system.db.wait_for_outcomes(2).await,
-        [("no_account".to_owned(), 1), ("sent".to_owned(), 1)]
+        [(Outcome::NoAccount, 1), (Outcome::Sent, 1)]
     );
     system.stop().await;
 }
@@ -166,10 +167,7 @@ async fn a_burst_for_one_account_gives_one_mail() {
     }
     let mails = system.sink.wait_for(1, WAIT).await;
     let outcomes = system.db.wait_for_outcomes(10).await;
-    assert_eq!(
-        outcomes,
-        [("sent".to_owned(), 1), ("throttled".to_owned(), 9)]
-    );
+    assert_eq!(outcomes, [(Outcome::Sent, 1), (Outcome::Throttled, 9)]);
     assert_eq!(mails.len(), 1);
     assert_eq!(system.sink.messages().len(), 1);
     system.stop().await;
@@ -216,7 +214,7 @@ async fn a_451_for_a_while_is_retried_then_delivered() {
     let mails = system.sink.wait_for(1, WAIT).await;
     assert_eq!(mails.len(), 1);
     system.db.wait_for_outcomes(1).await;
-    assert_eq!(system.db.only_record().await, ("sent".to_owned(), 3));
+    assert_eq!(system.db.only_record().await, (Outcome::Sent, 3));
     // Each attempt minted a token and invalidated the one before: only the mailed one lives.
     let live = system.db.live_tokens().await;
     let all: i64 = sqlx::query_scalar("SELECT count(*) FROM reset_tokens")
@@ -314,7 +312,7 @@ async fn a_redelivered_event_that_was_sent_is_not_mailed_again() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(system.sink.messages().len(), 1);
     system.db.wait_for_outcomes(1).await;
-    assert_eq!(system.db.only_record().await, ("sent".to_owned(), 1));
+    assert_eq!(system.db.only_record().await, (Outcome::Sent, 1));
     system.stop().await;
 }
 
@@ -528,7 +526,7 @@ async fn sent_records_batched_with_a_failing_claim_are_still_committed() {
         matches!(claim.await.expect("task"), Err(BatchError::Database(_))),
         "the claim with a taken token hash fails"
     );
-    assert_eq!(db.outcomes().await, [("sent".to_owned(), 50)]);
+    assert_eq!(db.outcomes().await, [(Outcome::Sent, 50)]);
     db.drop_db().await;
 }
 
@@ -579,7 +577,7 @@ async fn claims_from_two_workers_at_once_give_one_mail_per_account_without_deadl
     assert_eq!(live, 20);
     assert_eq!(
         db.outcomes().await,
-        [("pending".to_owned(), 20), ("throttled".to_owned(), 80)]
+        [(Outcome::Pending, 20), (Outcome::Throttled, 80)]
     );
     db.drop_db().await;
 }
@@ -630,7 +628,7 @@ async fn claim_fixture() -> TestDb {
 /// Claims `ids` (event ids from their place in the list, but for "sent" and "crashed", whose
 /// events are the ones in the fixture) in one `reset_find_and_claim` call, or one event at a
 /// time through `reset_find_account` and `reset_claim`; answers as `reset_find_and_claim`
-/// gives them.
+/// gives them, with the standing outcome of a decided event after a colon (`done:sent`).
 async fn claim_answers(db: &TestDb, ids: &[&str], together: bool) -> Vec<String> {
     let event = |n: usize, id: &str| match id {
         "sent@example.com" => uuid::Uuid::from_u128(0x0000_0000_0000_7000_8000_0000_0000_00a5),
@@ -642,8 +640,8 @@ async fn claim_answers(db: &TestDb, ids: &[&str], together: bool) -> Vec<String>
     if together {
         let n = ids.len();
         return sqlx::query_scalar(
-            "SELECT answer FROM reset_find_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-             ORDER BY ord",
+            "SELECT concat_ws(':', answer, done)
+             FROM reset_find_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ORDER BY ord",
         )
         .bind(&events)
         .bind(ids)
@@ -671,7 +669,8 @@ async fn claim_answers(db: &TestDb, ids: &[&str], together: bool) -> Vec<String>
             None => "not_found".to_owned(),
             Some((None, _)) => "ambiguous".to_owned(),
             Some((Some(account), _)) => sqlx::query_scalar(
-                "SELECT reset_claim($1, $2, 'req', now(), 2, $3, 3600, 60, 2, false)",
+                "SELECT concat_ws(':', answer, done)
+                 FROM reset_claim($1, $2, 'req', now(), 2, $3, 3600, 60, 2, false)",
             )
             .bind(events[n])
             .bind(account)

@@ -8,6 +8,7 @@ use e2e::db::TestDb;
 use e2e::sink::SmtpSink;
 use e2e::system::{System, WorkerProcess, worker_args};
 use e2e::{Isolation, NATS_URL, TestApi};
+use worker::store::Outcome;
 
 /// A worker killed with SIGKILL mid-run loses nothing: its unacked events are redelivered to
 /// the next worker. Duplicates are possible only for the events it had in flight.
@@ -103,6 +104,6 @@ async fn a_send_slower_than_ack_wait_is_not_redelivered_mid_send() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(system.sink.messages().len(), 1);
     system.db.wait_for_outcomes(1).await;
-    assert_eq!(system.db.only_record().await, ("sent".to_owned(), 1));
+    assert_eq!(system.db.only_record().await, (Outcome::Sent, 1));
     system.stop().await;
 }

@@ -27,7 +27,7 @@ use crate::jetstream::{
     HEADER_DEAD_SUBJECT, HEADER_RETRY_OF,
 };
 use crate::status::Status;
-use crate::store::{Limits, Lookup, Mode, Store};
+use crate::store::{Limits, Lookup, Mode, Outcome, Store};
 
 /// Why an operator command failed.
 #[derive(Debug, thiserror::Error)]
@@ -209,7 +209,7 @@ async fn describe(
             None,
         ),
         Lookup::Found(account) => {
-            if record.as_ref().is_some_and(|r| r.outcome == "sent") {
+            if record.as_ref().is_some_and(|r| r.outcome == Outcome::Sent) {
                 (
                     "already_sent",
                     Some("sent before; it is never sent twice".to_owned()),
@@ -289,7 +289,7 @@ async fn describe(
     match &record {
         Some(r) => text.push_str(&format!(
             "    then: {} after {} attempt(s){}\n",
-            r.outcome,
+            r.outcome.as_str(),
             r.attempts,
             r.last_error
                 .as_deref()

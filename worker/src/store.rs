@@ -30,9 +30,13 @@ pub enum Lookup {
     Ambiguous(i64),
 }
 
-/// The final outcomes a processing record can hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a processing record says of its event: `Pending` while a mail is being sent; every
+/// other outcome is final. Stored as text, which the table's CHECK constraint keeps to these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type, serde::Serialize)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Outcome {
+    Pending,
     Sent,
     NoAccount,
     Throttled,
@@ -42,22 +46,25 @@ pub enum Outcome {
 impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Pending => "pending",
             Self::Sent => "sent",
             Self::NoAccount => "no_account",
             Self::Throttled => "throttled",
             Self::Failed => "failed",
         }
     }
+}
 
-    fn parse(raw: &str) -> Option<Self> {
-        match raw {
-            "sent" => Some(Self::Sent),
-            "no_account" => Some(Self::NoAccount),
-            "throttled" => Some(Self::Throttled),
-            "failed" => Some(Self::Failed),
-            _ => None,
-        }
-    }
+/// A claim's answer for one event (`reset_find_and_claim`, `reset_claim`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+enum ClaimAnswer {
+    Proceed,
+    Throttled,
+    /// Decided before; the row's `done` says how.
+    Done,
+    NotFound,
+    Ambiguous,
 }
 
 /// Which kind of email a processing record is about.
@@ -134,7 +141,7 @@ impl Mode {
 /// A processing record as an operator reads it.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct Record {
-    pub outcome: String,
+    pub outcome: Outcome,
     pub attempts: i32,
     pub last_error: Option<String>,
     pub account_id: Option<String>,
@@ -227,7 +234,7 @@ struct ClaimRequest {
     again: bool,
 }
 
-/// What `reset_find_account` (migration 0007) says of an `id`; a claim row carries it too.
+/// What `reset_find_account` says of an `id`; a claim row carries it too.
 #[derive(Debug, sqlx::FromRow)]
 struct FoundRow {
     id: Option<String>,
@@ -264,13 +271,14 @@ impl FoundRow {
 #[derive(Debug, sqlx::FromRow)]
 struct ClaimRow {
     ord: i32,
-    answer: String,
+    answer: ClaimAnswer,
+    done: Option<Outcome>,
     #[sqlx(flatten)]
     found: FoundRow,
 }
 
 /// Writes a batch: its sent records and its claims in one statement when it has claims
-/// (`reset_mark_sent_and_claim`, migration 0010: one round trip and one commit for the lot),
+/// (`reset_mark_sent_and_claim`: one round trip and one commit for the lot),
 /// its sent records alone otherwise. Answers come back in the order of the writes.
 async fn write_batch(pool: PgPool, batch: Vec<Write>) -> Vec<Written> {
     let mut claims = Vec::new();
@@ -344,7 +352,7 @@ async fn claim_rows(
         batch.iter().map(field).collect()
     }
     sqlx::query_as(
-        "SELECT ord, answer, id, email, display_name, locale, matches
+        "SELECT ord, answer, done, id, email, display_name, locale, matches
          FROM reset_mark_sent_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(sent)
@@ -378,14 +386,15 @@ fn resolution(index: usize, row: ClaimRow) -> Result<Resolution, sqlx::Error> {
         Lookup::NotFound => return Ok(Resolution::NotFound),
         Lookup::Ambiguous(count) => return Ok(Resolution::Ambiguous(count)),
     };
-    let claim = match row.answer.as_str() {
-        "proceed" => Claim::Proceed,
-        "throttled" => Claim::Throttled,
-        other => other
-            .strip_prefix("done:")
-            .and_then(Outcome::parse)
-            .map(Claim::AlreadyDone)
-            .ok_or_else(|| sqlx::Error::Protocol(format!("reset_claim answered {other}")))?,
+    let claim = match (row.answer, row.done) {
+        (ClaimAnswer::Proceed, _) => Claim::Proceed,
+        (ClaimAnswer::Throttled, _) => Claim::Throttled,
+        (ClaimAnswer::Done, Some(done)) => Claim::AlreadyDone(done),
+        (answer, done) => {
+            return Err(sqlx::Error::Protocol(format!(
+                "reset_find_and_claim answered {answer:?} ({done:?}) for an account it found"
+            )));
+        }
     };
     Ok(Resolution::Claimed(account, claim))
 }
@@ -436,15 +445,13 @@ impl Store {
         event_id: Uuid,
         mode: Mode,
     ) -> Result<Option<Outcome>, sqlx::Error> {
-        let outcome: Option<String> =
-            sqlx::query_scalar("SELECT outcome FROM reset_requests WHERE event_id = $1")
-                .bind(event_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(outcome
-            .as_deref()
-            .and_then(Outcome::parse)
-            .filter(|o| mode.keeps(*o)))
+        let outcome: Option<Outcome> = sqlx::query_scalar(
+            "SELECT outcome FROM reset_requests WHERE event_id = $1 AND outcome <> 'pending'",
+        )
+        .bind(event_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(outcome.filter(|o| mode.keeps(*o)))
     }
 
     /// The processing record of an event, if any.
@@ -465,7 +472,7 @@ impl Store {
         event_id: Uuid,
         limits: Limits,
     ) -> Result<Option<String>, sqlx::Error> {
-        // The same rule the claim applies (`reset_throttle_reason`, migration 0004).
+        // The same rule the claim applies (`reset_throttle_reason`).
         sqlx::query_scalar("SELECT reset_throttle_reason($1, $2, $3, $4)")
             .bind(account_id)
             .bind(event_id)
@@ -476,7 +483,7 @@ impl Store {
     }
 
     /// Finds the account an `id` names: by account id first, else by email, case-insensitively
-    /// (`reset_find_account`, migration 0007: the rule the claim uses too).
+    /// (`reset_find_account`: the rule the claim uses too).
     pub async fn find_account(&self, id: &str) -> Result<Lookup, sqlx::Error> {
         let found = sqlx::query_as(
             "SELECT id, email, display_name, locale, matches FROM reset_find_account($1)",
