@@ -6,8 +6,8 @@
 //!   for "200 means durable";
 //! - `publish-event`: the same, but the message is the api's own: a `ResetRequested` with its
 //!   four headers, serialised by serde and published with `publish_with_headers` to a stream
-//!   set up as the api's. Between it and
-//!   publish-only lies what the event costs; between the api and it, the api's own work;
+//!   set up as the api's. Between it and publish-only lies what the event costs; between the
+//!   api and it, the api's own work;
 //! - `publish-event-axum`: the same handler on axum with tower-http's request-id,
 //!   catch-panic, body-limit and timeout layers, to weigh that plumbing against bare hyper;
 //! - `load`: sends forgot-password requests for numbered accounts and measures, in its own
