@@ -32,6 +32,8 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("{0}")]
     UnsupportedMediaType(#[from] MediaTypeError),
+    #[error("request headers too large: they may hold at most {0} bytes")]
+    HeadersTooLarge(usize),
     #[error("too many requests: retry in {0} seconds")]
     TooManyRequests(u64),
     #[error("service unavailable: the request was not accepted, retry later")]
@@ -59,6 +61,7 @@ impl ApiError {
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -82,7 +85,7 @@ impl ApiError {
                 );
             }
             // The body was not read to its end, so the connection cannot carry another request.
-            Self::PayloadTooLarge(_) | Self::BodyTimeout(_) => {
+            Self::PayloadTooLarge(_) | Self::BodyTimeout(_) | Self::HeadersTooLarge(_) => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}

@@ -58,6 +58,12 @@ const OPENAPI_CONTENT_TYPE: &str = "application/yaml";
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 const MAX_USER_AGENT: usize = 512;
+/// Largest request head the api reads (target and headers, names and values): 32 KiB, room
+/// for any browser's cookies. hyper's own buffer goes to [`HEAD_BUFFER`], so that a larger
+/// head still gets the `{code, message}` 431 from here and not a bare one from hyper.
+const MAX_HEAD_BYTES: usize = 32 * 1024;
+/// hyper's read buffer: past it hyper answers 431 itself, without a body.
+pub const HEAD_BUFFER: usize = 1024 * 1024;
 
 /// What a request's log line says beyond its method, path and outcome, filled in as the
 /// request goes. The few lines logged on the way name the request id themselves.
@@ -139,6 +145,9 @@ async fn route(
     trail: &mut Trail,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
+    if head_bytes(&req) > MAX_HEAD_BYTES {
+        return Err(ApiError::HeadersTooLarge(MAX_HEAD_BYTES));
+    }
     let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
     match req.uri().path() {
         "/auth/forgot-password" if req.method() == Method::POST => {
@@ -225,6 +234,16 @@ async fn accept(
         idempotency_key,
         body,
     })
+}
+
+/// The size of the request's head as the client sent it, near enough: target, header names
+/// and values.
+fn head_bytes<B>(req: &Request<B>) -> usize {
+    req.headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>()
+        + req.uri().path_and_query().map_or(0, |p| p.as_str().len())
 }
 
 /// The client's `x-request-id` if it is a sane one, else a new UUIDv7.

@@ -137,6 +137,7 @@ impl Application {
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(self.http.header_timeout)
+            .max_buf_size(routes::HEAD_BUFFER)
             .keep_alive(true);
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);

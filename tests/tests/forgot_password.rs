@@ -274,6 +274,23 @@ async fn unknown_paths_get_404_and_other_methods_405_with_allow() {
     api.stop().await;
 }
 
+/// A request head over 32 KiB (a 500 KB header, say) is refused with the same `{code,
+/// message}` body and `x-request-id` as every other answer, and nothing is published.
+#[tokio::test]
+async fn oversized_headers_get_431_with_the_json_body() {
+    let api = TestApi::spawn().await;
+    for size in [40 * 1024, 500 * 1024] {
+        let padding = format!("X-Padding: {}\r\nContent-Length: 10\r\n", "a".repeat(size));
+        let request = format!("{}{{\"id\":\"a\"}}", forgot_head(&padding));
+        let response = send_raw(api.addr, request.as_bytes()).await;
+        assert_eq!(response.status, 431, "{size} bytes");
+        assert!(response.message().contains("32768 bytes"), "{size} bytes");
+        assert!(response.header("x-request-id").is_some(), "{size} bytes");
+    }
+    assert!(api.events().await.is_empty());
+    api.stop().await;
+}
+
 #[tokio::test]
 async fn oversized_bodies_get_413_without_being_read() {
     let api = TestApi::spawn_with(|s| s.http.max_body = 64).await;
