@@ -15,7 +15,7 @@
 //! - [`mail`]: composing the emails from the [`mail::templates`];
 //! - [`transport`]: the SMTP pool, the SMTP target and the outbox;
 //! - [`status`]: metrics and health on `WORKER_ADDR`;
-//! - [`ops`]: the operator commands `replay` and `dead-letters`.
+//! - [`ops`]: the operator commands, `replay` and `dead-letters`, a file each.
 
 pub mod cli;
 pub mod config;
