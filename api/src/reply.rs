@@ -69,7 +69,7 @@ impl ApiError {
     }
 
     pub fn into_response(self) -> Response<Full<Bytes>> {
-        let mut response = json(self.status(), &self.to_string());
+        let mut response = shared::http::json(self.status(), &self.to_string());
         let headers = response.headers_mut();
         match self {
             Self::MethodNotAllowed(allow) => {
@@ -97,42 +97,8 @@ impl ApiError {
 /// `{"code":200,"message":"OK"}`, the answer to nearly every request: built once, not per
 /// request.
 pub fn ok() -> Response<Full<Bytes>> {
-    const OK: &[u8] = br#"{"code":200,"message":"OK"}"#;
-    let mut response = Response::new(Full::new(Bytes::from_static(OK)));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-/// A 200 with a body that is not the JSON shape (the metrics text).
-pub fn text(content_type: &'static str, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
-}
-
-/// A 200 with a fixed body built into the binary (the OpenAPI document).
-pub fn document(content_type: &'static str, body: &'static str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
-}
-
-fn json(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
-    let body = serde_json::json!({ "code": status.as_u16(), "message": message }).to_string();
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
+    const OK: &str = r#"{"code":200,"message":"OK"}"#;
+    shared::http::text("application/json", OK)
 }
 
 #[cfg(test)]
@@ -168,7 +134,7 @@ mod tests {
         assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
         assert_eq!(
             body_of(response).await,
-            body_of(json(StatusCode::OK, "OK")).await
+            body_of(shared::http::json(StatusCode::OK, "OK")).await
         );
     }
 

@@ -164,11 +164,11 @@ async fn route(
         }
         "/healthz" if read_only => Ok(reply::ok()),
         "/readyz" if read_only => ready(state).await,
-        "/metrics" if read_only => Ok(reply::text(
+        "/metrics" if read_only => Ok(shared::http::text(
             shared::metrics::CONTENT_TYPE,
             state.metrics.render(),
         )),
-        "/openapi.yaml" if read_only => Ok(reply::document(OPENAPI_CONTENT_TYPE, OPENAPI)),
+        "/openapi.yaml" if read_only => Ok(shared::http::text(OPENAPI_CONTENT_TYPE, OPENAPI)),
         "/healthz" | "/readyz" | "/metrics" | "/openapi.yaml" => {
             Err(ApiError::MethodNotAllowed("GET, HEAD"))
         }

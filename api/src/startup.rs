@@ -6,11 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::{server::conn::http1, service::service_fn};
-use hyper_util::{
-    rt::{TokioIo, TokioTimer},
-    server::graceful::GracefulShutdown,
-};
+use hyper::service::service_fn;
 use shared::stream::{StreamSettings, ensure_stream};
 use tokio::net::TcpListener;
 
@@ -133,44 +129,25 @@ impl Application {
             tokio::spawn(keep_database_ready(self.state.clone())),
         ];
 
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.http.header_timeout)
-            .max_buf_size(routes::HEAD_BUFFER)
-            .keep_alive(true);
-        let graceful = GracefulShutdown::new();
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        // Responses are small and written at once: don't let Nagle hold them.
-                        let _ = stream.set_nodelay(true);
-                        let state = self.state.clone();
-                        let service = service_fn(move |req| routes::handle(state.clone(), peer, req));
-                        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-                        tokio::spawn(async move {
-                            if let Err(err) = connection.await {
-                                tracing::debug!(error = %err, "connection closed with an error");
-                            }
-                        });
-                    }
-                    Err(err) => {
-                        // Out of file descriptors, typically: back off instead of spinning.
-                        tracing::warn!(error = %err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-                () = &mut shutdown => break,
-            }
-        }
-        drop(self.listener);
-        tracing::info!("no longer accepting connections; finishing in-flight requests");
-        if tokio::time::timeout(self.http.shutdown_timeout, graceful.shutdown())
-            .await
-            .is_err()
-        {
+        let mut builder = shared::http::http1_builder(self.http.header_timeout);
+        builder.max_buf_size(routes::HEAD_BUFFER);
+        let state = self.state.clone();
+        let make_service = move |peer| {
+            let state = state.clone();
+            service_fn(move |req| routes::handle(state.clone(), peer, req))
+        };
+        let drained = shared::http::serve(
+            self.listener,
+            builder,
+            make_service,
+            async {
+                shutdown.await;
+                tracing::info!("no longer accepting connections; finishing in-flight requests");
+            },
+            self.http.shutdown_timeout,
+        )
+        .await;
+        if !drained {
             tracing::warn!(
                 "in-flight requests still running after {:?}; exiting anyway",
                 self.http.shutdown_timeout

@@ -7,6 +7,7 @@
 //! - [`event`]: the versioned JSON event, its headers and its decoder;
 //! - [`account`]: [`AccountRef`](account::AccountRef), the validated `id` a request names;
 //! - [`stream`]: subject names and the JetStream stream both sides create or update;
+//! - [`http`]: serving HTTP/1.1 and the `{code, message}` answer, for both processes;
 //! - [`nats`]: connecting to NATS with the same options everywhere;
 //! - [`retry`]: the backoff for waiting on a dependency;
 //! - [`settings`]: reading settings from the environment, errors named by variable;
@@ -16,6 +17,7 @@
 pub mod account;
 pub mod db;
 pub mod event;
+pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod nats;

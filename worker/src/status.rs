@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::{body::Incoming, server::conn::http1, service::service_fn};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::{body::Incoming, service::service_fn};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::{
     counter::Counter, family::Family, gauge::Gauge, histogram::Histogram,
@@ -217,23 +216,20 @@ pub async fn serve(
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
+    let make_service = move |_| {
+        let status = status.clone();
+        service_fn(move |req| respond(status.clone(), req))
+    };
+    let builder = shared::http::http1_builder(Duration::from_secs(10));
+    let serving = shared::http::serve(
+        listener,
+        builder,
+        make_service,
+        std::future::pending(),
+        Duration::ZERO,
+    );
     let task = tokio::spawn(async move {
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10));
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            };
-            let status = status.clone();
-            let service = service_fn(move |req| respond(status.clone(), req));
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-        }
+        serving.await;
     });
     Ok((bound, task))
 }
@@ -242,49 +238,33 @@ async fn respond(
     status: Arc<Status>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    use shared::http::json;
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
-        return Ok(reply(
+        return Ok(json(
             StatusCode::METHOD_NOT_ALLOWED,
-            "application/json",
-            json(405, "method not allowed: use GET"),
+            "method not allowed: use GET",
         ));
     }
     Ok(match req.uri().path() {
         "/metrics" => {
             status.refresh_consumer_gauges().await;
-            reply(StatusCode::OK, CONTENT_TYPE, status.metrics.render())
+            shared::http::text(CONTENT_TYPE, status.metrics.render())
         }
-        "/healthz" => reply(StatusCode::OK, "application/json", json(200, "OK")),
+        "/healthz" => json(StatusCode::OK, "OK"),
         "/readyz" => {
             let problems = status.problems().await;
             if problems.is_empty() {
-                reply(StatusCode::OK, "application/json", json(200, "OK"))
+                json(StatusCode::OK, "OK")
             } else {
-                reply(
+                json(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "application/json",
-                    json(503, &format!("not ready: {}", problems.join("; "))),
+                    &format!("not ready: {}", problems.join("; ")),
                 )
             }
         }
-        _ => reply(
+        _ => json(
             StatusCode::NOT_FOUND,
-            "application/json",
-            json(404, "Not found: the resource was not found"),
+            "Not found: the resource was not found",
         ),
     })
-}
-
-fn json(code: u16, message: &str) -> String {
-    serde_json::json!({ "code": code, "message": message }).to_string()
-}
-
-fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static(content_type),
-    );
-    response
 }
