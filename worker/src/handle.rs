@@ -71,7 +71,7 @@ impl HandleError {
     }
 
     /// The SMTP server could not be reached or refused the session: not this event's fault,
-    /// so it does not use up the event's retries.
+    /// so running out of retries never ends it (see the consume loop).
     pub fn is_connection(&self) -> bool {
         matches!(self, Self::Send(SendError::Connection(_)))
     }

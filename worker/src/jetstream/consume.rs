@@ -217,12 +217,16 @@ async fn process(
             .as_ref()
             .is_some_and(|h| h.get(HEADER_RETRY_OF).is_some());
         let mode = if retried { Mode::Again } else { Mode::Normal };
-        // An operator's retry counts its time from now, not from the original request.
+        // An operator's retry counts its time from when it was republished, not from the
+        // original request; a notification carries no link, so it has a year. Both count
+        // from the message's own time in the stream, which every redelivery keeps.
         let ttl = time::Duration::try_from(settings.token_ttl).unwrap_or(time::Duration::MAX);
-        // A notification carries no link: it does not expire.
+        let published = info
+            .as_ref()
+            .map_or_else(time::OffsetDateTime::now_utc, |i| i.published);
         let deadline = match &event {
-            Incoming::Changed(_) => time::OffsetDateTime::now_utc() + time::Duration::days(365),
-            Incoming::Reset(_) if retried => time::OffsetDateTime::now_utc() + ttl,
+            Incoming::Changed(_) => published + time::Duration::days(365),
+            Incoming::Reset(_) if retried => published + ttl,
             Incoming::Reset(event) => event.requested_at + ttl,
         };
         if time::OffsetDateTime::now_utc() > deadline {
@@ -266,8 +270,15 @@ async fn process(
                 } else {
                     scheduled
                 };
-                let retry =
-                    scheduled.filter(|delay| time::OffsetDateTime::now_utc() + *delay < deadline);
+                let now = time::OffsetDateTime::now_utc();
+                let retry = if err.is_connection() {
+                    // Tried once more just before the link expires, not given up a whole
+                    // delay early.
+                    let left = Duration::try_from(deadline - now).ok().filter(|l| !l.is_zero());
+                    scheduled.zip(left).map(|(delay, left)| delay.min(left))
+                } else {
+                    scheduled.filter(|delay| now + *delay < deadline)
+                };
                 match retry {
                     Some(delay) => {
                         if err.is_connection() {
