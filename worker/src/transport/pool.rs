@@ -160,7 +160,10 @@ impl SmtpPool {
     /// with that failure until the next try is due, so an outage costs one attempt (and one
     /// log line) per wait rather than one per message.
     async fn open(&self) -> Result<AsyncSmtpConnection, SendError> {
-        self.health.admit().map_err(SendError::Connection)?;
+        let began = self
+            .health
+            .admit(self.timeout)
+            .map_err(SendError::Connection)?;
         let opened = tokio::time::timeout(self.timeout, self.connect())
             .await
             .unwrap_or_else(|_| {
@@ -175,7 +178,7 @@ impl SmtpPool {
                 Ok(connection)
             }
             Err(err) => {
-                self.health.failed(&err, &self.target);
+                self.health.failed(&err, &self.target, began);
                 Err(SendError::Connection(err))
             }
         }
@@ -284,7 +287,9 @@ impl ConnectStage {
     fn error(self, detail: impl std::fmt::Display) -> ConnectError {
         ConnectError {
             stage: self,
-            detail: detail.to_string(),
+            // Servers quote addresses back (a refused AUTH user, say): logged and shown on
+            // /readyz, so masked like every address in the logs.
+            detail: shared::logging::mask_addresses(&detail.to_string()),
         }
     }
 }
@@ -301,7 +306,7 @@ pub struct ConnectError {
 /// Whether the SMTP server takes our connections, for `/readyz` and `/metrics`.
 #[derive(Debug, Default)]
 pub struct SmtpHealth {
-    state: std::sync::Mutex<Option<Outage>>,
+    state: std::sync::Mutex<HealthState>,
     /// `worker_smtp_connect_failures_total`, registered by the worker's metrics.
     pub failures: Family<StageLabels, Counter>,
 }
@@ -311,6 +316,13 @@ pub struct StageLabels {
     pub stage: &'static str,
 }
 
+#[derive(Debug, Default)]
+struct HealthState {
+    outage: Option<Outage>,
+    /// When a set-up last succeeded: a failure of one begun before that is old news.
+    last_success: Option<Instant>,
+}
+
 /// Set-up failing since `since`; the next try is due at `retry_at`.
 #[derive(Debug)]
 struct Outage {
@@ -318,12 +330,17 @@ struct Outage {
     since: Instant,
     retry_at: Instant,
     wait: Duration,
+    /// The one try under way during the outage, and since when.
+    trying_since: Option<Instant>,
 }
 
 impl SmtpHealth {
     /// Why no connection can be had now, if set-up is failing.
     pub fn problem(&self) -> Option<ConnectError> {
-        self.lock().as_ref().map(|outage| outage.error.clone())
+        self.lock()
+            .outage
+            .as_ref()
+            .map(|outage| outage.error.clone())
     }
 
     /// Connection set-ups that failed at `stage` so far.
@@ -335,23 +352,30 @@ impl SmtpHealth {
             .get()
     }
 
-    /// Lets a set-up go ahead, or fails with the last failure while the wait runs. A try that
-    /// goes ahead moves the next one a wait further, so only one is under way at a time.
-    fn admit(&self) -> Result<(), ConnectError> {
+    /// Lets a set-up go ahead, returning when it began, or fails with the last failure. During
+    /// an outage one try goes ahead once the wait is over, and no other until it ends or
+    /// `longest` (the set-up's own deadline) has passed: a try whose task was cancelled
+    /// never reports back.
+    fn admit(&self, longest: Duration) -> Result<Instant, ConnectError> {
         let mut state = self.lock();
-        let Some(outage) = state.as_mut() else {
-            return Ok(());
-        };
         let now = Instant::now();
-        if now < outage.retry_at {
+        let Some(outage) = state.outage.as_mut() else {
+            return Ok(now);
+        };
+        let trying = outage
+            .trying_since
+            .is_some_and(|since| now.duration_since(since) < longest);
+        if now < outage.retry_at || trying {
             return Err(outage.error.clone());
         }
-        outage.retry_at = now + outage.wait;
-        Ok(())
+        outage.trying_since = Some(now);
+        Ok(now)
     }
 
     fn connected(&self) {
-        if let Some(outage) = self.lock().take() {
+        let mut state = self.lock();
+        state.last_success = Some(Instant::now());
+        if let Some(outage) = state.outage.take() {
             tracing::info!(
                 down_for = ?outage.since.elapsed(),
                 "the SMTP server takes connections again"
@@ -359,18 +383,23 @@ impl SmtpHealth {
         }
     }
 
-    fn failed(&self, error: &ConnectError, target: &SmtpTarget) {
+    /// A set-up begun at `began` failed.
+    fn failed(&self, error: &ConnectError, target: &SmtpTarget, began: Instant) {
         self.failures
             .get_or_create(&StageLabels {
                 stage: error.stage.as_str(),
             })
             .inc();
         let mut state = self.lock();
+        if state.last_success.is_some_and(|success| success > began) {
+            return;
+        }
         let now = Instant::now();
         let wait = state
+            .outage
             .as_ref()
             .map_or(RECONNECT_FIRST, |o| (o.wait * 2).min(RECONNECT_MAX));
-        let since = state.as_ref().map_or(now, |o| o.since);
+        let since = state.outage.as_ref().map_or(now, |o| o.since);
         tracing::warn!(
             server = %format_args!("{}:{}", target.host, target.port),
             stage = error.stage.as_str(),
@@ -378,16 +407,17 @@ impl SmtpHealth {
             next_try_in = ?wait,
             "cannot open an SMTP session; mail waits, nothing is dead-lettered"
         );
-        *state = Some(Outage {
+        state.outage = Some(Outage {
             error: error.clone(),
             since,
             retry_at: now + wait,
             wait,
+            trying_since: None,
         });
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Outage>> {
-        // A panic while holding this lock leaves a consistent Option behind.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
+        // A panic while holding this lock leaves a consistent state behind.
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -425,24 +455,34 @@ mod tests {
     fn a_failing_set_up_is_tried_again_only_after_a_growing_wait() {
         let health = SmtpHealth::default();
         let target = SmtpTarget::parse("smtp://127.0.0.1:2525", None).expect("url");
-        assert!(health.admit().is_ok());
+        let longest = Duration::from_secs(30);
+        let began = health.admit(longest).expect("no outage yet");
         let refused = ConnectStage::Hello.error("554 5.7.1 no");
-        health.failed(&refused, &target);
+        health.failed(&refused, &target, began);
         assert_eq!(health.problem(), Some(refused.clone()));
-        assert_eq!(health.admit(), Err(refused.clone()), "within the wait");
+        assert_eq!(
+            health.admit(longest),
+            Err(refused.clone()),
+            "within the wait"
+        );
         assert_eq!(health.failures(ConnectStage::Hello), 1);
-        {
-            let mut state = health.lock();
-            let outage = state.as_mut().expect("outage");
+        if let Some(outage) = health.lock().outage.as_mut() {
             outage.retry_at = Instant::now();
         }
-        assert!(health.admit().is_ok(), "the wait is over: one try");
-        assert!(health.admit().is_err(), "and only one");
-        health.failed(&refused, &target);
-        let wait = health.lock().as_ref().map(|o| o.wait);
+        let began = health.admit(longest).expect("the wait is over: one try");
+        assert!(health.admit(longest).is_err(), "and only one while it runs");
+        assert!(
+            health.admit(Duration::ZERO).is_ok(),
+            "unless it has outlived its own deadline"
+        );
+        health.failed(&refused, &target, began);
+        let wait = health.lock().outage.as_ref().map(|o| o.wait);
         assert_eq!(wait, Some(RECONNECT_FIRST * 2));
         health.connected();
         assert_eq!(health.problem(), None);
-        assert!(health.admit().is_ok());
+        // A slow failure of a try begun before that success changes nothing.
+        health.failed(&refused, &target, began);
+        assert_eq!(health.problem(), None);
+        assert!(health.admit(longest).is_ok());
     }
 }
