@@ -181,15 +181,21 @@ async fn keep_stream_ensured(js: async_nats::jetstream::Context, settings: Strea
 /// Applies the migrations once PostgreSQL answers, then relays the event outbox: events
 /// committed with a password change but not published at once (NATS down, the api stopped).
 async fn keep_database_ready(state: Arc<AppState>) {
-    let _ = (|| shared::db::migrate(state.resets.pool()))
+    let migrated = (|| shared::db::migrate(state.resets.pool()))
         .retry(shared::retry::forever(
             Duration::from_millis(500),
             Duration::from_secs(30),
         ))
+        // A database migrated by another version of the schema will not change by waiting.
+        .when(|err| !shared::db::is_schema_conflict(err))
         .notify(|err, delay| {
             tracing::warn!(error = %err, retry_in = ?delay, "database not ready; reset endpoints answer 503");
         })
         .await;
+    if let Err(err) = migrated {
+        tracing::error!(error = %err, "the database holds another schema: recreate it; reset endpoints answer 503");
+        return;
+    }
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tick.tick().await;

@@ -6,6 +6,16 @@ pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateEr
     sqlx::migrate!("./migrations").run(pool).await
 }
 
+/// The database was migrated by migrations this build does not have, or has changed: it
+/// holds another schema, and no retry will help.
+pub fn is_schema_conflict(err: &sqlx::migrate::MigrateError) -> bool {
+    use sqlx::migrate::MigrateError;
+    matches!(
+        err,
+        MigrateError::VersionMissing(_) | MigrateError::VersionMismatch(_)
+    )
+}
+
 /// Where PostgreSQL is: the processing records, tokens and accounts.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DatabaseUrl {
