@@ -39,6 +39,8 @@ fn explain<T: CommandFactory>(err: &clap::Error) -> Option<String> {
         .find(|arg| arg.get_long() == Some(long))?;
     let variable = arg.get_env()?.to_string_lossy().into_owned();
     let value = match err.get(ContextKind::InvalidValue) {
+        // A setting whose value --help hides (a URL with a password) is not echoed either.
+        _ if arg.is_hide_env_values_set() => "<hidden>".to_owned(),
         Some(ContextValue::String(value)) => value.clone(),
         _ => String::new(),
     };
