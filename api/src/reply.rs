@@ -94,8 +94,8 @@ impl ApiError {
     }
 }
 
-/// `{"code":200,"message":"OK"}`, the answer to nearly every request: built once, not per
-/// request.
+/// `{"code":200,"message":"OK"}`, the answer to nearly every request: a constant body, not
+/// serialised per request.
 pub fn ok() -> Response<Full<Bytes>> {
     const OK: &str = r#"{"code":200,"message":"OK"}"#;
     shared::http::text("application/json", OK)

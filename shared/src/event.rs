@@ -148,9 +148,10 @@ impl PasswordChanged {
 }
 
 /// serde_json fails only on maps with keys that are not strings, or on a `Serialize` that
-/// errors; the events have neither, so this cannot come out empty.
+/// errors; the events have neither. Should that ever change, a loud failure (a 500 in the
+/// api) beats publishing an empty event.
 fn to_json<T: Serialize>(event: &T) -> Vec<u8> {
-    serde_json::to_vec(event).unwrap_or_default()
+    serde_json::to_vec(event).expect("an event without maps or custom Serialize serialises")
 }
 
 fn decode_versioned<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
@@ -290,15 +291,6 @@ mod tests {
         event.id = "a\"b\\c\n\u{0}".into();
         let text = String::from_utf8(event.to_json()).expect("utf-8");
         assert!(text.contains(r#""id":"a\"b\\c\n\u0000""#), "{text}");
-    }
-
-    #[test]
-    fn the_sample_round_trips_through_json() {
-        let event = sample();
-        assert_eq!(
-            ResetRequested::decode(&event.to_json()).expect("decode"),
-            event
-        );
     }
 
     #[test]

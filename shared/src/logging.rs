@@ -25,8 +25,8 @@ pub struct LogSettings {
 pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
 
 /// Installs the global subscriber, logging to stdout at `RUST_LOG` (default `info`). Keep the
-/// guard until the process ends. A second call (several apps in one test process) installs
-/// nothing.
+/// guard until the process ends. A second call (several apps in one test process) installs no
+/// second subscriber, though it starts a writer thread that stays idle.
 pub fn init(settings: &LogSettings) -> LogGuard {
     let terminal = std::io::stdout().is_terminal();
     install(settings, std::io::stdout(), terminal, "info")

@@ -168,8 +168,6 @@ async fn a_dry_replay_shows_each_event_then_and_now_and_changes_nothing() {
     system.stop().await;
 }
 
-/// After an outage the worker gave up on (here: SMTP answering 451 past the last retry),
-/// `replay --execute` sends what failed, once.
 /// `worker replay` as an operator runs it: its results, one JSON line per event, are all of
 /// stdout; connection chatter stays out of both streams unless `-v` asks for it.
 #[tokio::test]
@@ -209,6 +207,8 @@ async fn replay_prints_only_its_results_on_stdout() {
     system.stop().await;
 }
 
+/// After an outage the worker gave up on (here: SMTP answering 451 past the last retry),
+/// `replay --execute` sends what failed, once.
 #[tokio::test]
 async fn replay_execute_recovers_events_that_failed_during_an_outage() {
     let system = System::start_with(|s| {
@@ -416,7 +416,7 @@ async fn one_request_can_be_followed_through_the_logs_which_hold_no_secret() {
 
     let mut worker_args = worker_args(&iso, &db.url, &sink.url());
     worker_args.push("--log-format=json".into());
-    let worker = WorkerProcess::spawn_logging(&worker_args, worker_log, "info");
+    let mut worker = WorkerProcess::spawn_logging(&worker_args, worker_log, "info");
     let port = free_port();
     let mut api = std::process::Command::new(binary("api"))
         .env("API_ADDR", format!("127.0.0.1:{port}"))
@@ -460,7 +460,8 @@ async fn one_request_can_be_followed_through_the_logs_which_hold_no_secret() {
         .args(["-TERM", &api.id().to_string()])
         .status();
     let _ = api.wait();
-    drop(worker);
+    // SIGTERM, so the worker writes out every log line it has queued before the logs are read.
+    assert!(worker.terminate().success());
 
     let api_text = std::fs::read_to_string(logs.join("api.log")).expect("api log");
     let worker_text = std::fs::read_to_string(logs.join("worker.log")).expect("worker log");
