@@ -273,3 +273,51 @@ async fn a_5xx_to_ehlo_dead_letters_nothing_and_the_mail_goes_once_the_server_re
     assert_eq!(get(status, "/readyz").await.status, 200);
     system.stop().await;
 }
+
+/// Deliveries that found no SMTP session do not use up the message's own retries: after an
+/// outage longer than the whole retry schedule, a 451 for the message is still retried, and
+/// the mail goes out instead of being dead-lettered.
+#[tokio::test]
+async fn a_refused_message_after_an_smtp_outage_still_gets_its_retries() {
+    let sink = SmtpSink::start();
+    sink.fail_ehlo();
+    let port = free_port();
+    let system = System::start_with_sink(sink, |s| {
+        s.status.addr = ([127, 0, 0, 1], port).into();
+    })
+    .await;
+    let status = ([127, 0, 0, 1], port).into();
+    // The sink answers 451 to this address once, then takes it.
+    system
+        .db
+        .account("late")
+        .email("tempfail1@example.com")
+        .add()
+        .await;
+    assert_eq!(system.api.forgot_id("late").await.status, 200);
+    // Well past the test schedule's four attempts (100, 200, 300 ms).
+    let retried_series = r#"worker_events_total{outcome="retried"}"#;
+    for _ in 0..300 {
+        if metric(&get(status, "/metrics").await.body, retried_series) >= 8.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(metric(&get(status, "/metrics").await.body, retried_series) >= 8.0);
+    system.sink.heal();
+    let mails = system.sink.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!(mails.len(), 1, "the mail went out after the 451");
+    let refused: Vec<u16> = system
+        .sink
+        .rcpt_log()
+        .iter()
+        .map(|(_, code, _)| *code)
+        .collect();
+    assert_eq!(
+        refused,
+        [451, 250],
+        "one 451 for the message, then accepted"
+    );
+    assert!(dead_letters(&system.api.iso).await.is_empty());
+    system.stop().await;
+}

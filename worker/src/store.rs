@@ -641,6 +641,49 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Records a delivery that found no SMTP session: a failure like any other, and one more
+    /// of the event's `smtp_waits`.
+    pub async fn record_smtp_wait(
+        &self,
+        event: &EventMeta,
+        attempt: u32,
+        error: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO reset_requests
+                 (event_id, outcome, attempts, last_error, request_id, requested_at, kind,
+                  smtp_waits)
+             VALUES ($1, 'pending', $2, $3, $4, $5, $6, 1)
+             ON CONFLICT (event_id) DO UPDATE
+             SET last_error = EXCLUDED.last_error,
+                 attempts = GREATEST(reset_requests.attempts, EXCLUDED.attempts),
+                 smtp_waits = reset_requests.smtp_waits + 1,
+                 updated_at = now()
+             WHERE reset_requests.outcome IN ('pending', 'failed')",
+        )
+        .bind(event.event_id)
+        .bind(i32::try_from(attempt).unwrap_or(i32::MAX))
+        .bind(error)
+        .bind(&event.request_id)
+        .bind(event.at)
+        .bind(event.kind.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// How many deliveries of the event found no SMTP session.
+    pub async fn smtp_waits(&self, event_id: Uuid) -> Result<u32, sqlx::Error> {
+        let waits: Option<i32> =
+            sqlx::query_scalar("SELECT smtp_waits FROM reset_requests WHERE event_id = $1")
+                .bind(event_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(waits.map_or(0, |w| u32::try_from(w).unwrap_or(0)))
+    }
+}
+
 async fn upsert_request(
     tx: &mut sqlx::PgConnection,
     event: &EventMeta,

@@ -264,7 +264,15 @@ async fn process(
                 // An SMTP outage or a wrong SMTP setting is not the event's fault: it waits
                 // on the schedule (its last step once that runs out) for as long as its link
                 // may still be sent, and is never dead-lettered for running out of retries.
-                let scheduled = settings.backoff.after(attempt);
+                // Deliveries that found no SMTP session do not use up the message's retries.
+                let waits = if err.is_connection() {
+                    0
+                } else {
+                    deps.store.smtp_waits(meta.event_id).await.unwrap_or(0)
+                };
+                let scheduled = settings
+                    .backoff
+                    .after(attempt.saturating_sub(waits).max(1));
                 let scheduled = if err.is_connection() {
                     scheduled.or(Some(settings.backoff.longest()))
                 } else {
@@ -291,7 +299,12 @@ async fn process(
                                 "attempt failed; will retry"
                             );
                         }
-                        if let Err(db) = deps.store.record_failure(&meta, attempt, &err.to_string(), false).await {
+                        let recorded = if err.is_connection() {
+                            deps.store.record_smtp_wait(&meta, attempt, &err.to_string()).await
+                        } else {
+                            deps.store.record_failure(&meta, attempt, &err.to_string(), false).await
+                        };
+                        if let Err(db) = recorded {
                             tracing::warn!(error = %db, "recording the failed attempt");
                         }
                         deps.status.metrics.event("retried");
