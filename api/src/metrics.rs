@@ -1,18 +1,13 @@
 //! The api's metrics, served at `GET /metrics` in the OpenMetrics text format.
 
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::{counter::Counter, family::Family, histogram::Histogram};
-use shared::metrics::{Registry, latency_histogram};
+use prometheus_client::metrics::{counter::Counter, family::Family};
+use shared::metrics::{LatencyFamily, Registry, ResultLabels, latency_family};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub route: &'static str,
     pub status: u16,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabels {
-    pub result: &'static str,
 }
 
 #[derive(Debug)]
@@ -21,7 +16,7 @@ pub struct ApiMetrics {
     /// Requests by route and status: `api_requests_total`.
     pub requests: Family<RequestLabels, Counter>,
     /// Time from publish to PubAck, by result: `api_publish_duration_seconds`.
-    pub publish: Family<ResultLabels, Histogram, fn() -> Histogram>,
+    pub publish: LatencyFamily<ResultLabels>,
 }
 
 impl Default for ApiMetrics {
@@ -33,7 +28,7 @@ impl Default for ApiMetrics {
             "HTTP requests by route and status code.",
             requests.clone(),
         );
-        let publish = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let publish = latency_family();
         registry.register(
             "api_publish_duration_seconds",
             "Time from publishing an event to JetStream's acknowledgement, by result (ok, error).",

@@ -2,7 +2,8 @@
 //! two apps in one test process keep their own numbers), rendered in the OpenMetrics text
 //! format that Prometheus scrapes.
 
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::{family::Family, histogram::Histogram};
 pub use prometheus_client::registry::Registry;
 
 /// Histogram buckets for latencies, in seconds.
@@ -16,6 +17,23 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// A latency histogram with [`LATENCY_BUCKETS`]; a `fn` so that families can name its type.
 pub fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
+}
+
+/// Latency histograms with [`LATENCY_BUCKETS`], one per label set.
+pub type LatencyFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// A new [`LatencyFamily`].
+pub fn latency_family<L>() -> LatencyFamily<L>
+where
+    L: Clone + std::hash::Hash + Eq,
+{
+    Family::new_with_constructor(latency_histogram)
+}
+
+/// How an operation ended (`ok`, `error`, …): the label of both processes' latencies.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
 }
 
 /// Everything in `registry`, in the text format.

@@ -10,7 +10,9 @@ use shared::event::{PasswordChanged, ResetRequested};
 
 use crate::mail::templates::Templates;
 use crate::mail::{ComposeError, Composer};
-use crate::status::{ResultLabels, Status};
+use shared::metrics::ResultLabels;
+
+use crate::status::Status;
 use crate::store::{BatchError, Claim, EventMeta, Limits, Mode, Outcome, Resolution, Store};
 use crate::tokens::{MintError, Token};
 use crate::transport::{Mailer, SendError};

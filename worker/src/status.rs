@@ -15,7 +15,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::{
     counter::Counter, family::Family, gauge::Gauge, histogram::Histogram,
 };
-use shared::metrics::{CONTENT_TYPE, Registry, latency_histogram};
+use shared::metrics::{CONTENT_TYPE, LatencyFamily, Registry, ResultLabels, latency_family};
 use tokio::net::TcpListener;
 
 use crate::transport::SmtpHealth;
@@ -23,11 +23,6 @@ use crate::transport::SmtpHealth;
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabels {
-    pub result: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -42,7 +37,7 @@ pub struct WorkerMetrics {
     /// Deliveries by how they ended: `worker_events_total`.
     pub events: Family<OutcomeLabels, Counter>,
     /// SMTP (or outbox) hand-over time, by result: `worker_send_duration_seconds`.
-    pub send: Family<ResultLabels, Histogram, fn() -> Histogram>,
+    pub send: LatencyFamily<ResultLabels>,
     /// Delivery attempt at which an event was finished (acked or dead-lettered).
     pub attempts: Histogram,
     /// Events moved to the dead letters, by reason: `worker_dead_letters_total`.
@@ -64,7 +59,7 @@ impl WorkerMetrics {
             "Event deliveries by outcome: sent, no_account, throttled, already_done, retried, dead_lettered.",
             events.clone(),
         );
-        let send = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let send = latency_family();
         registry.register(
             "worker_send_duration_seconds",
             "Time to hand one email to SMTP (or the outbox), by result (ok, transient, permanent, connection).",

@@ -11,7 +11,9 @@ use hyper::body::Incoming;
 use shared::event::ResetRequested;
 
 use super::{AppState, Trail, accept};
-use crate::{body, metrics::ResultLabels, publish::message_id, reply, reply::ApiError};
+use shared::metrics::ResultLabels;
+
+use crate::{body, publish::message_id, reply, reply::ApiError};
 
 pub(super) async fn forgot_password(
     state: &AppState,
