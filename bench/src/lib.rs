@@ -50,6 +50,64 @@ pub async fn parse_account(req: Request<Incoming>) -> Result<AccountRef, Respons
     api::body::parse(kind, &body).map_err(|e| ApiError::from(e).into_response())
 }
 
+/// What the publish-event ceilings do per request, on whichever HTTP stack: build the event
+/// the api would for wrk's request, serialise it with serde's derive and publish it with its
+/// four headers, awaiting the PubAck.
+#[derive(Debug, Clone)]
+pub struct EventPublisher {
+    js: async_nats::jetstream::Context,
+    subject: String,
+}
+
+impl EventPublisher {
+    /// Connects and sets `stream` up as `bench/run` starts the api's.
+    pub async fn connect(nats: String, stream: String) -> Result<Self, Box<dyn std::error::Error>> {
+        let settings = shared::stream::StreamSettings {
+            subject_prefix: format!("bench.{}", stream.to_lowercase()),
+            stream,
+            retention: std::time::Duration::from_secs(3600),
+            replicas: 1,
+        };
+        let js = async_nats::jetstream::new(async_nats::connect(nats).await?);
+        shared::stream::ensure_stream(&js, &settings).await?;
+        Ok(Self {
+            js,
+            subject: settings.subjects().requested(),
+        })
+    }
+
+    /// Publishes the event for `account`: 200 once stored, else the api's 503.
+    pub async fn publish(&self, account: AccountRef) -> Response<Full<Bytes>> {
+        use shared::event::{ClientContext, EVENT_VERSION, RESET_REQUESTED, ResetRequested};
+        // What the api puts in the event for wrk's requests: its peer is 127.0.0.1, it sends
+        // no User-Agent, and bench/run names its key `bench`.
+        let client = ClientContext {
+            ip: Some(std::net::Ipv4Addr::LOCALHOST.into()),
+            user_agent: None,
+            api_key_label: "bench".into(),
+        };
+        let event = ResetRequested::new(account, uuid::Uuid::now_v7().to_string(), client);
+        let Ok(payload) = serde_json::to_vec(&event) else {
+            return ApiError::Unavailable.into_response();
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Event-Type", RESET_REQUESTED);
+        headers.insert("Event-Version", EVENT_VERSION.to_string().as_str());
+        headers.insert("Request-Id", event.request_id.as_str());
+        headers.insert("Content-Type", "application/json");
+        let stored = async {
+            self.js
+                .publish_with_headers(self.subject.clone(), headers, payload.into())
+                .await?
+                .await
+        };
+        match stored.await {
+            Ok(_) => api::reply::ok(),
+            Err(_) => ApiError::Unavailable.into_response(),
+        }
+    }
+}
+
 /// The arguments of a publishing server, `[addr] [nats-url] [stream]`, with defaults.
 pub fn publish_args(
     default_addr: &str,
