@@ -9,4 +9,6 @@ SELECT count(*) FROM reset_find_and_claim(
   (SELECT array_agg(1800::float8) FROM generate_series(1,16)),
   (SELECT array_agg(0::float8) FROM generate_series(1,16)),
   (SELECT array_agg(1000) FROM generate_series(1,16)),
-  (SELECT array_agg(false) FROM generate_series(1,16)));
+  (SELECT array_agg(false) FROM generate_series(1,16)),
+  (SELECT array_agg(gen_random_uuid()) FROM generate_series(1,16)),
+  60);

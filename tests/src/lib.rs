@@ -4,6 +4,7 @@
 //! a lying Content-Length) and read the answer.
 
 pub mod db;
+pub mod load;
 pub mod sink;
 pub mod system;
 

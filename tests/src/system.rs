@@ -14,7 +14,8 @@ use crate::{Isolation, NATS_URL, TestApi, db::TestDb, sink::SmtpSink};
 /// The reset page the tests configure; its query must survive the token being added.
 pub const RESET_URL: &str = "https://app.example.com/reset?lang=en";
 
-/// Command-line flags for a worker on `iso`, `db` and `smtp_url`, with quick retries.
+/// Command-line flags for a worker on `iso`, `db` and `smtp_url`, with quick retries and
+/// short leases.
 pub fn worker_args(iso: &Isolation, db_url: &str, smtp_url: &str) -> Vec<String> {
     let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates");
     [
@@ -31,6 +32,10 @@ pub fn worker_args(iso: &Isolation, db_url: &str, smtp_url: &str) -> Vec<String>
         "--backoff=100ms,200ms,300ms".into(),
         "--ack-wait=5s".into(),
         "--shutdown-timeout=5s".into(),
+        // The shortest lease the worker accepts with this SMTP_TIMEOUT, so that a test
+        // whose worker dies waits seconds, not a minute, for its claims to run out.
+        "--smtp-timeout=3s".into(),
+        "--claim-lease=13s".into(),
         "--app-name=Example".into(),
     ]
     .into()

@@ -7,14 +7,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use e2e::db::{PrivatePostgres, TestDb};
+use e2e::load::{drive, reconcile, wait_for_all};
 use e2e::sink::SmtpSink;
 use e2e::system::{TestWorker, WorkerProcess, worker_args, worker_settings};
 use e2e::{Isolation, PrivateNats, TestApi};
-use tokio::sync::Mutex;
 
 fn report(
     scenario: &str,
@@ -39,79 +39,6 @@ fn report(
             let _ = writeln!(file, "{row}");
         }
     }
-}
-
-/// Accepted ids against the mails: (mails, lost, duplicates).
-fn reconcile(
-    accepted: &BTreeSet<String>,
-    mails: &[e2e::sink::ReceivedMail],
-) -> (usize, usize, usize) {
-    let mut per_address: BTreeMap<&str, usize> = BTreeMap::new();
-    for mail in mails {
-        *per_address.entry(mail.to.as_str()).or_insert(0) += 1;
-    }
-    let lost = accepted
-        .iter()
-        .filter(|id| !per_address.contains_key(format!("{id}@example.com").as_str()))
-        .count();
-    let duplicates = per_address.values().map(|n| n - 1).sum();
-    (mails.len(), lost, duplicates)
-}
-
-async fn wait_for_all(
-    sink: &SmtpSink,
-    accepted: &BTreeSet<String>,
-    within: Duration,
-) -> Vec<e2e::sink::ReceivedMail> {
-    let deadline = Instant::now() + within;
-    loop {
-        let mails = sink.messages();
-        let (_, lost, _) = reconcile(accepted, &mails);
-        if lost == 0 || Instant::now() > deadline {
-            return mails;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// Sends requests for `{prefix}{i}` with `concurrency` at a time until `n` are sent or `stop`
-/// is set; returns the ids answered 200 and every (answered at, status).
-async fn drive(
-    api: &TestApi,
-    prefix: &str,
-    n: usize,
-    concurrency: usize,
-    stop: Arc<AtomicBool>,
-) -> (BTreeSet<String>, Vec<(Instant, u16)>) {
-    let next = Arc::new(AtomicUsize::new(0));
-    let accepted = Arc::new(Mutex::new(BTreeSet::new()));
-    let answers = Arc::new(Mutex::new(Vec::new()));
-    let lanes = (0..concurrency).map(|_| {
-        let (next, accepted, answers, stop) = (
-            next.clone(),
-            accepted.clone(),
-            answers.clone(),
-            stop.clone(),
-        );
-        async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n || stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let id = format!("{prefix}{i}");
-                let status = api.forgot_id(&id).await.status;
-                answers.lock().await.push((Instant::now(), status));
-                if status == 200 {
-                    accepted.lock().await.insert(id);
-                }
-            }
-        }
-    });
-    futures::future::join_all(lanes).await;
-    let accepted = accepted.lock().await.clone();
-    let answers = answers.lock().await.clone();
-    (accepted, answers)
 }
 
 #[tokio::test]

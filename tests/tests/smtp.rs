@@ -12,6 +12,11 @@ use worker::transport::{Mailer, SendError};
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// A hand-over with no claim to keep within: it may begin whenever a connection is free.
+fn no_hurry() -> std::time::Instant {
+    std::time::Instant::now() + Duration::from_secs(3600)
+}
+
 #[tokio::test]
 async fn mail_goes_over_starttls_and_implicit_tls() {
     for tls in [SinkTls::StartTls, SinkTls::Implicit] {
@@ -63,7 +68,10 @@ async fn one_connection_carries_many_mails_after_a_single_ehlo() {
     let body = "first line\r\n.a line opening with a dot\r\n.\r\nlast line\r\n";
     for n in 0..25 {
         let message = message_to(&format!("ada{n}@example.com"), body);
-        mailer.send(&message, &n.to_string()).await.expect("send");
+        mailer
+            .send(&message, &n.to_string(), no_hurry())
+            .await
+            .expect("send");
     }
     let mails = sink.wait_for(25, WAIT).await;
     assert_eq!(mails.len(), 25);
@@ -79,6 +87,33 @@ async fn one_connection_carries_many_mails_after_a_single_ehlo() {
     mailer.close().await;
 }
 
+/// A hand-over that could not begin in time (the delivery's claim would run out first) says
+/// nothing to the server, and the connection goes on carrying the next mail.
+#[tokio::test]
+async fn a_send_that_cannot_begin_in_time_is_not_begun() {
+    let sink = SmtpSink::start_strict();
+    let mailer = one_connection_mailer(&sink);
+    mailer
+        .send(&message_to("ada@example.com", "x"), "first", no_hurry())
+        .await
+        .expect("send");
+    let past = std::time::Instant::now() - Duration::from_millis(1);
+    let late = mailer
+        .send(&message_to("late@example.com", "x"), "late", past)
+        .await;
+    assert_eq!(late, Err(SendError::TooLate));
+    mailer
+        .send(&message_to("bob@example.com", "x"), "next", no_hurry())
+        .await
+        .expect("send");
+    let mails = sink.wait_for(2, WAIT).await;
+    let to: Vec<&str> = mails.iter().map(|m| m.to.as_str()).collect();
+    assert_eq!(to, ["ada@example.com", "bob@example.com"]);
+    assert_eq!(sink.rcpt_log().len(), 2, "nothing said for the late one");
+    assert_eq!(sink.ehlo_log(), [250], "the connection was kept");
+    mailer.close().await;
+}
+
 /// A refusal of a message is the send's outcome, permanent (5xx) or transient (4xx) as its
 /// code says, and the next message still goes (on a fresh connection).
 #[tokio::test]
@@ -86,25 +121,37 @@ async fn a_refusal_is_permanent_or_transient_by_its_code_and_the_next_mail_goes(
     let sink = SmtpSink::start_strict();
     let mailer = one_connection_mailer(&sink);
     let refused = mailer
-        .send(&message_to("reject@example.com", "x"), "rejected")
+        .send(
+            &message_to("reject@example.com", "x"),
+            "rejected",
+            no_hurry(),
+        )
         .await;
     assert!(
         matches!(&refused, Err(SendError::Permanent(text)) if text.contains("550")),
         "{refused:?}"
     );
     let deferred = mailer
-        .send(&message_to("tempfail1@example.com", "x"), "deferred")
+        .send(
+            &message_to("tempfail1@example.com", "x"),
+            "deferred",
+            no_hurry(),
+        )
         .await;
     assert!(
         matches!(&deferred, Err(SendError::Transient(text)) if text.contains("451")),
         "{deferred:?}"
     );
     mailer
-        .send(&message_to("tempfail1@example.com", "x"), "retried")
+        .send(
+            &message_to("tempfail1@example.com", "x"),
+            "retried",
+            no_hurry(),
+        )
         .await
         .expect("accepted the second time");
     mailer
-        .send(&message_to("ada@example.com", "x"), "next")
+        .send(&message_to("ada@example.com", "x"), "next", no_hurry())
         .await
         .expect("send");
     let mails = sink.wait_for(2, WAIT).await;
@@ -121,15 +168,18 @@ async fn a_refused_recipient_among_accepted_ones_fails_the_send() {
     let sink = SmtpSink::start();
     let mailer = one_connection_mailer(&sink);
     let message = message_to_all(&["ada@example.com", "reject@example.com"], "x");
-    let refused = tokio::time::timeout(Duration::from_secs(10), mailer.send(&message, "two"))
-        .await
-        .expect("the send ends well before the server's own timeout");
+    let refused = tokio::time::timeout(
+        Duration::from_secs(10),
+        mailer.send(&message, "two", no_hurry()),
+    )
+    .await
+    .expect("the send ends well before the server's own timeout");
     assert!(
         matches!(&refused, Err(SendError::Permanent(text)) if text.contains("550")),
         "{refused:?}"
     );
     mailer
-        .send(&message_to("bob@example.com", "x"), "next")
+        .send(&message_to("bob@example.com", "x"), "next", no_hurry())
         .await
         .expect("send");
     sink.wait_for(1, WAIT).await;

@@ -78,3 +78,21 @@ async fn workers_starting_together_on_an_empty_database_all_come_up() {
     api.stop().await;
     db.drop_db().await;
 }
+
+/// A lease too short to cover a send and its record is refused at start, naming both
+/// settings, before the worker touches NATS or PostgreSQL.
+#[tokio::test]
+async fn a_claim_lease_shorter_than_a_send_is_refused_at_start() {
+    let iso = Isolation::new();
+    let mut settings = worker_settings(&iso, "postgres://127.0.0.1:1/none", "smtp://127.0.0.1:1");
+    settings.mail.smtp_timeout = Duration::from_secs(30);
+    settings.consume.claim_lease = Duration::from_secs(35);
+    let err = worker::run(settings, std::future::pending())
+        .await
+        .expect_err("refused");
+    let message = err.to_string();
+    assert!(
+        message.contains("WORKER_CLAIM_LEASE") && message.contains("SMTP_TIMEOUT"),
+        "{message}"
+    );
+}

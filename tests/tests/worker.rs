@@ -9,8 +9,9 @@ use e2e::sink::SmtpSink;
 use e2e::system::{RESET_URL, System, TestWorker, worker_settings};
 use e2e::{Isolation, NATS_URL, TestApi, dead_letters, wait_for_dead_letters};
 use sha2::{Digest, Sha256};
+use shared::event::ResetRequested;
 use worker::store::Outcome;
-use worker::store::{BatchError, Claim, Limits, Mode, Resolution, Store};
+use worker::store::{BatchError, Claim, Delivery, Limits, Mode, Resolution, Store};
 
 const JSON: &str = "application/json";
 const WAIT: Duration = Duration::from_secs(20);
@@ -431,14 +432,19 @@ const LIMITS: Limits = Limits {
     cooldown: Duration::from_secs(60),
     daily_limit: 5,
     token_ttl: Duration::from_secs(3600),
+    lease: Duration::from_secs(60),
 };
 
 /// A first delivery of a reset request for `id`, claimed through `store`.
 async fn claim(store: Store, id: &str, request_id: &str) -> Result<Resolution, BatchError> {
-    let event = e2e::reset_event(id, request_id);
+    claim_event(store, &e2e::reset_event(id, request_id)).await
+}
+
+/// A delivery of `event` (its own, with a fresh token), claimed through `store`.
+async fn claim_event(store: Store, event: &ResetRequested) -> Result<Resolution, BatchError> {
     let token = worker::tokens::Token::mint().expect("mint");
     store
-        .find_and_claim(&event, 1, &token.hash(), LIMITS, Mode::Normal)
+        .find_and_claim(event, Delivery::new(1), &token.hash(), LIMITS, Mode::Normal)
         .await
 }
 
@@ -509,7 +515,7 @@ async fn sent_records_batched_with_a_failing_claim_are_still_committed() {
         tokio::spawn(async move {
             let event = e2e::reset_event("ada", "req-poison");
             store
-                .find_and_claim(&event, 1, &taken, LIMITS, Mode::Normal)
+                .find_and_claim(&event, Delivery::new(1), &taken, LIMITS, Mode::Normal)
                 .await
         })
     };
@@ -582,10 +588,57 @@ async fn claims_from_two_workers_at_once_give_one_mail_per_account_without_deadl
     db.drop_db().await;
 }
 
+#[tokio::test]
+async fn two_deliveries_of_one_event_at_once_give_one_claim_and_one_busy() {
+    let db = TestDb::migrated().await;
+    db.account("ada").add().await;
+    let event = e2e::reset_event("ada", "req-twice");
+    // Two workers' stores, so the deliveries go in separate statements racing each other,
+    // and then one store, so they go in the same batch.
+    for together in [false, true] {
+        let stores = [small_store(&db, 2).await.1, small_store(&db, 2).await.1];
+        let claims = (0..2).map(|n| {
+            let store = stores[if together { 0 } else { n }].clone();
+            let event = event.clone();
+            tokio::spawn(async move { claim_event(store, &event).await })
+        });
+        let mut answers: Vec<String> = futures::future::join_all(claims)
+            .await
+            .into_iter()
+            .map(|r| match r.expect("task").expect("claim") {
+                Resolution::Claimed(_, Claim::Proceed) => "proceed".to_owned(),
+                Resolution::Claimed(_, Claim::Busy(left)) => {
+                    // By the database's clock, which each transaction reads at its start.
+                    let most = LIMITS.lease + Duration::from_secs(1);
+                    assert!(left <= most && left > LIMITS.lease / 2, "{left:?}");
+                    "busy".to_owned()
+                }
+                other => format!("{other:?}"),
+            })
+            .collect();
+        answers.sort();
+        // The first round's claim is the live one the second round finds.
+        let expected = if together {
+            ["busy", "busy"]
+        } else {
+            ["busy", "proceed"]
+        };
+        assert_eq!(answers, expected, "together: {together}");
+    }
+    let waits: i32 = sqlx::query_scalar("SELECT waits FROM reset_requests")
+        .fetch_one(&db.pool)
+        .await
+        .expect("waits");
+    assert_eq!(waits, 3, "every busy answer counted as a wait");
+    db.drop_db().await;
+}
+
 /// The same accounts and history in a fresh database: every case the claim distinguishes.
 async fn claim_fixture() -> TestDb {
     let db = TestDb::migrated().await;
-    for id in ["fresh", "recent", "busy", "twice", "sent", "crashed"] {
+    for id in [
+        "fresh", "recent", "busy", "twice", "sent", "crashed", "leased",
+    ] {
         db.account(id).add().await;
     }
     db.account("twin-a").email("twin@example.com").add().await;
@@ -595,7 +648,8 @@ async fn claim_fixture() -> TestDb {
         .await
         .expect("passwords");
     // "recent" had a mail seconds ago, "busy" two today (the daily limit below), "sent" is
-    // the account of an event already mailed, "crashed" of one claimed by a worker that died.
+    // the account of an event already mailed, "crashed" of one claimed by a worker that died
+    // (its lease run out), "leased" of one another delivery is working on.
     sqlx::query(
         "INSERT INTO reset_requests
              (event_id, account_id, outcome, attempts, request_id, requested_at, claimed_at, kind)
@@ -613,6 +667,17 @@ async fn claim_fixture() -> TestDb {
     .execute(&db.pool)
     .await
     .expect("history");
+    sqlx::query(
+        "INSERT INTO reset_requests
+             (event_id, account_id, outcome, attempts, request_id, requested_at, claimed_at, kind,
+              lease_holder, lease_until)
+         VALUES ('00000000-0000-7000-8000-0000000000a7', 'leased', 'pending', 1, 'r', now(),
+                 now() - interval '1 second', 'reset', gen_random_uuid(),
+                 now() + interval '1 minute')",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("a live claim");
     sqlx::query(
         "INSERT INTO reset_tokens (token_hash, account_id, event_id, expires_at)
          VALUES ('\\x01', 'fresh', '00000000-0000-7000-8000-000000000004', now() + interval '1 hour'),
@@ -633,15 +698,21 @@ async fn claim_answers(db: &TestDb, ids: &[&str], together: bool) -> Vec<String>
     let event = |n: usize, id: &str| match id {
         "sent@example.com" => uuid::Uuid::from_u128(0x0000_0000_0000_7000_8000_0000_0000_00a5),
         "crashed" => uuid::Uuid::from_u128(0x0000_0000_0000_7000_8000_0000_0000_00a6),
+        "leased" => uuid::Uuid::from_u128(0x0000_0000_0000_7000_8000_0000_0000_00a7),
         _ => uuid::Uuid::from_u128(0x0000_0000_0000_7000_8000_0000_0001_0000 + n as u128),
     };
     let events: Vec<uuid::Uuid> = ids.iter().enumerate().map(|(n, id)| event(n, id)).collect();
     let hashes: Vec<Vec<u8>> = (0..ids.len()).map(|n| vec![0xee, n as u8]).collect();
+    // Each place in the list is its own delivery.
+    let holders: Vec<uuid::Uuid> = (0..ids.len())
+        .map(|n| uuid::Uuid::from_u128(n as u128 + 1))
+        .collect();
     if together {
         let n = ids.len();
         return sqlx::query_scalar(
             "SELECT concat_ws(':', answer, done)
-             FROM reset_find_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ORDER BY ord",
+             FROM reset_find_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 60)
+             ORDER BY ord",
         )
         .bind(&events)
         .bind(ids)
@@ -653,6 +724,7 @@ async fn claim_answers(db: &TestDb, ids: &[&str], together: bool) -> Vec<String>
         .bind(vec![60.0_f64; n])
         .bind(vec![2_i32; n])
         .bind(vec![false; n])
+        .bind(&holders)
         .fetch_all(&db.pool)
         .await
         .expect("claim together");
@@ -670,11 +742,12 @@ async fn claim_answers(db: &TestDb, ids: &[&str], together: bool) -> Vec<String>
             Some((None, _)) => "ambiguous".to_owned(),
             Some((Some(account), _)) => sqlx::query_scalar(
                 "SELECT concat_ws(':', answer, done)
-                 FROM reset_claim($1, $2, 'req', now(), 2, $3, 3600, 60, 2, false)",
+                 FROM reset_claim($1, $2, 'req', now(), 2, $3, 3600, 60, 2, false, $4, 60)",
             )
             .bind(events[n])
             .bind(account)
             .bind(&hashes[n])
+            .bind(holders[n])
             .fetch_one(&db.pool)
             .await
             .expect("claim alone"),
@@ -710,7 +783,8 @@ async fn claim_state(db: &TestDb) -> (Vec<String>, Vec<String>) {
 async fn a_batch_claims_exactly_as_its_events_would_one_by_one() {
     // Fresh; within the cooldown; at the daily limit; one account three times (twice by
     // email); mailed already (redelivered); claimed by a worker that died; no such account;
-    // two accounts on one email.
+    // two accounts on one email; claimed by a delivery still at work; the event of "crashed"
+    // delivered a second time in the same batch.
     let ids = [
         "fresh",
         "recent",
@@ -722,6 +796,8 @@ async fn a_batch_claims_exactly_as_its_events_would_one_by_one() {
         "nobody",
         "twin@example.com",
         "twice@example.com",
+        "leased",
+        "crashed",
     ];
     let (together, alone) = (claim_fixture().await, claim_fixture().await);
     let answers = claim_answers(&together, &ids, true).await;
@@ -737,7 +813,9 @@ async fn a_batch_claims_exactly_as_its_events_would_one_by_one() {
             "proceed",
             "not_found",
             "ambiguous",
-            "throttled"
+            "throttled",
+            "busy",
+            "busy"
         ]
     );
     assert_eq!(answers, claim_answers(&alone, &ids, false).await);

@@ -107,3 +107,111 @@ async fn a_send_slower_than_ack_wait_is_not_redelivered_mid_send() {
     assert_eq!(system.db.only_record().await, (Outcome::Sent, 1));
     system.stop().await;
 }
+
+/// How long a claim lives in the tests (`worker_args`): SMTP_TIMEOUT (3 s) + 10 s, the least
+/// the worker accepts.
+const SHORT_LEASE: Duration = Duration::from_secs(13);
+
+/// Waits until the worker's consumer has every message of the stream acknowledged.
+async fn wait_until_all_acked(iso: &Isolation, within: Duration) {
+    let js = jetstream::new(async_nats::connect(NATS_URL).await.expect("nats"));
+    let stream = js.get_stream(&iso.stream).await.expect("stream");
+    let deadline = Instant::now() + within;
+    loop {
+        let info = stream.consumer_info("test-worker").await.expect("consumer");
+        if info.num_ack_pending == 0 && info.num_pending == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still unacknowledged: {info:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The same event delivered a second time while the first delivery is inside a slow SMTP
+/// DATA: the second finds the first's claim, does not send, and comes back when the lease
+/// has run out, to find the event sent. One mail.
+#[tokio::test]
+async fn a_second_delivery_during_a_slow_send_does_not_mail_again() {
+    let system = System::start().await;
+    system
+        .db
+        .account("ada")
+        .email("slow2000@example.com")
+        .add()
+        .await;
+    let event = e2e::reset_event("ada", "req-twice");
+    let js = jetstream::new(async_nats::connect(NATS_URL).await.expect("nats"));
+    let subject = format!("{}.requested", system.api.iso.prefix);
+    let publish = || async {
+        js.publish(subject.clone(), event.to_json().into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    };
+    publish().await;
+    // The first delivery has said RCPT TO, so it is in the 2-second DATA now.
+    let began = Instant::now();
+    while system.sink.rcpt_log().is_empty() {
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "the first send never began"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    publish().await;
+    assert_eq!(
+        system.sink.wait_for(1, Duration::from_secs(10)).await.len(),
+        1
+    );
+    wait_until_all_acked(&system.api.iso, SHORT_LEASE + Duration::from_secs(10)).await;
+    assert_eq!(system.sink.messages().len(), 1, "mailed once");
+    let (outcome, waits): (Outcome, i32) =
+        sqlx::query_as("SELECT outcome, waits FROM reset_requests")
+            .fetch_one(&system.db.pool)
+            .await
+            .expect("record");
+    assert_eq!(outcome, Outcome::Sent);
+    assert!(waits >= 1, "the second delivery found the claim taken");
+    system.stop().await;
+}
+
+/// A worker killed inside DATA leaves its claim behind: the redelivery does not mail while
+/// that claim's lease runs, and mails once it has run out. One mail.
+#[tokio::test]
+async fn after_a_kill_9_mid_send_the_event_is_mailed_once_the_lease_runs_out() {
+    let iso = Isolation::new();
+    let db = TestDb::migrated().await;
+    let sink = SmtpSink::start();
+    db.account("kim").email("slow2000@example.com").add().await;
+    let api = TestApi::spawn_in(iso.clone(), |_| {}).await;
+    let args = worker_args(&iso, &db.url, &sink.url());
+    let mut first = WorkerProcess::spawn(&args);
+    assert_eq!(api.forgot_id("kim").await.status, 200);
+    let began = Instant::now();
+    while sink.rcpt_log().is_empty() {
+        assert!(
+            began.elapsed() < Duration::from_secs(20),
+            "the first send never began"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The claim was made just before RCPT TO: its lease ends about SHORT_LEASE from now.
+    let claimed = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.kill_9();
+    let second = WorkerProcess::spawn(&args);
+    // The redelivery comes after WORKER_ACK_WAIT (5 s) and finds the claim still held.
+    tokio::time::sleep_until((claimed + SHORT_LEASE - Duration::from_secs(2)).into()).await;
+    assert!(
+        sink.messages().is_empty(),
+        "mailed while the dead worker's claim was live"
+    );
+    let mails = sink.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(mails.len(), 1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(sink.messages().len(), 1, "mailed once");
+    drop(second);
+    api.stop().await;
+    db.drop_db().await;
+}

@@ -65,9 +65,16 @@ pub struct ConsumeSettings {
     #[arg(long, env = "WORKER_ACK_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub ack_wait: Duration,
 
-    /// On SIGTERM/SIGINT, how long in-flight events get to finish before the worker exits.
+    /// On SIGTERM/SIGINT, the longest the stop takes: in-flight events get up to three
+    /// quarters of it (all but 2 s at most) to finish, closing connections the rest.
     #[arg(long, env = "WORKER_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+
+    /// How long a delivery's claim on an event keeps every other delivery of it from mailing.
+    /// At least SMTP_TIMEOUT + 10 s: a delivery hands its mail over only while SMTP_TIMEOUT
+    /// + 5 s of its lease are left.
+    #[arg(long, env = "WORKER_CLAIM_LEASE", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub claim_lease: Duration,
 }
 
 /// The retry schedule.

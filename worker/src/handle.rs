@@ -13,7 +13,9 @@ use crate::mail::{ComposeError, Composer};
 use shared::metrics::ResultLabels;
 
 use crate::status::Status;
-use crate::store::{BatchError, Claim, EventMeta, Limits, Mode, Outcome, Resolution, Store};
+use crate::store::{
+    BatchError, Claim, Delivery, EventMeta, Limits, Mode, Outcome, Resolution, Store,
+};
 use crate::tokens::{MintError, Token};
 use crate::transport::{Mailer, SendError};
 
@@ -64,6 +66,10 @@ pub enum HandleError {
     Claim(BatchError),
     #[error("recording the sent email: {0}")]
     Record(BatchError),
+    /// Another delivery of the event holds its claim for this long yet: it may be sending the
+    /// mail right now, so this one must not.
+    #[error("another delivery of this event holds its claim for {0:?} more")]
+    Busy(Duration),
 }
 
 impl HandleError {
@@ -79,11 +85,15 @@ impl HandleError {
     }
 }
 
-/// Handles delivery `attempt` (1-based) of `event`. In [`Mode::Again`] an earlier failure or
-/// skip is decided anew; a sent event is never mailed twice.
+/// What a delivery keeps of its claim's lease once the mail is handed over: time for the
+/// sent record to be written before another delivery could take the claim over.
+const RECORD_MARGIN: Duration = Duration::from_secs(5);
+
+/// Handles `delivery` of `event`. In [`Mode::Again`] an earlier failure or skip is decided
+/// anew; a sent event is never mailed twice, and never by two deliveries at once.
 pub async fn handle(
     event: &ResetRequested,
-    attempt: u32,
+    delivery: Delivery,
     mode: Mode,
     deps: &Deps,
 ) -> Result<Handled, HandleError> {
@@ -92,9 +102,12 @@ pub async fn handle(
     // minted before the lookup so that lookup and claim are one statement; for an unknown
     // account it is simply dropped.
     let token = Token::mint()?;
+    // Taken before the claim is asked for, so the lease counted from here ends no later than
+    // the one the database counts.
+    let claimed = Instant::now();
     let resolution = deps
         .store
-        .find_and_claim(event, attempt, &token.hash(), deps.limits, mode)
+        .find_and_claim(event, delivery, &token.hash(), deps.limits, mode)
         .await
         .map_err(HandleError::Claim)?;
     let note = match resolution {
@@ -103,10 +116,11 @@ pub async fn handle(
                 deps.composer
                     .reset_email(&deps.templates, event, &account, token.plaintext())?;
             drop(token);
-            return deliver(deps, &message, event.event_id).await;
+            return deliver(deps, &message, event.event_id, claimed).await;
         }
         Resolution::Claimed(_, Claim::Throttled) => return Ok(Handled::Throttled),
         Resolution::Claimed(_, Claim::AlreadyDone(done)) => return Ok(Handled::AlreadyDone(done)),
+        Resolution::Claimed(_, Claim::Busy(left)) => return Err(HandleError::Busy(left)),
         Resolution::NotFound => None,
         Resolution::Ambiguous(count) => {
             let note = format!("{count} accounts share this email and none has it as id");
@@ -117,7 +131,7 @@ pub async fn handle(
     deps.store
         .record_outcome(
             &event.into(),
-            attempt,
+            delivery.attempt,
             None,
             Outcome::NoAccount,
             note.as_deref(),
@@ -130,7 +144,7 @@ pub async fn handle(
 /// a security notice always goes out, once per event.
 pub async fn handle_changed(
     event: &PasswordChanged,
-    attempt: u32,
+    delivery: Delivery,
     mode: Mode,
     deps: &Deps,
 ) -> Result<Handled, HandleError> {
@@ -140,27 +154,47 @@ pub async fn handle_changed(
     let meta = EventMeta::from(event);
     let Some(account) = deps.store.account_by_id(&event.account_id).await? else {
         deps.store
-            .record_outcome(&meta, attempt, None, Outcome::NoAccount, None)
+            .record_outcome(&meta, delivery.attempt, None, Outcome::NoAccount, None)
             .await?;
         return Ok(Handled::NoAccount);
     };
-    deps.store
-        .begin_notification(&meta, attempt, &account.id)
+    let claimed = Instant::now();
+    let claim = deps
+        .store
+        .claim_notification(&meta, delivery, &account.id, deps.limits.lease, mode)
         .await?;
+    match claim {
+        Claim::Proceed => {}
+        Claim::AlreadyDone(done) => return Ok(Handled::AlreadyDone(done)),
+        Claim::Busy(left) => return Err(HandleError::Busy(left)),
+        Claim::Throttled => return Ok(Handled::Throttled),
+    }
     let message = deps
         .composer
         .changed_email(&deps.templates, event, &account)?;
-    deliver(deps, &message, event.event_id).await
+    deliver(deps, &message, event.event_id, claimed).await
 }
 
-/// Hands the message over and records it as sent.
+/// Hands the message over and records it as sent, all within the lease of the claim made at
+/// `claimed`: the hand-over begins only while it can end (SMTP_TIMEOUT) with
+/// [`RECORD_MARGIN`] of the lease left for the record, so no other delivery can take the claim
+/// over from a live one and mail again.
 async fn deliver(
     deps: &Deps,
     message: &lettre::Message,
     event_id: uuid::Uuid,
+    claimed: Instant,
 ) -> Result<Handled, HandleError> {
+    let start_by = claimed
+        + deps
+            .limits
+            .lease
+            .saturating_sub(deps.mailer.longest_send() + RECORD_MARGIN);
     let started = Instant::now();
-    let sent = deps.mailer.send(message, &event_id.to_string()).await;
+    let sent = deps
+        .mailer
+        .send(message, &event_id.to_string(), start_by)
+        .await;
     let result = match &sent {
         Ok(()) => "ok",
         Err(err) => err.as_str(),

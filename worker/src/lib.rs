@@ -70,6 +70,11 @@ pub enum WorkerError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "WORKER_CLAIM_LEASE ({lease:?}) must be at least SMTP_TIMEOUT ({send:?}) + 10 s: a \
+         delivery hands its mail over only while SMTP_TIMEOUT + 5 s of its lease are left"
+    )]
+    Lease { lease: Duration, send: Duration },
 }
 
 /// Runs until `shutdown` resolves, then drains in-flight events and returns.
@@ -82,6 +87,13 @@ pub async fn run(
 ) -> Result<(), WorkerError> {
     let shutdown = shutdown.shared();
     let (templates, composer, mailer) = mail_parts(&settings)?;
+    let send = mailer.longest_send();
+    if settings.consume.claim_lease < send + Duration::from_secs(10) {
+        return Err(WorkerError::Lease {
+            lease: settings.consume.claim_lease,
+            send,
+        });
+    }
     let status = Arc::new(Status::new(mailer.health()));
     let (bound, listener) = status::serve(settings.status.addr, status.clone())
         .await
@@ -165,14 +177,15 @@ async fn consume_until(
         templates,
         composer,
         mailer,
-        limits: Limits::from(&settings.policy),
+        limits: Limits::new(&settings.policy, settings.consume.claim_lease),
         status,
     });
+    let (drain_for, close_for) = split_stop(settings.consume.shutdown_timeout);
     let loop_settings = LoopSettings {
         concurrency,
         backoff: settings.consume.backoff.clone(),
         ack_wait: settings.consume.ack_wait,
-        shutdown_timeout: settings.consume.shutdown_timeout,
+        drain_for,
         token_ttl: settings.policy.token_ttl,
         dead_subject: subjects.dead(),
         changed_subject: subjects.changed(),
@@ -199,11 +212,30 @@ async fn consume_until(
         ),
     );
 
-    deps.mailer.close().await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
-    deps.store.pool().close().await;
+    // Every step of the stop is bounded: what is not closed by the deadline is left to the
+    // other side's timeouts (SMTP sessions, database connections), which lose nothing.
+    let closing = async {
+        let (_, flushed, _) = tokio::join!(
+            deps.mailer.close(),
+            client.flush(),
+            deps.store.pool().close()
+        );
+        if let Err(err) = flushed {
+            tracing::warn!(error = %err, "flushing the NATS connection");
+        }
+    };
+    if tokio::time::timeout(close_for, closing).await.is_err() {
+        tracing::warn!(within = ?close_for, "connections not all closed in time; exiting anyway");
+    }
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// How a stop's deadline (`WORKER_SHUTDOWN_TIMEOUT`) is split: in-flight events get the
+/// first part, closing connections the rest (a quarter, at most 2 s).
+fn split_stop(deadline: Duration) -> (Duration, Duration) {
+    let close_for = (deadline / 4).min(Duration::from_secs(2));
+    (deadline - close_for, close_for)
 }
 
 /// Templates, composer and transport from the settings: everything that fails at once when a
@@ -243,5 +275,18 @@ where
     tokio::select! {
         result = retried => result.ok(),
         () = shutdown => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stop_keeps_a_quarter_at_most_2_s_for_closing() {
+        let second = Duration::from_secs(1);
+        assert_eq!(split_stop(20 * second), (18 * second, 2 * second));
+        assert_eq!(split_stop(4 * second), (3 * second, second));
+        assert_eq!(split_stop(Duration::ZERO), (Duration::ZERO, Duration::ZERO));
     }
 }

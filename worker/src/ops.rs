@@ -131,7 +131,7 @@ async fn deps_for(settings: &Settings) -> Result<Deps, OpsError> {
         templates,
         composer,
         mailer,
-        limits: Limits::from(&settings.policy),
+        limits: Limits::new(&settings.policy, settings.consume.claim_lease),
         status: Arc::new(Status::new(None)),
     })
 }

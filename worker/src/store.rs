@@ -65,6 +65,8 @@ enum ClaimAnswer {
     Done,
     NotFound,
     Ambiguous,
+    /// Another delivery holds a live claim on the event; the row's `busy_for` says how long.
+    Busy,
 }
 
 /// Which kind of email a processing record is about.
@@ -114,12 +116,35 @@ impl From<&shared::event::PasswordChanged> for EventMeta {
     }
 }
 
-/// The per-account limits a claim enforces.
+/// What a claim enforces: the per-account limits, and how long it keeps other deliveries of
+/// its event from mailing.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub cooldown: Duration,
     pub daily_limit: u32,
     pub token_ttl: Duration,
+    pub lease: Duration,
+}
+
+/// One delivery of an event: JetStream's delivery count, and the id its claim is held under
+/// (drawn afresh for each delivery, so two deliveries of one event never share a claim).
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery {
+    pub attempt: u32,
+    pub holder: Uuid,
+}
+
+impl Delivery {
+    pub fn new(attempt: u32) -> Self {
+        Self {
+            attempt,
+            holder: Uuid::now_v7(),
+        }
+    }
+
+    fn attempt_i32(self) -> i32 {
+        i32::try_from(self.attempt).unwrap_or(i32::MAX)
+    }
 }
 
 /// Whether an earlier final outcome of the same event stands.
@@ -151,12 +176,13 @@ pub struct Record {
     pub updated_at: time::OffsetDateTime,
 }
 
-impl From<&crate::config::PolicySettings> for Limits {
-    fn from(policy: &crate::config::PolicySettings) -> Self {
+impl Limits {
+    pub fn new(policy: &crate::config::PolicySettings, lease: Duration) -> Self {
         Self {
             cooldown: policy.cooldown,
             daily_limit: policy.daily_limit,
             token_ttl: policy.token_ttl,
+            lease,
         }
     }
 }
@@ -170,6 +196,8 @@ pub enum Claim {
     Throttled,
     /// The event was already decided (another delivery of it finished first).
     AlreadyDone(Outcome),
+    /// Another delivery of the event holds its claim for this long yet: nothing was done.
+    Busy(Duration),
 }
 
 /// What [`Store::find_and_claim`] found and decided.
@@ -229,6 +257,7 @@ struct ClaimRequest {
     request_id: String,
     requested_at: time::OffsetDateTime,
     attempt: i32,
+    holder: Uuid,
     token_hash: [u8; 32],
     limits: Limits,
     again: bool,
@@ -273,6 +302,7 @@ struct ClaimRow {
     ord: i32,
     answer: ClaimAnswer,
     done: Option<Outcome>,
+    busy_for: Option<f64>,
     #[sqlx(flatten)]
     found: FoundRow,
 }
@@ -352,8 +382,8 @@ async fn claim_rows(
         batch.iter().map(field).collect()
     }
     sqlx::query_as(
-        "SELECT ord, answer, done, id, email, display_name, locale, matches
-         FROM reset_mark_sent_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        "SELECT ord, answer, done, busy_for, id, email, display_name, locale, matches
+         FROM reset_mark_sent_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
     .bind(sent)
     .bind(column(batch, |c| c.event_id))
@@ -368,6 +398,9 @@ async fn claim_rows(
         i32::try_from(c.limits.daily_limit).unwrap_or(i32::MAX)
     }))
     .bind(column(batch, |c| c.again))
+    .bind(column(batch, |c| c.holder))
+    // One lease for the batch: every claim of a worker has the same.
+    .bind(batch.first().map_or(0.0, |c| c.limits.lease.as_secs_f64()))
     .fetch_all(pool)
     .await
 }
@@ -390,6 +423,9 @@ fn resolution(index: usize, row: ClaimRow) -> Result<Resolution, sqlx::Error> {
         (ClaimAnswer::Proceed, _) => Claim::Proceed,
         (ClaimAnswer::Throttled, _) => Claim::Throttled,
         (ClaimAnswer::Done, Some(done)) => Claim::AlreadyDone(done),
+        (ClaimAnswer::Busy, _) => Claim::Busy(Duration::from_secs_f64(
+            row.busy_for.unwrap_or(1.0).clamp(0.0, 86_400.0),
+        )),
         (answer, done) => {
             return Err(sqlx::Error::Protocol(format!(
                 "reset_find_and_claim answered {answer:?} ({done:?}) for an account it found"
@@ -508,7 +544,7 @@ impl Store {
     pub async fn find_and_claim(
         &self,
         event: &ResetRequested,
-        attempt: u32,
+        delivery: Delivery,
         token_hash: &[u8; 32],
         limits: Limits,
         mode: Mode,
@@ -518,7 +554,8 @@ impl Store {
             id: event.id.clone(),
             request_id: event.request_id.clone(),
             requested_at: event.requested_at,
-            attempt: i32::try_from(attempt).unwrap_or(i32::MAX),
+            attempt: delivery.attempt_i32(),
+            holder: delivery.holder,
             token_hash: *token_hash,
             limits,
             again: mode == Mode::Again,
@@ -537,15 +574,73 @@ impl Store {
             .await
     }
 
-    /// Marks a notification as being sent (attempt `attempt`). Notifications are not throttled.
-    pub async fn begin_notification(
+    /// Claims a notification's event for `delivery` as `reset_claim` claims a reset: a pending
+    /// record held for `lease`, unless a final outcome stands in `mode` (`AlreadyDone`) or
+    /// another delivery holds a live claim (`Busy`, counted as a wait).
+    pub async fn claim_notification(
         &self,
         event: &EventMeta,
-        attempt: u32,
+        delivery: Delivery,
         account_id: &str,
-    ) -> Result<(), sqlx::Error> {
-        let mut conn = self.pool.acquire().await?;
-        upsert_request(&mut conn, event, attempt, account_id, "pending", None).await
+        lease: Duration,
+        mode: Mode,
+    ) -> Result<Claim, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        // The record may not exist yet: the lock, not FOR UPDATE, keeps two first deliveries
+        // from both inserting it.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7042))")
+            .bind(event.event_id)
+            .execute(&mut *tx)
+            .await?;
+        let existing: Option<(Outcome, Option<Uuid>, Option<f64>)> = sqlx::query_as(
+            "SELECT outcome, lease_holder, extract(epoch FROM lease_until - now())::float8
+             FROM reset_requests WHERE event_id = $1",
+        )
+        .bind(event.event_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match existing {
+            Some((outcome, _, _)) if outcome != Outcome::Pending && mode.keeps(outcome) => {
+                return Ok(Claim::AlreadyDone(outcome));
+            }
+            Some((Outcome::Pending, holder, Some(left)))
+                if left > 0.0 && holder != Some(delivery.holder) =>
+            {
+                sqlx::query(
+                    "UPDATE reset_requests SET waits = waits + 1, updated_at = now()
+                     WHERE event_id = $1",
+                )
+                .bind(event.event_id)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                return Ok(Claim::Busy(Duration::from_secs_f64(left.min(86_400.0))));
+            }
+            _ => {}
+        }
+        sqlx::query(
+            "INSERT INTO reset_requests
+                 (event_id, account_id, outcome, attempts, request_id, requested_at, kind,
+                  lease_holder, lease_until)
+             VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, now() + make_interval(secs => $8))
+             ON CONFLICT (event_id) DO UPDATE
+             SET account_id = EXCLUDED.account_id, outcome = 'pending',
+                 attempts = GREATEST(reset_requests.attempts, EXCLUDED.attempts),
+                 lease_holder = EXCLUDED.lease_holder, lease_until = EXCLUDED.lease_until,
+                 updated_at = now()",
+        )
+        .bind(event.event_id)
+        .bind(account_id)
+        .bind(delivery.attempt_i32())
+        .bind(&event.request_id)
+        .bind(event.at)
+        .bind(event.kind.as_str())
+        .bind(delivery.holder)
+        .bind(lease.as_secs_f64())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Claim::Proceed)
     }
 
     /// Records a final outcome reached without mailing (no account).
@@ -598,12 +693,14 @@ impl Store {
         })
     }
 
-    /// Notes a failed attempt. When it is the last (`give_up`), the event is marked failed and
-    /// its token invalidated: the email carrying it may never have arrived.
+    /// Notes a failed attempt, and gives up the delivery's claim (if it still holds it) so the
+    /// next delivery need not wait for its lease. When it is the last (`give_up`), the event
+    /// is marked failed and its token invalidated: the email carrying it may never have
+    /// arrived.
     pub async fn record_failure(
         &self,
         event: &EventMeta,
-        attempt: u32,
+        delivery: Delivery,
         error: &str,
         give_up: bool,
     ) -> Result<(), sqlx::Error> {
@@ -616,16 +713,19 @@ impl Store {
              SET last_error = EXCLUDED.last_error,
                  attempts = GREATEST(reset_requests.attempts, EXCLUDED.attempts),
                  outcome = CASE WHEN $5 THEN 'failed' ELSE reset_requests.outcome END,
+                 lease_until = CASE WHEN reset_requests.lease_holder = $8 THEN NULL
+                                    ELSE reset_requests.lease_until END,
                  updated_at = now()
              WHERE reset_requests.outcome IN ('pending', 'failed')",
         )
         .bind(event.event_id)
-        .bind(attempt as i32)
+        .bind(delivery.attempt_i32())
         .bind(error)
         .bind(&event.request_id)
         .bind(give_up)
         .bind(event.at)
         .bind(event.kind.as_str())
+        .bind(delivery.holder)
         .execute(&mut *tx)
         .await?;
         if give_up {
@@ -642,77 +742,47 @@ impl Store {
 }
 
 impl Store {
-    /// Records a delivery that found no SMTP session: a failure like any other, and one more
-    /// of the event's `smtp_waits`.
-    pub async fn record_smtp_wait(
+    /// Records a delivery that could not be the message's fault (no SMTP session; its claim
+    /// about to run out before a connection was free): a failure like any other, one more of
+    /// the event's `waits`, and the delivery's claim given up.
+    pub async fn record_wait(
         &self,
         event: &EventMeta,
-        attempt: u32,
+        delivery: Delivery,
         error: &str,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
             "INSERT INTO reset_requests
-                 (event_id, outcome, attempts, last_error, request_id, requested_at, kind,
-                  smtp_waits)
+                 (event_id, outcome, attempts, last_error, request_id, requested_at, kind, waits)
              VALUES ($1, 'pending', $2, $3, $4, $5, $6, 1)
              ON CONFLICT (event_id) DO UPDATE
              SET last_error = EXCLUDED.last_error,
                  attempts = GREATEST(reset_requests.attempts, EXCLUDED.attempts),
-                 smtp_waits = reset_requests.smtp_waits + 1,
+                 waits = reset_requests.waits + 1,
+                 lease_until = CASE WHEN reset_requests.lease_holder = $7 THEN NULL
+                                    ELSE reset_requests.lease_until END,
                  updated_at = now()
              WHERE reset_requests.outcome IN ('pending', 'failed')",
         )
         .bind(event.event_id)
-        .bind(i32::try_from(attempt).unwrap_or(i32::MAX))
+        .bind(delivery.attempt_i32())
         .bind(error)
         .bind(&event.request_id)
         .bind(event.at)
         .bind(event.kind.as_str())
+        .bind(delivery.holder)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// How many deliveries of the event found no SMTP session.
-    pub async fn smtp_waits(&self, event_id: Uuid) -> Result<u32, sqlx::Error> {
+    /// How many deliveries of the event were waits, not failures of the message.
+    pub async fn waits(&self, event_id: Uuid) -> Result<u32, sqlx::Error> {
         let waits: Option<i32> =
-            sqlx::query_scalar("SELECT smtp_waits FROM reset_requests WHERE event_id = $1")
+            sqlx::query_scalar("SELECT waits FROM reset_requests WHERE event_id = $1")
                 .bind(event_id)
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(waits.map_or(0, |w| u32::try_from(w).unwrap_or(0)))
     }
-}
-
-async fn upsert_request(
-    tx: &mut sqlx::PgConnection,
-    event: &EventMeta,
-    attempt: u32,
-    account_id: &str,
-    outcome: &str,
-    note: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO reset_requests
-             (event_id, account_id, outcome, attempts, last_error, request_id, requested_at, claimed_at, kind)
-         VALUES ($1, $2, $3, $4, $5, $6, $7,
-                 CASE WHEN $3 = 'pending' AND $8 = 'reset' THEN now() END, $8)
-         ON CONFLICT (event_id) DO UPDATE
-         SET account_id = EXCLUDED.account_id, outcome = EXCLUDED.outcome,
-             attempts = GREATEST(reset_requests.attempts, EXCLUDED.attempts),
-             last_error = COALESCE(EXCLUDED.last_error, reset_requests.last_error),
-             claimed_at = COALESCE(reset_requests.claimed_at, EXCLUDED.claimed_at),
-             updated_at = now()",
-    )
-    .bind(event.event_id)
-    .bind(account_id)
-    .bind(outcome)
-    .bind(attempt as i32)
-    .bind(note)
-    .bind(&event.request_id)
-    .bind(event.at)
-    .bind(event.kind.as_str())
-    .execute(tx)
-    .await?;
-    Ok(())
 }

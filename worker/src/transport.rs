@@ -19,6 +19,7 @@ mod target;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use lettre::Message;
 
@@ -41,6 +42,10 @@ pub enum SendError {
     /// Not worth retrying: a 5xx answer to MAIL FROM, RCPT TO or DATA for this message.
     #[error("{0}")]
     Permanent(String),
+    /// Not started: the delivery's claim would run out before the mail could be handed over
+    /// and recorded (a long wait for a free connection). Nothing was said to the server.
+    #[error("the claim's lease would run out before the mail is handed over")]
+    TooLate,
 }
 
 impl SendError {
@@ -50,6 +55,7 @@ impl SendError {
             Self::Connection(_) => "connection",
             Self::Transient(_) => "transient",
             Self::Permanent(_) => "permanent",
+            Self::TooLate => "too_late",
         }
     }
 }
@@ -96,11 +102,26 @@ impl Mailer {
         }
     }
 
-    /// Hands `message` over; `name` identifies it in the outbox and in logs.
-    pub async fn send(&self, message: &Message, name: &str) -> Result<(), SendError> {
+    /// Hands `message` over unless it cannot begin by `start_by` (then [`SendError::TooLate`]);
+    /// `name` identifies it in the outbox and in logs.
+    pub async fn send(
+        &self,
+        message: &Message,
+        name: &str,
+        start_by: Instant,
+    ) -> Result<(), SendError> {
         match self {
-            Self::Smtp(pool) => pool.send(message).await,
+            Self::Smtp(pool) => pool.send(message, start_by).await,
+            Self::Outbox(_) if Instant::now() > start_by => Err(SendError::TooLate),
             Self::Outbox(outbox) => outbox.write(message, name).await,
+        }
+    }
+
+    /// The longest a hand-over takes once begun: SMTP_TIMEOUT for SMTP.
+    pub fn longest_send(&self) -> Duration {
+        match self {
+            Self::Smtp(pool) => pool.timeout(),
+            Self::Outbox(_) => Duration::from_secs(1),
         }
     }
 

@@ -21,8 +21,9 @@ use tracing::{Instrument, field::Empty};
 
 use super::dead_letter::{HEADER_RETRY_OF, dead_letter, give_up};
 use crate::config::Backoff;
-use crate::handle::{Deps, Handled, handle, handle_changed};
-use crate::store::{EventMeta, Mode};
+use crate::handle::{Deps, HandleError, Handled, handle, handle_changed};
+use crate::store::{Delivery, EventMeta, Mode};
+use crate::transport::SendError;
 
 /// How often the server confirms a waiting pull is alive; two missed in a row start a new one.
 const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
@@ -33,7 +34,8 @@ pub struct LoopSettings {
     pub concurrency: usize,
     pub backoff: Backoff,
     pub ack_wait: Duration,
-    pub shutdown_timeout: Duration,
+    /// On a stop, how long in-flight events get to finish before they are handed back.
+    pub drain_for: Duration,
     pub token_ttl: Duration,
     pub dead_subject: String,
     /// Messages on this subject are `PasswordChanged`; all others `ResetRequested`.
@@ -63,7 +65,7 @@ impl Incoming {
 }
 
 /// Consumes until `shutdown` resolves, then stops fetching, gives in-flight events up to
-/// `shutdown_timeout` to finish, and returns.
+/// `drain_for` to finish, and returns.
 pub async fn run(
     consumer: PullConsumer,
     js: jetstream::Context,
@@ -148,7 +150,7 @@ pub async fn run(
         in_flight = tasks.len(),
         "stopped fetching; finishing in-flight events"
     );
-    let drained = tokio::time::timeout(settings.shutdown_timeout, async {
+    let drained = tokio::time::timeout(settings.drain_for, async {
         while tasks.join_next().await.is_some() {}
     })
     .await;
@@ -231,15 +233,16 @@ async fn process(
         };
         if time::OffsetDateTime::now_utc() > deadline {
             let why = "the request is older than TOKEN_TTL; a link sent now would outlive it";
-            give_up(js, deps, settings, &message, &meta, "expired", attempt, why).await;
+            give_up(js, deps, settings, &message, &meta, "expired", Delivery::new(attempt), why).await;
             return;
         }
 
         let progress_every = (settings.ack_wait / 3).max(Duration::from_millis(100));
+        let delivery = Delivery::new(attempt);
         let work = async {
             match &event {
-                Incoming::Reset(event) => handle(event, attempt, mode, deps).await,
-                Incoming::Changed(event) => handle_changed(event, attempt, mode, deps).await,
+                Incoming::Reset(event) => handle(event, delivery, mode, deps).await,
+                Incoming::Changed(event) => handle_changed(event, delivery, mode, deps).await,
             }
         };
         match with_progress(&message, progress_every, work).await {
@@ -257,8 +260,30 @@ async fn process(
                     tracing::info!(previous = outcome.as_str(), "event had been handled before");
                 }
             }
+            Err(HandleError::Busy(left)) => {
+                // Another delivery may be sending this very mail: come back once its lease
+                // has run out (by then it has recorded the mail, or failed and let go).
+                // The claim counted this delivery as a wait, not a failure.
+                let delay = left + Duration::from_millis(100);
+                tracing::info!(retry_in = ?delay, "another delivery holds the event's claim");
+                deps.status.metrics.event("busy");
+                if let Err(nak) = message.ack_with(AckKind::Nak(Some(delay))).await {
+                    tracing::warn!(error = %nak, "nak not sent; JetStream redelivers after ack_wait");
+                }
+            }
+            Err(HandleError::Send(SendError::TooLate)) => {
+                let delay = settings.backoff.after(1).unwrap_or(Duration::from_secs(1));
+                tracing::warn!(retry_in = ?delay, "no SMTP connection free before the claim's lease would run out; handed back unsent");
+                if let Err(db) = deps.store.record_wait(&meta, delivery, "no SMTP connection free in time").await {
+                    tracing::warn!(error = %db, "recording the wait");
+                }
+                deps.status.metrics.event("retried");
+                if let Err(nak) = message.ack_with(AckKind::Nak(Some(delay))).await {
+                    tracing::warn!(error = %nak, "nak not sent; JetStream redelivers after ack_wait");
+                }
+            }
             Err(err) if err.is_permanent() => {
-                give_up(js, deps, settings, &message, &meta, "permanent", attempt, &err.to_string()).await;
+                give_up(js, deps, settings, &message, &meta, "permanent", delivery, &err.to_string()).await;
             }
             Err(err) => {
                 // An SMTP outage or a wrong SMTP setting is not the event's fault: it waits
@@ -268,7 +293,7 @@ async fn process(
                 let waits = if err.is_connection() {
                     0
                 } else {
-                    deps.store.smtp_waits(meta.event_id).await.unwrap_or(0)
+                    deps.store.waits(meta.event_id).await.unwrap_or(0)
                 };
                 let scheduled = settings
                     .backoff
@@ -300,9 +325,9 @@ async fn process(
                             );
                         }
                         let recorded = if err.is_connection() {
-                            deps.store.record_smtp_wait(&meta, attempt, &err.to_string()).await
+                            deps.store.record_wait(&meta, delivery, &err.to_string()).await
                         } else {
-                            deps.store.record_failure(&meta, attempt, &err.to_string(), false).await
+                            deps.store.record_failure(&meta, delivery, &err.to_string(), false).await
                         };
                         if let Err(db) = recorded {
                             tracing::warn!(error = %db, "recording the failed attempt");
@@ -318,7 +343,7 @@ async fn process(
                         } else {
                             "retries_exhausted"
                         };
-                        give_up(js, deps, settings, &message, &meta, reason, attempt, &err.to_string()).await;
+                        give_up(js, deps, settings, &message, &meta, reason, delivery, &err.to_string()).await;
                     }
                 }
             }

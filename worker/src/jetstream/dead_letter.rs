@@ -11,7 +11,7 @@ use shared::logging::mask_addresses;
 use super::consume::LoopSettings;
 use crate::handle::Deps;
 use crate::status::ReasonLabels;
-use crate::store::EventMeta;
+use crate::store::{Delivery, EventMeta};
 
 /// Headers on a dead letter, beside the original event's own.
 pub const HEADER_DEAD_REASON: &str = "Dead-Reason";
@@ -33,14 +33,18 @@ pub(super) async fn give_up(
     message: &jetstream::Message,
     event: &EventMeta,
     reason: &'static str,
-    attempt: u32,
+    delivery: Delivery,
     error: &str,
 ) {
     tracing::error!(reason, error = %mask_addresses(error), "giving up on the event");
-    if let Err(db) = deps.store.record_failure(event, attempt, error, true).await {
+    if let Err(db) = deps
+        .store
+        .record_failure(event, delivery, error, true)
+        .await
+    {
         tracing::warn!(error = %db, "recording the failure");
     }
-    dead_letter(js, deps, settings, message, reason, attempt, error).await;
+    dead_letter(js, deps, settings, message, reason, delivery.attempt, error).await;
 }
 
 /// Republishes the original event to `{prefix}.dead` with why, then terminates the message.

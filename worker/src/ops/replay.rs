@@ -11,7 +11,7 @@ use shared::logging::mask_id;
 use crate::cli::ReplayArgs;
 use crate::config::Settings;
 use crate::handle::{Deps, handle};
-use crate::store::{Lookup, Mode, Outcome};
+use crate::store::{Delivery, Lookup, Mode, Outcome};
 
 use super::{OpsError, SubjectReader, deps_for, open_stream};
 
@@ -132,13 +132,14 @@ async fn describe(
         let attempt = record
             .as_ref()
             .map_or(1, |r| u32::try_from(r.attempts).unwrap_or(0) + 1);
-        Some(match handle(&event, attempt, Mode::Again, deps).await {
+        let delivery = Delivery::new(attempt);
+        Some(match handle(&event, delivery, Mode::Again, deps).await {
             Ok(handled) => handled.as_str().to_owned(),
             Err(err) => {
                 let give_up = err.is_permanent();
                 let _ = deps
                     .store
-                    .record_failure(&(&event).into(), attempt, &err.to_string(), give_up)
+                    .record_failure(&(&event).into(), delivery, &err.to_string(), give_up)
                     .await;
                 format!(
                     "error: {}",

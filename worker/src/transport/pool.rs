@@ -111,7 +111,12 @@ impl SmtpPool {
         }
     }
 
-    pub(super) async fn send(&self, message: &Message) -> Result<(), SendError> {
+    pub(super) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Sends `message` on a pooled connection, unless none is in hand by `start_by`.
+    pub(super) async fn send(&self, message: &Message, start_by: Instant) -> Result<(), SendError> {
         let _permit = self
             .permits
             .acquire()
@@ -121,6 +126,10 @@ impl SmtpPool {
             Some(connection) => connection,
             None => self.open().await?,
         };
+        if Instant::now() > start_by {
+            self.idle.lock().await.push((connection, Instant::now()));
+            return Err(SendError::TooLate);
+        }
         let sent = tokio::time::timeout(
             self.timeout,
             connection.send(message.envelope(), &message.formatted()),
@@ -227,11 +236,14 @@ impl SmtpPool {
         Ok(connection)
     }
 
+    /// Says QUIT on every idle connection at once: one after another, a server slow to answer
+    /// QUIT would hold the worker's stop for `QUIT_WAIT` per connection.
     pub(super) async fn close(&self) {
         let idle = std::mem::take(&mut *self.idle.lock().await);
-        for (mut connection, _) in idle {
+        let quits = idle.into_iter().map(|(mut connection, _)| async move {
             let _ = tokio::time::timeout(QUIT_WAIT, connection.quit()).await;
-        }
+        });
+        futures::future::join_all(quits).await;
     }
 }
 
