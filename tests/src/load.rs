@@ -30,17 +30,21 @@ pub fn reconcile(accepted: &BTreeSet<String>, mails: &[ReceivedMail]) -> (usize,
     (mails.len(), lost, duplicates)
 }
 
-/// Waits until every accepted id has a mail, or `within` has passed; the mails so far.
+/// Waits until every accepted id has a mail, or no new mail has come for `within` (a backlog
+/// still draining is waited for); the mails so far.
 pub async fn wait_for_all(
     sink: &SmtpSink,
     accepted: &BTreeSet<String>,
     within: Duration,
 ) -> Vec<ReceivedMail> {
-    let deadline = Instant::now() + within;
+    let (mut seen, mut progress) = (0, Instant::now());
     loop {
         let mails = sink.messages();
         let (_, lost, _) = reconcile(accepted, &mails);
-        if lost == 0 || Instant::now() > deadline {
+        if mails.len() > seen {
+            (seen, progress) = (mails.len(), Instant::now());
+        }
+        if lost == 0 || progress.elapsed() > within {
             return mails;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -219,4 +223,150 @@ fn last_lines(path: &std::path::Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// What a run of api stops under load came to.
+#[derive(Debug)]
+pub struct ApiStopRun {
+    pub accepted: usize,
+    pub mails: usize,
+    pub lost: usize,
+    pub duplicates: usize,
+    pub stops: usize,
+    /// Answers other than 200 (503 while stopping or starting, say), each asked again.
+    pub refused: usize,
+    /// Requests that got no answer (connection refused or closed first), each asked again.
+    pub unanswered: usize,
+    /// The longest time from a SIGTERM to the api's exit.
+    pub longest_stop: Duration,
+    /// Stops that did not end with exit status 0.
+    pub unclean: usize,
+}
+
+impl StopRun {
+    /// Every stop ended cleanly within `deadline` (a second more covers the process's exit),
+    /// every accepted request was mailed, and none twice.
+    pub fn assert_clean(&self, deadline: Duration) {
+        assert_eq!(self.unclean, 0, "a stop ended with a failure: {self:?}");
+        assert!(
+            self.longest_stop <= deadline + Duration::from_secs(1),
+            "a stop outlasted WORKER_SHUTDOWN_TIMEOUT: {self:?}"
+        );
+        assert_eq!(self.lost, 0, "accepted requests without a mail: {self:?}");
+        assert_eq!(self.duplicates, 0, "mails sent twice: {self:?}");
+    }
+}
+
+/// An api as its own process on `port`, for tests that stop it with SIGTERM.
+fn spawn_api(iso: &Isolation, port: u16) -> std::process::Child {
+    std::process::Command::new(crate::system::binary("api"))
+        .env("API_ADDR", format!("127.0.0.1:{port}"))
+        .env("API_KEYS", format!("{}:{KEY}", crate::LABEL))
+        .env("API_RATE_LIMIT", "1000000/second")
+        .env("API_SHUTDOWN_TIMEOUT", "5s")
+        .env("RESET_STREAM", &iso.stream)
+        .env("RESET_SUBJECT_PREFIX", &iso.prefix)
+        .env("RESET_RETENTION", "1h")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("the api binary starts")
+}
+
+/// Requests from 4 clients (at most `requests`, each with its id as `Idempotency-Key` and
+/// asked again until answered 200) while one worker runs and the api, its own process, gets
+/// SIGTERM every `every` and is started again on the same port, `stops` times.
+pub async fn sigterm_api_under_load(requests: usize, stops: usize, every: Duration) -> ApiStopRun {
+    let iso = Isolation::new();
+    let db = TestDb::migrated().await;
+    db.add_numbered_accounts("a", i32::try_from(requests).expect("count"))
+        .await;
+    let sink = SmtpSink::start();
+    let _worker = WorkerProcess::spawn(&worker_args(&iso, &db.url, &sink.url()));
+    let port = crate::free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let api = spawn_api(&iso, port);
+    let began = Instant::now();
+    while try_forgot(addr, "warm-up").await != Some(200) {
+        assert!(
+            began.elapsed() < Duration::from_secs(20),
+            "the api never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let load_ends = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicUsize::new(0));
+    let (refused, unanswered) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let lanes = (0..4).map(|_| {
+        let (next, load_ends) = (next.clone(), load_ends.clone());
+        let (refused, unanswered) = (refused.clone(), unanswered.clone());
+        async move {
+            let mut accepted = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= requests || load_ends.load(Ordering::Relaxed) {
+                    return accepted;
+                }
+                let id = format!("a{i}");
+                loop {
+                    match try_forgot(addr, &id).await {
+                        Some(200) => break,
+                        Some(_) => refused.fetch_add(1, Ordering::Relaxed),
+                        None => unanswered.fetch_add(1, Ordering::Relaxed),
+                    };
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                accepted.push(id);
+            }
+        }
+    });
+    let stopper = async {
+        let mut api = api;
+        let mut times = Vec::new();
+        let mut unclean = 0;
+        for _ in 0..stops {
+            tokio::time::sleep(every).await;
+            let (took, status, stopped) = tokio::task::spawn_blocking(move || {
+                let began = Instant::now();
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &api.id().to_string()])
+                    .status();
+                let status = api.wait().expect("api exits");
+                (began.elapsed(), status, api)
+            })
+            .await
+            .expect("stopping");
+            drop(stopped);
+            times.push(took);
+            if !status.success() {
+                unclean += 1;
+            }
+            api = spawn_api(&iso, port);
+        }
+        load_ends.store(true, Ordering::Relaxed);
+        (times, unclean, api)
+    };
+    let (lanes, (times, unclean, mut api)) =
+        tokio::join!(futures::future::join_all(lanes), stopper);
+    let accepted: BTreeSet<String> = lanes.into_iter().flatten().collect();
+    wait_for_all(&sink, &accepted, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // "warm-up" names no account: it has no mail.
+    let mails = sink.messages();
+    let (count, lost, duplicates) = reconcile(&accepted, &mails);
+    let _ = api.kill();
+    let _ = api.wait();
+    iso.delete_stream(crate::NATS_URL).await;
+    db.drop_db().await;
+    ApiStopRun {
+        accepted: accepted.len(),
+        mails: count,
+        lost,
+        duplicates,
+        stops: times.len(),
+        refused: refused.load(Ordering::Relaxed),
+        unanswered: unanswered.load(Ordering::Relaxed),
+        longest_stop: times.into_iter().max().unwrap_or_default(),
+        unclean,
+    }
 }

@@ -115,6 +115,36 @@ fn check(compose_path: &Path, nats_services: &[&str]) {
         }
     }
 
+    // The worker's stop ends by its own deadline, not by the SIGKILL that follows the grace
+    // period; a second more than the deadline covers the process's exit.
+    let worker_env = env("worker");
+    let default = {
+        use clap::Parser;
+        let settings = worker::Settings::try_parse_from(["worker"]).expect("worker defaults");
+        humantime::format_duration(settings.consume.shutdown_timeout).to_string()
+    };
+    let deadline = worker_env
+        .iter()
+        .find(|(key, _)| key == "WORKER_SHUTDOWN_TIMEOUT")
+        .map_or(default.as_str(), |(_, value)| value.as_str());
+    let grace = services["worker"]["stop_grace_period"]
+        .as_str()
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: worker has no stop_grace_period",
+                compose_path.display()
+            )
+        });
+    let (deadline, grace) = (
+        humantime::parse_duration(deadline).expect("WORKER_SHUTDOWN_TIMEOUT"),
+        humantime::parse_duration(grace).expect("stop_grace_period"),
+    );
+    assert!(
+        grace >= deadline + std::time::Duration::from_secs(1),
+        "{}: stop_grace_period {grace:?} does not cover WORKER_SHUTDOWN_TIMEOUT {deadline:?}",
+        compose_path.display()
+    );
+
     // URLs point at services of this file, on the ports those services listen on.
     let host_port = |url: &str| -> (String, Option<u16>) {
         let parsed = url::Url::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));

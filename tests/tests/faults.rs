@@ -423,3 +423,53 @@ async fn existing_and_unknown_accounts_cannot_be_told_apart() {
     api.stop().await;
     db.drop_db().await;
 }
+
+#[tokio::test]
+#[ignore = "fault suite: run with faults/run"]
+async fn sigterm_a_worker_20_times_under_load() {
+    let deadline = Duration::from_secs(5);
+    let run =
+        e2e::load::sigterm_workers_under_load(50_000, 20, Duration::from_millis(1500), deadline)
+            .await;
+    report(
+        "SIGTERM a worker every 1.5 s (2 workers, each replaced at once)",
+        &format!("{} requests, 4 concurrent", run.accepted),
+        &format!(
+            "{} SIGTERMs, WORKER_SHUTDOWN_TIMEOUT {deadline:?}, longest stop {:.2} s",
+            run.stops,
+            run.longest_stop.as_secs_f64()
+        ),
+        run.accepted,
+        run.mails,
+        run.lost,
+        run.duplicates,
+    );
+    run.assert_clean(deadline);
+}
+
+#[tokio::test]
+#[ignore = "fault suite: run with faults/run"]
+async fn sigterm_the_api_10_times_under_load() {
+    let run = e2e::load::sigterm_api_under_load(50_000, 10, Duration::from_millis(1500)).await;
+    report(
+        "SIGTERM the api every 1.5 s (started again at once on its port)",
+        &format!(
+            "{} requests, 4 concurrent, each asked again with its Idempotency-Key until 200",
+            run.accepted
+        ),
+        &format!(
+            "{} SIGTERMs, longest stop {:.2} s; {} answers other than 200, {} without an answer",
+            run.stops,
+            run.longest_stop.as_secs_f64(),
+            run.refused,
+            run.unanswered
+        ),
+        run.accepted,
+        run.mails,
+        run.lost,
+        run.duplicates,
+    );
+    assert_eq!(run.unclean, 0, "{run:?}");
+    assert_eq!(run.lost, 0, "{run:?}");
+    assert_eq!(run.duplicates, 0, "{run:?}");
+}
