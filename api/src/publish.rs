@@ -35,8 +35,10 @@ pub struct Outgoing<'a> {
 }
 
 /// JetStream's word that it holds an event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
+    /// The stream that holds it.
+    pub stream: String,
     /// The event's sequence number in the stream.
     pub sequence: u64,
     /// The stream already held an event with this `Nats-Msg-Id`; nothing new was stored.
@@ -95,6 +97,26 @@ impl Publisher {
         .await
     }
 
+    /// The `ResetRequested` JetStream holds at `stored`: the earlier event a duplicate
+    /// `Idempotency-Key` stands for.
+    pub async fn stored_request(&self, stored: &Stored) -> Result<ResetRequested, String> {
+        let read = async {
+            let stream = self
+                .js
+                .get_stream_no_info(&stored.stream)
+                .await
+                .map_err(|e| e.to_string())?;
+            let message = stream
+                .get_raw_message(stored.sequence)
+                .await
+                .map_err(|e| e.to_string())?;
+            ResetRequested::decode(&message.payload).map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(self.timeout, read)
+            .await
+            .map_err(|_| format!("no answer within {:?}", self.timeout))?
+    }
+
     /// Publishes any event and waits for its PubAck, within the publish deadline.
     pub async fn send(&self, outgoing: Outgoing<'_>) -> Result<Stored, PublishFailure> {
         // While disconnected the client would buffer the message and send it on reconnect,
@@ -122,6 +144,7 @@ impl Publisher {
         .map_err(|_| PublishFailure::TimedOut(self.timeout))?;
         match stored {
             Ok(ack) => Ok(Stored {
+                stream: ack.stream,
                 sequence: ack.sequence,
                 duplicate: ack.duplicate,
             }),

@@ -14,6 +14,11 @@ pub enum ApiError {
     BadBody(#[from] BodyError),
     #[error("Idempotency-Key must be 1 to 255 visible ASCII characters")]
     BadIdempotencyKey,
+    #[error(
+        "Idempotency-Key already used for a request with another id: use a new key for a new \
+         request"
+    )]
+    IdempotencyKeyReused,
     #[error("invalid or expired token")]
     InvalidToken,
     #[error("{0}")]
@@ -64,6 +69,7 @@ impl ApiError {
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -411,6 +411,16 @@ async fn a_retry_with_the_same_idempotency_key_creates_no_second_event() {
     let response = api.forgot_with(JSON, r#"{"id":"ada"}"#, &bad).await;
     assert_eq!(response.status, 400);
     assert!(response.message().contains("Idempotency-Key"));
+
+    // The same key for another account is a mistake, not a retry: said so, nothing stored.
+    let response = api.forgot_with(JSON, r#"{"id":"bob"}"#, &first).await;
+    assert_eq!(response.status, 422);
+    assert!(
+        response.message().contains("another id"),
+        "{}",
+        response.body
+    );
+    assert_eq!(api.events().await.len(), 4);
     api.stop().await;
 }
 

@@ -36,15 +36,33 @@ pub(super) async fn forgot_password(
         .observe(publish_started.elapsed().as_secs_f64());
     match published {
         Ok(ack) => {
-            trail.event_id = Some(event.event_id);
             trail.seq = Some(ack.sequence);
-            if ack.duplicate {
-                tracing::info!(
-                    request_id = %trail.request_id,
-                    "duplicate Idempotency-Key: the earlier event stands"
-                );
+            if !ack.duplicate {
+                trail.event_id = Some(event.event_id);
+                return Ok(reply::ok());
             }
-            Ok(reply::ok())
+            // A retry is the same request again; the same key with another `id` is a client
+            // mistake that would otherwise end, silently, in no mail for the second account.
+            match state.publisher.stored_request(&ack).await {
+                Ok(earlier) if earlier.id != event.id => Err(ApiError::IdempotencyKeyReused),
+                Ok(earlier) => {
+                    trail.event_id = Some(earlier.event_id);
+                    tracing::info!(
+                        request_id = %trail.request_id,
+                        "duplicate Idempotency-Key: the earlier event stands"
+                    );
+                    Ok(reply::ok())
+                }
+                Err(err) => {
+                    // The earlier event is stored either way; only the check could not be made.
+                    tracing::warn!(
+                        request_id = %trail.request_id,
+                        error = %err,
+                        "duplicate Idempotency-Key: the earlier event could not be read to compare"
+                    );
+                    Ok(reply::ok())
+                }
+            }
         }
         Err(err) => {
             tracing::warn!(request_id = %trail.request_id, error = %err, "event not published");
