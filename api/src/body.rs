@@ -67,6 +67,25 @@ pub enum BodyError {
     Id(#[from] AccountRefError),
 }
 
+impl BodyError {
+    /// The text for the log: the client's own text (a field name, a parser's quote of the
+    /// body) stays out, since a password sent with an unencoded `&` turns its tail into a
+    /// field name.
+    pub fn log_text(&self) -> String {
+        match self {
+            Self::Json(_) => "malformed JSON".into(),
+            Self::Form(_) => "malformed form body".into(),
+            Self::Xml(_) => "malformed XML".into(),
+            Self::XmlRoot(_) => "the XML root element is not <item>".into(),
+            Self::XmlEntity(_) => "unknown XML entity".into(),
+            Self::UnknownField(_, expected) => {
+                format!("an unexpected field (name not logged): the body takes only {expected}")
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 /// Reads the media type (case-insensitive, parameters allowed, charset must be UTF-8).
 pub fn media_type(header: Option<&HeaderValue>) -> Result<MediaType, MediaTypeError> {
     let raw = header
@@ -451,6 +470,21 @@ mod tests {
             id(MediaType::Json, r#"{"id":true}"#),
             Err(BodyError::NotString("id", "a boolean"))
         );
+    }
+
+    #[test]
+    fn the_log_text_leaves_out_what_the_client_wrote() {
+        let body = "token=abc&password=first-half&second-half-of-the-password";
+        let err = id(MediaType::Form, body).expect_err("unknown fields");
+        assert!(
+            err.to_string().contains("token"),
+            "the client is told: {err}"
+        );
+        for secret in ["token", "first-half", "second-half"] {
+            assert!(!err.log_text().contains(secret), "{}", err.log_text());
+        }
+        let err = id(MediaType::Json, r#"{"id": "a", "x"#).expect_err("malformed");
+        assert_eq!(err.log_text(), "malformed JSON");
     }
 
     #[test]

@@ -53,6 +53,15 @@ pub enum ApiError {
 pub const RETRY_AFTER_UNAVAILABLE: u64 = 2;
 
 impl ApiError {
+    /// What the access line says of the error: the client's text, less anything of the
+    /// body it wrote ([`BodyError::log_text`]).
+    pub fn log_text(&self) -> String {
+        match self {
+            Self::BadBody(err) => err.log_text(),
+            other => other.to_string(),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadBody(_)
@@ -60,6 +69,7 @@ impl ApiError {
             | Self::BodyIncomplete
             | Self::InvalidToken
             | Self::WeakPassword(_) => StatusCode::BAD_REQUEST,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -69,7 +79,6 @@ impl ApiError {
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

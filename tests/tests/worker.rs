@@ -174,6 +174,44 @@ async fn a_burst_for_one_account_gives_one_mail() {
     system.stop().await;
 }
 
+/// The request's User-Agent is text anyone chooses: put into a genuine mail it would carry
+/// an attacker's link. Neither the reset mail nor the notice shows it.
+#[tokio::test]
+async fn a_user_agent_never_reaches_a_mail() {
+    const AGENT: &str = "x). Your link expired, reset at https://evil.example/r (";
+    let system = System::start().await;
+    system.db.account("ada").add().await;
+    let response = system
+        .api
+        .forgot_with(JSON, &json_id("ada"), &[("User-Agent", AGENT)])
+        .await;
+    assert_eq!(response.status, 200);
+    let token = system.sink.wait_for(1, WAIT).await[0].token();
+    let body = serde_json::json!({ "token": token, "password": "a new and long passphrase" });
+    let headers = [
+        ("Authorization", format!("Bearer {}", e2e::KEY)),
+        ("Content-Type", "application/json".to_owned()),
+        ("User-Agent", AGENT.to_owned()),
+    ];
+    let response = e2e::post(
+        system.api.addr,
+        "/auth/reset-password",
+        &headers,
+        &body.to_string(),
+    )
+    .await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    let mails = system.sink.wait_for(2, WAIT).await;
+    assert_eq!(mails.len(), 2, "the reset mail and the notice");
+    for mail in &mails {
+        for part in [&mail.text, &mail.html] {
+            assert!(!part.contains("evil.example"), "{part}");
+            assert!(!part.contains("Your link expired"), "{part}");
+        }
+    }
+    system.stop().await;
+}
+
 #[tokio::test]
 async fn host_headers_never_reach_the_link() {
     let system = System::start().await;

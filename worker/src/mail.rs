@@ -44,6 +44,11 @@ pub enum ComposerSettingsError {
     From(String),
     #[error("RESET_URL must be an absolute http(s) URL")]
     ResetUrl,
+    #[error(
+        "RESET_URL must be https:// (plain http only for localhost): the link carries a live \
+         token"
+    )]
+    PlainResetUrl,
 }
 
 impl Composer {
@@ -59,6 +64,15 @@ impl Composer {
             .map_err(|_| ComposerSettingsError::From(mail_from.to_owned()))?;
         if !matches!(reset_url.scheme(), "http" | "https") || reset_url.cannot_be_a_base() {
             return Err(ComposerSettingsError::ResetUrl);
+        }
+        let local = match reset_url.host() {
+            Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        };
+        if reset_url.scheme() == "http" && !local {
+            return Err(ComposerSettingsError::PlainResetUrl);
         }
         Ok(Self {
             from,
@@ -103,7 +117,6 @@ impl Composer {
             support_email: self.support_email.clone(),
             requested_at: minutes(event.requested_at),
             ip: event.client.ip.map(|ip| ip.to_string()),
-            user_agent: event.client.user_agent.clone(),
         }
     }
 
@@ -137,7 +150,6 @@ impl Composer {
             support_email: self.support_email.clone(),
             changed_at: minutes(event.changed_at),
             ip: event.client.ip.map(|ip| ip.to_string()),
-            user_agent: event.client.user_agent.clone(),
         };
         let rendered = templates.render("password_changed", account.locale.as_deref(), &data)?;
         self.message(account, event.event_id, rendered)
@@ -246,6 +258,22 @@ mod tests {
             ),
             Err(ComposerSettingsError::ResetUrl)
         ));
+        for (link, accepted) in [
+            ("http://app.example.com/reset", false),
+            ("http://localhost:3000/reset", true),
+            ("http://127.0.0.1/reset", true),
+            ("http://[::1]/reset", true),
+            ("https://app.example.com/reset", true),
+        ] {
+            let made = Composer::new(
+                "Example <a@b.c>",
+                "E".into(),
+                "s@e.c".into(),
+                link.parse().expect("url"),
+                Duration::ZERO,
+            );
+            assert_eq!(made.is_ok(), accepted, "{link}: {made:?}");
+        }
         let url: url::Url = "https://e.com".parse().expect("url");
         assert!(matches!(
             Composer::new(

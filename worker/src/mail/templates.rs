@@ -28,7 +28,9 @@ pub const KINDS: &[&str] = &["reset_password", "password_changed"];
 const PARTS: [&str; 3] = ["subject", "text", "html"];
 
 /// What a template may use. Every field is always present (absent values are `null`), so
-/// strict mode only trips on real mistakes.
+/// strict mode only trips on real mistakes. Nothing here is text a requester chose: the
+/// request's `User-Agent` would let anyone put words (a link, say) into a genuine mail from
+/// the operator's domain, so it is not offered; the address is a parsed IP.
 #[derive(Debug, Clone, Serialize)]
 pub struct TemplateData {
     pub display_name: Option<String>,
@@ -39,7 +41,6 @@ pub struct TemplateData {
     pub support_email: String,
     pub requested_at: String,
     pub ip: Option<String>,
-    pub user_agent: Option<String>,
 }
 
 impl TemplateData {
@@ -54,7 +55,6 @@ impl TemplateData {
             support_email: "support@example.com".into(),
             requested_at: "2026-01-01 12:00 UTC".into(),
             ip: Some("203.0.113.7".into()),
-            user_agent: Some("Mozilla/5.0".into()),
         }
     }
 }
@@ -68,7 +68,6 @@ pub struct ChangedData {
     pub support_email: String,
     pub changed_at: String,
     pub ip: Option<String>,
-    pub user_agent: Option<String>,
 }
 
 impl ChangedData {
@@ -80,7 +79,6 @@ impl ChangedData {
             support_email: "support@example.com".into(),
             changed_at: "2026-01-01 12:00 UTC".into(),
             ip: Some("203.0.113.7".into()),
-            user_agent: Some("Mozilla/5.0".into()),
         }
     }
 }
