@@ -73,7 +73,7 @@ impl Application {
         let client = shared::nats::connect(&settings.nats, "password-reset-api")
             .await
             .map_err(|source| StartupError::Nats {
-                url: settings.nats.nats_url.clone(),
+                url: settings.nats.shown(),
                 source,
             })?;
         let publisher = Publisher::new(

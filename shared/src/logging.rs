@@ -40,6 +40,20 @@ pub fn init_to_stderr(settings: &LogSettings, verbose: bool) -> LogGuard {
     install(settings, std::io::stderr(), terminal, default)
 }
 
+/// `RUST_LOG` (else `default_level`), but the NATS client's connector at `warn` at most
+/// unless `RUST_LOG` names it: its debug lines print the server URL whole, password and all.
+fn filter(rust_log: Option<&str>, default_level: &str) -> EnvFilter {
+    let wanted = rust_log
+        .filter(|r| !r.trim().is_empty())
+        .unwrap_or(default_level);
+    let directives = if wanted.contains("async_nats") {
+        wanted.to_owned()
+    } else {
+        format!("{wanted},async_nats::connector=warn")
+    };
+    EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new(default_level))
+}
+
 /// Lines are written by a thread of their own (tracing-appender), so a request never waits
 /// for a terminal or pipe; when that thread falls behind, logging blocks rather than dropping
 /// lines. Colours only on a terminal: escape codes in a file or pipe are noise.
@@ -52,8 +66,7 @@ fn install<W: std::io::Write + Send + 'static>(
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .finish(out);
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter = filter(std::env::var("RUST_LOG").ok().as_deref(), default_level);
     let builder = fmt()
         .with_env_filter(filter)
         .with_writer(writer)

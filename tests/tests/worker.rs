@@ -447,6 +447,11 @@ async fn without_smtp_the_mail_goes_to_the_outbox() {
     }
     assert_eq!(files.len(), 1, "{files:?}");
     assert!(files[0].extension().is_some_and(|e| e == "eml"));
+    // It holds a live reset link: the worker's user alone may read it.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&files[0]).expect("eml").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     let content = std::fs::read_to_string(&files[0]).expect("eml");
     assert!(content.contains("To: ada@example.com"), "{content}");
     worker.stop().await;

@@ -131,7 +131,7 @@ async fn consume_until(
     let client = shared::nats::connect(&settings.nats, "password-reset-worker")
         .await
         .map_err(|source| WorkerError::Nats {
-            url: settings.nats.nats_url.clone(),
+            url: settings.nats.shown(),
             source,
         })?;
     let _ = status.nats.set(client.clone());
@@ -165,6 +165,12 @@ async fn consume_until(
     )
     .await?;
 
+    if let Mailer::Outbox(_) = &mailer {
+        tracing::warn!(
+            mail = %mailer.describe(),
+            "SMTP_URL is not set: every email goes to a file in the outbox, to nobody's inbox"
+        );
+    }
     tracing::info!(
         consumer = %settings.consume.consumer,
         concurrency,

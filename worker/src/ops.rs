@@ -47,16 +47,16 @@ pub enum OpsError {
 }
 
 async fn open_stream(settings: &Settings) -> Result<(jetstream::Context, Stream), OpsError> {
-    let url = settings.nats.nats_url.clone();
+    let shown = settings.nats.shown();
     let client = tokio::time::timeout(
         Duration::from_secs(5),
         async_nats::ConnectOptions::new()
             .name("password-reset-ops")
-            .connect(url.as_str()),
+            .connect(shared::nats::urls(&settings.nats.nats_url).as_slice()),
     )
     .await
-    .map_err(|_| OpsError::NatsUnreachable(url.clone()))?
-    .map_err(|_| OpsError::NatsUnreachable(url.clone()))?;
+    .map_err(|_| OpsError::NatsUnreachable(shown.clone()))?
+    .map_err(|_| OpsError::NatsUnreachable(shown.clone()))?;
     let js = jetstream::new(client);
     let stream = js
         .get_stream(&settings.stream.stream)

@@ -69,6 +69,11 @@ pub enum TransportSettingsError {
     Scheme(String),
     #[error("SMTP_URL has no host")]
     NoHost,
+    #[error(
+        "SMTP_URL carries credentials without TLS: use smtps:// or ?tls=required, so the \
+         password never crosses the network in the clear"
+    )]
+    PlainCredentials,
     #[error("SMTP_URL `tls` must be `none`, `required` or `opportunistic`, not `{0}`")]
     TlsMode(String),
     #[error("SMTP_CA_FILE {0}: {1}")]

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use lettre::Message;
+use tokio::io::AsyncWriteExt;
 
 use super::SendError;
 
@@ -17,9 +18,18 @@ impl Outbox {
         let stamp = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
         let file = self.dir.join(format!("{stamp}-{name}.eml"));
         let partial = self.dir.join(format!(".{stamp}-{name}.eml.partial"));
-        // Written aside and renamed, so a reader never sees half a message.
+        // Written aside and renamed, so a reader never sees half a message; readable by the
+        // worker's user only, since each file holds a live reset link.
         let written = async {
-            tokio::fs::write(&partial, message.formatted()).await?;
+            let mut out = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&partial)
+                .await?;
+            out.write_all(&message.formatted()).await?;
+            out.flush().await?;
+            drop(out);
             tokio::fs::rename(&partial, &file).await
         };
         written

@@ -87,6 +87,11 @@ impl SmtpTarget {
                 decode(url.password().unwrap_or_default()),
             )
         });
+        // Opportunistic STARTTLS falls back to plain text when the server offers no TLS (or
+        // someone in between strips the offer): credentials need TLS for certain.
+        if credentials.is_some() && matches!(security, Security::Plain | Security::Opportunistic) {
+            return Err(TransportSettingsError::PlainCredentials);
+        }
         let extra_ca = ca_file
             .map(|path| {
                 std::fs::read(path)
@@ -181,7 +186,7 @@ mod tests {
     #[test]
     fn credentials_are_percent_decoded_and_never_printed() {
         let target = SmtpTarget::parse(
-            "smtp://user%40example.com:p%40ss+word@mail.example.com",
+            "smtp://user%40example.com:p%40ss+word@mail.example.com?tls=required",
             None,
         )
         .expect("url");
@@ -203,5 +208,17 @@ mod tests {
             Err(TransportSettingsError::TlsMode(_))
         ));
         assert!(SmtpTarget::parse("not a url", None).is_err());
+        for plain in [
+            "smtp://user:secret@mail.example.com",
+            "smtp://user:secret@mail.example.com?tls=none",
+            "smtp://user:secret@mail.example.com?tls=opportunistic",
+        ] {
+            let refused = SmtpTarget::parse(plain, None);
+            assert!(
+                matches!(refused, Err(TransportSettingsError::PlainCredentials)),
+                "{plain}: {refused:?}"
+            );
+        }
+        assert!(SmtpTarget::parse("smtps://user:secret@mail.example.com", None).is_ok());
     }
 }
