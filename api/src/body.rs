@@ -473,6 +473,19 @@ mod tests {
     }
 
     #[test]
+    fn deeply_nested_json_is_refused_with_a_clear_message() {
+        for nesting in ["[", "{\"a\":"] {
+            let body = format!(r#"{{"id":"a","x":{}1"#, nesting.repeat(10_000));
+            match id(MediaType::Json, &body) {
+                Err(BodyError::Json(detail)) => {
+                    assert!(detail.contains("recursion limit"), "{detail}");
+                }
+                other => panic!("{nesting}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn the_log_text_leaves_out_what_the_client_wrote() {
         let body = "token=abc&password=first-half&second-half-of-the-password";
         let err = id(MediaType::Form, body).expect_err("unknown fields");
