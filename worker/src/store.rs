@@ -704,15 +704,42 @@ impl Store {
         error: &str,
         give_up: bool,
     ) -> Result<(), sqlx::Error> {
+        self.record_attempt(event, delivery, error, give_up, false)
+            .await
+    }
+
+    /// Records a delivery that could not be the message's fault (no SMTP session; its claim
+    /// about to run out before a connection was free): a failure like any other, one more of
+    /// the event's `waits`, and the delivery's claim given up.
+    pub async fn record_wait(
+        &self,
+        event: &EventMeta,
+        delivery: Delivery,
+        error: &str,
+    ) -> Result<(), sqlx::Error> {
+        self.record_attempt(event, delivery, error, false, true)
+            .await
+    }
+
+    async fn record_attempt(
+        &self,
+        event: &EventMeta,
+        delivery: Delivery,
+        error: &str,
+        give_up: bool,
+        wait: bool,
+    ) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO reset_requests
-                 (event_id, outcome, attempts, last_error, request_id, requested_at, kind)
-             VALUES ($1, CASE WHEN $5 THEN 'failed' ELSE 'pending' END, $2, $3, $4, $6, $7)
+                 (event_id, outcome, attempts, last_error, request_id, requested_at, kind, waits)
+             VALUES ($1, CASE WHEN $5 THEN 'failed' ELSE 'pending' END, $2, $3, $4, $6, $7,
+                     CASE WHEN $9 THEN 1 ELSE 0 END)
              ON CONFLICT (event_id) DO UPDATE
              SET last_error = EXCLUDED.last_error,
                  attempts = GREATEST(reset_requests.attempts, EXCLUDED.attempts),
                  outcome = CASE WHEN $5 THEN 'failed' ELSE reset_requests.outcome END,
+                 waits = reset_requests.waits + EXCLUDED.waits,
                  lease_until = CASE WHEN reset_requests.lease_holder = $8 THEN NULL
                                     ELSE reset_requests.lease_until END,
                  updated_at = now()
@@ -726,6 +753,7 @@ impl Store {
         .bind(event.at)
         .bind(event.kind.as_str())
         .bind(delivery.holder)
+        .bind(wait)
         .execute(&mut *tx)
         .await?;
         if give_up {
@@ -738,42 +766,6 @@ impl Store {
             .await?;
         }
         tx.commit().await
-    }
-}
-
-impl Store {
-    /// Records a delivery that could not be the message's fault (no SMTP session; its claim
-    /// about to run out before a connection was free): a failure like any other, one more of
-    /// the event's `waits`, and the delivery's claim given up.
-    pub async fn record_wait(
-        &self,
-        event: &EventMeta,
-        delivery: Delivery,
-        error: &str,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO reset_requests
-                 (event_id, outcome, attempts, last_error, request_id, requested_at, kind, waits)
-             VALUES ($1, 'pending', $2, $3, $4, $5, $6, 1)
-             ON CONFLICT (event_id) DO UPDATE
-             SET last_error = EXCLUDED.last_error,
-                 attempts = GREATEST(reset_requests.attempts, EXCLUDED.attempts),
-                 waits = reset_requests.waits + 1,
-                 lease_until = CASE WHEN reset_requests.lease_holder = $7 THEN NULL
-                                    ELSE reset_requests.lease_until END,
-                 updated_at = now()
-             WHERE reset_requests.outcome IN ('pending', 'failed')",
-        )
-        .bind(event.event_id)
-        .bind(delivery.attempt_i32())
-        .bind(error)
-        .bind(&event.request_id)
-        .bind(event.at)
-        .bind(event.kind.as_str())
-        .bind(delivery.holder)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 
     /// How many deliveries of the event were waits, not failures of the message.
