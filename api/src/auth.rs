@@ -71,15 +71,16 @@ impl FromStr for ApiKeys {
 }
 
 impl ApiKeys {
-    /// The label of the key an `Authorization` header presents, if it is a configured one.
-    pub fn authenticate(&self, authorization: Option<&http::HeaderValue>) -> Option<&str> {
+    /// The position and label of the key an `Authorization` header presents, if it is a
+    /// configured one.
+    pub fn authenticate(&self, authorization: Option<&http::HeaderValue>) -> Option<(usize, &str)> {
         let presented = bearer_token(authorization?)?;
         let presented = digest(presented);
         let mut found = None;
         // No early exit: every key is compared whatever the outcome.
-        for (label, key) in &self.keys {
+        for (position, (label, key)) in self.keys.iter().enumerate() {
             if bool::from(key.ct_eq(&presented)) {
-                found = Some(label.as_str());
+                found = Some((position, label.as_str()));
             }
         }
         found
@@ -126,7 +127,7 @@ mod tests {
     fn auth(value: &'static str) -> Option<String> {
         keys()
             .authenticate(Some(&HeaderValue::from_static(value)))
-            .map(str::to_owned)
+            .map(|(_, label)| label.to_owned())
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use shared::{logging::LogSettings, nats::NatsSettings, stream::StreamSettings};
 
-use crate::limit::RateLimit;
+use crate::limit::{RateLimit, TrustedProxies};
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -44,10 +44,16 @@ pub struct HttpSettings {
     #[arg(long, env = "API_RATE_LIMIT", default_value = "20/minute,burst=10")]
     pub rate_limit: RateLimit,
 
-    /// Take the client IP from the last `X-Forwarded-For` entry (set only behind a proxy you run).
-    /// Accepts 1/0, true/false, yes/no, on/off.
+    /// Take the client IP from `X-Forwarded-For` when the request comes from one of
+    /// API_TRUSTED_PROXIES (set only behind a proxy you run). Accepts 1/0, true/false, yes/no,
+    /// on/off.
     #[arg(long, env = "API_TRUST_PROXY", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_value = "false", default_missing_value = "true")]
     pub trust_proxy: bool,
+
+    /// The proxies whose `X-Forwarded-For` is believed when API_TRUST_PROXY is on: CIDR blocks
+    /// or addresses, comma-separated. From any other peer the header is ignored.
+    #[arg(long, env = "API_TRUSTED_PROXIES", default_value = "127.0.0.0/8,::1")]
+    pub trusted_proxies: TrustedProxies,
 
     /// How long JetStream may take to acknowledge an event before the client gets 503.
     #[arg(long, env = "API_PUBLISH_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]

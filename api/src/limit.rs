@@ -6,6 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use governor::{DefaultKeyedRateLimiter, Quota, clock::Clock};
+use ipnet::IpNet;
 
 /// `API_RATE_LIMIT`: `N/unit` with an optional `,burst=B`, or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,10 +56,32 @@ impl FromStr for RateLimit {
     }
 }
 
+/// Who a request is counted against: the API key it presented (none for a request that
+/// presented no valid key) and the client address.
+///
+/// Keys and addresses together, so that a flood from one address cannot spend the budget of
+/// a client behind another key, and an unauthenticated flood cannot spend anyone's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientKey {
+    key: Option<usize>,
+    ip: IpAddr,
+}
+
+impl ClientKey {
+    /// `key` is the position of the presented API key, `None` when it presented none that
+    /// is configured.
+    pub fn new(key: Option<usize>, ip: IpAddr) -> Self {
+        Self {
+            key,
+            ip: bucket(ip),
+        }
+    }
+}
+
 /// Counts requests per client and says when one has had too many.
 #[derive(Debug)]
 pub struct Limiter {
-    inner: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    inner: Option<DefaultKeyedRateLimiter<ClientKey>>,
 }
 
 impl Limiter {
@@ -79,11 +102,11 @@ impl Limiter {
     }
 
     /// `Err(seconds)` to wait when the client is over its limit.
-    pub fn check(&self, client: IpAddr) -> Result<(), u64> {
+    pub fn check(&self, client: ClientKey) -> Result<(), u64> {
         let Some(limiter) = &self.inner else {
             return Ok(());
         };
-        limiter.check_key(&bucket(client)).map_err(|not_until| {
+        limiter.check_key(&client).map_err(|not_until| {
             let wait = not_until.wait_time_from(limiter.clock().now());
             wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
         })
@@ -110,22 +133,66 @@ fn bucket(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The client's address: the socket peer, or, behind a trusted proxy, the address that proxy
-/// put last in `X-Forwarded-For` (entries before it are whatever the client chose to send).
-pub fn client_ip(peer: SocketAddr, headers: &http::HeaderMap, trust_proxy: bool) -> IpAddr {
-    let peer_ip = peer.ip().to_canonical();
-    if !trust_proxy {
-        return peer_ip;
+/// `API_TRUSTED_PROXIES`: the networks whose `X-Forwarded-For` is believed, as a
+/// comma-separated list of CIDR blocks or single addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl FromStr for TrustedProxies {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let mut nets = Vec::new();
+        for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let net = entry
+                .parse::<IpNet>()
+                .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    format!(
+                        "`{entry}` is neither a CIDR block (10.0.0.0/8, fd00::/8) nor an address"
+                    )
+                })?;
+            nets.push(net.trunc());
+        }
+        Ok(Self(nets))
     }
-    headers
+}
+
+impl TrustedProxies {
+    fn contains(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// The client's address. From a trusted proxy, `X-Forwarded-For` is read from the right:
+/// each trusted proxy appended the address it got the request from, so the first entry that
+/// is not a trusted proxy is the client (entries left of it are whatever the client chose to
+/// send). From any other peer, or with no proxy trusted, the header is ignored.
+pub fn client_ip(
+    peer: SocketAddr,
+    headers: &http::HeaderMap,
+    proxies: Option<&TrustedProxies>,
+) -> IpAddr {
+    let mut client = peer.ip().to_canonical();
+    let Some(proxies) = proxies else {
+        return client;
+    };
+    let hops = headers
         .get_all("x-forwarded-for")
         .iter()
-        .next_back()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .and_then(|v| v.trim().parse::<IpAddr>().ok())
-        .map(|ip| ip.to_canonical())
-        .unwrap_or(peer_ip)
+        .rev()
+        .flat_map(|v| v.to_str().unwrap_or("").rsplit(','));
+    for hop in hops {
+        if !proxies.contains(client) {
+            break;
+        }
+        // An entry that is not an address ends the walk at the last hop known good.
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => client = ip.to_canonical(),
+            Err(_) => break,
+        }
+    }
+    client
 }
 
 #[cfg(test)]
@@ -160,41 +227,87 @@ mod tests {
     #[test]
     fn a_client_gets_its_burst_then_waits() {
         let limiter = Limiter::new("20/minute,burst=3".parse().expect("limit"));
-        let ip: IpAddr = "198.51.100.1".parse().expect("ip");
+        let client = ClientKey::new(Some(0), ip("198.51.100.1"));
         for _ in 0..3 {
-            assert_eq!(limiter.check(ip), Ok(()));
+            assert_eq!(limiter.check(client), Ok(()));
         }
-        let wait = limiter.check(ip).expect_err("limited");
+        let wait = limiter.check(client).expect_err("limited");
         assert!((1..=3).contains(&wait), "{wait}");
-        // Another client is not affected.
-        assert_eq!(limiter.check("198.51.100.2".parse().expect("ip")), Ok(()));
-    }
-
-    #[test]
-    fn ipv6_clients_share_a_bucket_per_64() {
-        let limiter = Limiter::new("1/minute".parse().expect("limit"));
-        assert_eq!(limiter.check("2001:db8::1".parse().expect("ip")), Ok(()));
-        assert!(limiter.check("2001:db8::2".parse().expect("ip")).is_err());
+        // Another address, the same address under another key, or without one, is not affected.
         assert_eq!(
-            limiter.check("2001:db8:0:1::1".parse().expect("ip")),
+            limiter.check(ClientKey::new(Some(0), ip("198.51.100.2"))),
+            Ok(())
+        );
+        assert_eq!(
+            limiter.check(ClientKey::new(Some(1), ip("198.51.100.1"))),
+            Ok(())
+        );
+        assert_eq!(
+            limiter.check(ClientKey::new(None, ip("198.51.100.1"))),
             Ok(())
         );
     }
 
     #[test]
-    fn forwarded_for_counts_only_behind_a_trusted_proxy() {
+    fn ipv6_clients_share_a_bucket_per_64() {
+        let limiter = Limiter::new("1/minute".parse().expect("limit"));
+        let client = |addr| ClientKey::new(None, ip(addr));
+        assert_eq!(limiter.check(client("2001:db8::1")), Ok(()));
+        assert!(limiter.check(client("2001:db8::2")).is_err());
+        assert_eq!(limiter.check(client("2001:db8:0:1::1")), Ok(()));
+    }
+
+    fn ip(addr: &str) -> IpAddr {
+        addr.parse().expect("ip")
+    }
+
+    #[test]
+    fn forwarded_for_counts_only_from_a_trusted_proxy() {
         let peer: SocketAddr = "10.0.0.5:4000".parse().expect("addr");
         let mut headers = HeaderMap::new();
         headers.insert(
             "x-forwarded-for",
             HeaderValue::from_static("1.1.1.1, 203.0.113.9"),
         );
-        assert_eq!(client_ip(peer, &headers, false), peer.ip());
-        assert_eq!(
-            client_ip(peer, &headers, true),
-            "203.0.113.9".parse::<IpAddr>().expect("ip")
-        );
+        let trusted: TrustedProxies = "10.0.0.0/8".parse().expect("proxies");
+        let elsewhere: TrustedProxies = "192.168.0.0/16, ::1".parse().expect("proxies");
+        assert_eq!(client_ip(peer, &headers, None), peer.ip());
+        assert_eq!(client_ip(peer, &headers, Some(&elsewhere)), peer.ip());
+        assert_eq!(client_ip(peer, &headers, Some(&trusted)), ip("203.0.113.9"));
         headers.insert("x-forwarded-for", HeaderValue::from_static("garbage"));
-        assert_eq!(client_ip(peer, &headers, true), peer.ip());
+        assert_eq!(client_ip(peer, &headers, Some(&trusted)), peer.ip());
+    }
+
+    #[test]
+    fn a_chain_of_trusted_proxies_is_walked_to_the_first_untrusted_hop() {
+        let peer: SocketAddr = "10.0.0.5:4000".parse().expect("addr");
+        let trusted: TrustedProxies = "10.0.0.0/8".parse().expect("proxies");
+        let mut headers = HeaderMap::new();
+        headers.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 198.51.100.7"),
+        );
+        headers.append("x-forwarded-for", HeaderValue::from_static("10.1.2.3"));
+        assert_eq!(
+            client_ip(peer, &headers, Some(&trusted)),
+            ip("198.51.100.7")
+        );
+        // Only proxies all the way: the leftmost one is as far as anyone can tell.
+        let mut inside = HeaderMap::new();
+        inside.insert("x-forwarded-for", HeaderValue::from_static("10.9.9.9"));
+        assert_eq!(client_ip(peer, &inside, Some(&trusted)), ip("10.9.9.9"));
+    }
+
+    #[test]
+    fn trusted_proxy_lists_parse_or_say_what_is_wrong() {
+        let proxies: TrustedProxies = "10.0.0.0/8, 127.0.0.1, fd00::/8".parse().expect("list");
+        assert!(proxies.contains(ip("10.200.0.1")));
+        assert!(proxies.contains(ip("127.0.0.1")));
+        assert!(!proxies.contains(ip("127.0.0.2")));
+        assert!(proxies.contains(ip("fd12::1")));
+        let err = "10.0.0.0/8, proxy.internal"
+            .parse::<TrustedProxies>()
+            .expect_err("bad");
+        assert!(err.contains("proxy.internal"), "{err}");
     }
 }

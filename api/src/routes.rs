@@ -1,5 +1,5 @@
 //! The request pipeline: routing, then for every POST the checks in the order that costs
-//! least first — rate limit, key, size, media type — and only then the body. One file per
+//! least first — key, rate limit, size, media type — and only then the body. One file per
 //! endpoint under `routes/`: forgot-password, reset-password (verify and reset), health.
 
 use std::convert::Infallible;
@@ -26,7 +26,7 @@ use reset_password::{reset_password, verify_token};
 use crate::{
     auth::ApiKeys,
     body,
-    limit::{Limiter, client_ip},
+    limit::{ClientKey, Limiter, TrustedProxies, client_ip},
     metrics::{ApiMetrics, RequestLabels, route_label},
     publish::Publisher,
     reply::{self, ApiError},
@@ -42,10 +42,14 @@ pub struct AppState {
     pub stream_name: String,
     pub max_body: usize,
     pub body_timeout: Duration,
-    pub trust_proxy: bool,
+    /// Whose `X-Forwarded-For` is believed; `None` when the api is not behind a proxy.
+    pub proxies: Option<TrustedProxies>,
     pub metrics: ApiMetrics,
     /// Verify and reset attempts are counted apart from reset requests.
     pub reset_limiter: Limiter,
+    /// Requests without a valid key, on any endpoint: their own budget, so that a flood of
+    /// them spends nobody else's.
+    pub unauthenticated_limiter: Limiter,
     pub resets: Resets,
     pub changed_subject: String,
 }
@@ -196,8 +200,9 @@ impl Accepted {
     }
 }
 
-/// Rate limit, key, size and media type, in that order (cheapest first, all before the body
-/// is read), then the body within its deadline.
+/// Key, rate limit, size and media type, in that order (all before the body is read), then
+/// the body within its deadline. The key comes first: it is as cheap as the limit, and a
+/// request is only counted once it is known whose budget it spends.
 async fn accept(
     state: &AppState,
     limiter: &Limiter,
@@ -206,15 +211,19 @@ async fn accept(
     req: Request<Incoming>,
 ) -> Result<Accepted, ApiError> {
     let headers = req.headers();
-    let ip = client_ip(peer, headers, state.trust_proxy);
-    limiter.check(ip).map_err(ApiError::TooManyRequests)?;
-
-    let label = state
-        .keys
-        .authenticate(headers.get(header::AUTHORIZATION))
-        .ok_or(ApiError::Forbidden)?
-        .to_owned();
+    let ip = client_ip(peer, headers, state.proxies.as_ref());
+    let Some((key, label)) = state.keys.authenticate(headers.get(header::AUTHORIZATION)) else {
+        state
+            .unauthenticated_limiter
+            .check(ClientKey::new(None, ip))
+            .map_err(ApiError::TooManyRequests)?;
+        return Err(ApiError::Forbidden);
+    };
+    let label = label.to_owned();
     trail.client = Some(label.clone());
+    limiter
+        .check(ClientKey::new(Some(key), ip))
+        .map_err(ApiError::TooManyRequests)?;
 
     if content_length(headers).is_some_and(|len| len > state.max_body as u64) {
         return Err(ApiError::PayloadTooLarge(state.max_body));

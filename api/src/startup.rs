@@ -89,9 +89,10 @@ impl Application {
             stream_name: settings.stream.stream.clone(),
             max_body: http.max_body,
             body_timeout: http.body_timeout,
-            trust_proxy: http.trust_proxy,
+            proxies: http.trust_proxy.then(|| http.trusted_proxies.clone()),
             metrics: Default::default(),
             reset_limiter: Limiter::new(http.rate_limit),
+            unauthenticated_limiter: Limiter::new(http.rate_limit),
             resets,
             changed_subject: settings.stream.subjects().changed(),
         });
@@ -212,5 +213,7 @@ async fn forget_idle_clients(state: Arc<AppState>) {
     loop {
         tick.tick().await;
         state.limiter.forget_idle();
+        state.reset_limiter.forget_idle();
+        state.unauthenticated_limiter.forget_idle();
     }
 }

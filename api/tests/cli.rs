@@ -15,6 +15,7 @@ fn help_lists_every_variable() {
         "API_MAX_BODY",
         "API_RATE_LIMIT",
         "API_TRUST_PROXY",
+        "API_TRUSTED_PROXIES",
         "API_PUBLISH_TIMEOUT",
         "API_HEADER_TIMEOUT",
         "API_BODY_TIMEOUT",
@@ -55,6 +56,7 @@ fn a_bad_setting_names_its_environment_variable() {
         ("API_RATE_LIMIT", "many"),
         ("API_PUBLISH_TIMEOUT", "soon"),
         ("API_TRUST_PROXY", "perhaps"),
+        ("API_TRUSTED_PROXIES", "proxy.internal"),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_api"))
             .env(variable, value)

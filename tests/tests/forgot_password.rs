@@ -361,20 +361,53 @@ async fn a_client_over_its_rate_limit_gets_429_with_retry_after() {
 }
 
 #[tokio::test]
-async fn the_client_ip_comes_from_x_forwarded_for_only_behind_a_trusted_proxy() {
-    let forwarded = [("X-Forwarded-For", "198.51.100.9")];
-    for (trust_proxy, expected) in [(false, "127.0.0.1"), (true, "198.51.100.9")] {
-        let api = TestApi::spawn_with(|s| s.http.trust_proxy = trust_proxy).await;
+async fn the_client_ip_comes_from_x_forwarded_for_only_from_a_trusted_proxy() {
+    let forwarded = [("X-Forwarded-For", "203.0.113.7, 198.51.100.9")];
+    // The test client connects from 127.0.0.1: a trusted proxy under the first two settings.
+    for (trust, proxies, expected) in [
+        (false, "127.0.0.0/8", "127.0.0.1"),
+        (true, "127.0.0.0/8", "198.51.100.9"),
+        (true, "10.0.0.0/8, fd00::/8", "127.0.0.1"),
+    ] {
+        let api = TestApi::spawn_with(|s| {
+            s.http.trust_proxy = trust;
+            s.http.trusted_proxies = proxies.parse().expect("proxies");
+        })
+        .await;
         let response = api.forgot_with(JSON, r#"{"id":"a"}"#, &forwarded).await;
         assert_eq!(response.status, 200);
         let ip = api.events().await[0].0.client.ip;
         assert_eq!(
             ip,
             Some(expected.parse().expect("ip")),
-            "trust_proxy={trust_proxy}"
+            "trust={trust} proxies={proxies}"
         );
         api.stop().await;
     }
+}
+
+#[tokio::test]
+async fn an_unauthenticated_flood_spends_its_own_budget_not_the_clients() {
+    let api = TestApi::spawn_with(|s| {
+        s.http.rate_limit = "2/minute,burst=2".parse().expect("limit");
+    })
+    .await;
+    let wrong = [(
+        "Authorization",
+        "Bearer not-a-configured-key-at-all".to_owned(),
+    )];
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let response = post(api.addr, "/auth/forgot-password", &wrong, r#"{"id":"a"}"#).await;
+        statuses.push(response.status);
+    }
+    assert_eq!(statuses, [403, 403, 429, 429]);
+    // Same address, valid key: its budget is whole.
+    assert_eq!(api.forgot(JSON, r#"{"id":"a"}"#).await.status, 200);
+    assert_eq!(api.forgot(JSON, r#"{"id":"b"}"#).await.status, 200);
+    assert_eq!(api.forgot(JSON, r#"{"id":"c"}"#).await.status, 429);
+    assert_eq!(api.events().await.len(), 2);
+    api.stop().await;
 }
 
 #[tokio::test]
