@@ -15,6 +15,13 @@ pub struct ApiKeys {
     keys: Vec<(String, [u8; 32])>,
 }
 
+/// The key in the published API page's example. It passes every check on form, so it is
+/// refused unless the instance is marked as a development one.
+pub const PLACEHOLDER_KEY: &str = "REPLACE_BEARER_TOKEN";
+
+/// How to make a real key, for the messages that ask for one.
+const MAKE_A_KEY: &str = "API_KEYS=web:$(openssl rand -hex 32)";
+
 /// Why `API_KEYS` could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiKeysError {
@@ -30,6 +37,14 @@ pub enum ApiKeysError {
     WeakKey(usize),
     #[error("API_KEYS names the label `{0}` twice")]
     DuplicateLabel(String),
+    #[error(
+        "no API key configured: set API_KEYS to comma-separated label:key pairs, e.g. {MAKE_A_KEY} (on a development machine, API_DEV_MODE=1 accepts the placeholder key {PLACEHOLDER_KEY} instead)"
+    )]
+    Unset,
+    #[error(
+        "API_KEYS holds the placeholder key {PLACEHOLDER_KEY} from the API documentation, which anyone can guess: make a real one, e.g. {MAKE_A_KEY} (API_DEV_MODE=1 accepts the placeholder on a development machine)"
+    )]
+    Placeholder,
 }
 
 impl FromStr for ApiKeys {
@@ -71,6 +86,29 @@ impl FromStr for ApiKeys {
 }
 
 impl ApiKeys {
+    /// The keys an instance runs with: `API_KEYS` as given, or, on a development instance
+    /// without it, the placeholder key alone. The placeholder is refused anywhere else. An
+    /// empty `API_KEYS` counts as unset: compose files pass `${API_KEYS:-}` through.
+    pub fn from_settings(api_keys: Option<&str>, dev_mode: bool) -> Result<Self, ApiKeysError> {
+        let keys: Self = match api_keys.filter(|raw| !raw.trim().is_empty()) {
+            Some(raw) => raw.parse()?,
+            None if dev_mode => format!("dev:{PLACEHOLDER_KEY}").parse()?,
+            None => return Err(ApiKeysError::Unset),
+        };
+        if !dev_mode && keys.accepts(PLACEHOLDER_KEY) {
+            return Err(ApiKeysError::Placeholder);
+        }
+        Ok(keys)
+    }
+
+    /// Whether `key` is one of the configured keys.
+    pub fn accepts(&self, key: &str) -> bool {
+        let presented = digest(key);
+        self.keys.iter().fold(false, |found, (_, k)| {
+            found | bool::from(k.ct_eq(&presented))
+        })
+    }
+
     /// The position and label of the key an `Authorization` header presents, if it is a
     /// configured one.
     pub fn authenticate(&self, authorization: Option<&http::HeaderValue>) -> Option<(usize, &str)> {
@@ -170,6 +208,27 @@ mod tests {
                 .err(),
             Some(ApiKeysError::DuplicateLabel("a".into()))
         );
+    }
+
+    #[test]
+    fn the_placeholder_key_works_only_on_a_development_instance() {
+        let placeholder = "docs:REPLACE_BEARER_TOKEN,web:0123456789abcdef0123";
+        assert_eq!(
+            ApiKeys::from_settings(Some(placeholder), false).err(),
+            Some(ApiKeysError::Placeholder)
+        );
+        assert!(ApiKeys::from_settings(Some(placeholder), true).is_ok());
+        for unset in [None, Some(""), Some("  ")] {
+            assert_eq!(
+                ApiKeys::from_settings(unset, false).err(),
+                Some(ApiKeysError::Unset)
+            );
+        }
+        let dev = ApiKeys::from_settings(None, true).expect("dev keys");
+        assert!(dev.accepts(PLACEHOLDER_KEY));
+        let real = ApiKeys::from_settings(Some("web:0123456789abcdef0123"), false).expect("keys");
+        assert!(real.accepts("0123456789abcdef0123") && !real.accepts(PLACEHOLDER_KEY));
+        assert!(ApiKeysError::Unset.to_string().contains("openssl rand"));
     }
 
     #[test]

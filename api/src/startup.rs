@@ -11,7 +11,7 @@ use shared::stream::{StreamSettings, ensure_stream};
 use tokio::net::TcpListener;
 
 use crate::{
-    auth::{ApiKeys, ApiKeysError},
+    auth::{ApiKeys, ApiKeysError, PLACEHOLDER_KEY},
     config::{HttpSettings, Settings},
     limit::Limiter,
     publish::Publisher,
@@ -22,10 +22,6 @@ use crate::{
 /// Why the api cannot start. Each message says what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error(
-        "no API key configured: set API_KEYS to comma-separated label:key pairs, e.g. API_KEYS=web:$(openssl rand -hex 32)"
-    )]
-    NoApiKeys,
     #[error(transparent)]
     ApiKeys(#[from] ApiKeysError),
     #[error(transparent)]
@@ -56,13 +52,17 @@ impl Application {
     /// Binds the listener and sets up the NATS client. NATS need not be up yet: the client
     /// connects in the background, requests get 503 until it has, and `/readyz` tells.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let keys: ApiKeys = settings
-            .auth
-            .api_keys
-            .as_ref()
-            .ok_or(StartupError::NoApiKeys)?
-            .0
-            .parse()?;
+        let dev_mode = settings.auth.dev_mode;
+        let keys = ApiKeys::from_settings(
+            settings.auth.api_keys.as_ref().map(|k| k.0.as_str()),
+            dev_mode,
+        )?;
+        if dev_mode {
+            tracing::warn!(
+                placeholder_accepted = keys.accepts(PLACEHOLDER_KEY),
+                "API_DEV_MODE is on: a development instance, not for anything others can reach"
+            );
+        }
         let http = settings.http;
         let listener = TcpListener::bind(http.addr)
             .await

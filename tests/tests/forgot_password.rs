@@ -88,10 +88,10 @@ async fn xml_and_form_requests_are_accepted() {
 /// with the form content type.
 #[tokio::test]
 async fn the_published_curl_example_works_as_written() {
+    // As the quick start and compose run it: a development instance with no API_KEYS.
     let api = TestApi::spawn_with(|s| {
-        s.auth.api_keys = Some(api::config::SecretString(
-            "docs:REPLACE_BEARER_TOKEN".into(),
-        ));
+        s.auth.api_keys = None;
+        s.auth.dev_mode = true;
     })
     .await;
     let output = tokio::process::Command::new("curl")
@@ -119,7 +119,7 @@ async fn the_published_curl_example_works_as_written() {
     let events = api.events().await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].0.id, "string");
-    assert_eq!(events[0].0.client.api_key_label, "docs");
+    assert_eq!(events[0].0.client.api_key_label, "dev");
     api.stop().await;
 }
 

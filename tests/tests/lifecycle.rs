@@ -124,6 +124,15 @@ async fn the_api_refuses_to_start_without_a_key_and_says_what_to_set() {
     assert!(err.to_string().contains("set API_KEYS"), "{err}");
 
     let mut settings = api_settings(&Isolation::new());
+    settings.auth.api_keys = Some(api::config::SecretString(
+        "docs:REPLACE_BEARER_TOKEN".into(),
+    ));
+    let err = api::Application::build(settings)
+        .await
+        .expect_err("the documentation's placeholder key, no start");
+    assert!(err.to_string().contains("placeholder"), "{err}");
+
+    let mut settings = api_settings(&Isolation::new());
     settings.auth.api_keys = Some(api::config::SecretString("web:short-secret".into()));
     let err = api::Application::build(settings)
         .await
