@@ -84,6 +84,12 @@ pub struct ResetSettings {
     #[arg(long, env = "PASSWORD_MIN_LENGTH", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=128))]
     pub password_min_length: u16,
 
+    /// Least strength a new password must have, as zxcvbn's score: 0 accepts anything, 1 a
+    /// million guesses, 2 (default) a hundred million, 3 ten billion, 4 more. Common and
+    /// breached passwords, single words, names, dates, keyboard rows and repeats score 0-1.
+    #[arg(long, env = "PASSWORD_MIN_STRENGTH", default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=4))]
+    pub password_min_strength: u8,
+
     /// Argon2id memory cost in KiB (OWASP: 19456 = 19 MiB).
     #[arg(long, env = "ARGON2_MEMORY_KIB", default_value_t = 19456)]
     pub argon2_memory_kib: u32,

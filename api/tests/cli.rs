@@ -27,6 +27,7 @@ fn help_lists_every_variable() {
         "RESET_REPLICAS",
         "DATABASE_URL",
         "PASSWORD_MIN_LENGTH",
+        "PASSWORD_MIN_STRENGTH",
         "ARGON2_MEMORY_KIB",
         "ARGON2_ITERATIONS",
         "ARGON2_PARALLELISM",

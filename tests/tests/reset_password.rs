@@ -260,15 +260,30 @@ async fn the_password_policy_names_the_rule_that_failed() {
             "ada-account",
             "password must not be the account's id or email",
         ),
+        (
+            "password1",
+            "password is too easy to guess: this is a very common password. Add another word or two that are not a quote.",
+        ),
+        (
+            "12345678",
+            "password is too easy to guess: this is a top-10 common password. Add another word or two that are not a quote.",
+        ),
+        (
+            &"🔑".repeat(8),
+            "password is too easy to guess: repeats like \"aaa\" are easy to guess. Add another word or two that are not a quote.",
+        ),
     ];
     for (password, message) in cases {
         let response = reset(&system.api, &token, password).await;
         assert_eq!(response.status, 400);
         assert_eq!(response.message(), message);
     }
-    // The refused attempts did not use the token; 8 emoji are 8 characters.
+    // The refused attempts did not use the token; any characters are fine, and counted as
+    // characters after NFKC (the decomposed ü is one).
     assert_eq!(
-        reset(&system.api, &token, &"🔑".repeat(8)).await.status,
+        reset(&system.api, &token, "Gru\u{308}ße, 🔑 im Schloss")
+            .await
+            .status,
         200
     );
     system.stop().await;
