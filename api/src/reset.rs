@@ -2,7 +2,8 @@
 //!
 //! Tokens are looked up by their SHA-256 only. A token is valid while it is unused, not
 //! invalidated (by a newer token or a used one), not expired, and while the account's password
-//! hash is still the one it was issued against (a password changed by any other path kills it).
+//! hash and email are still the ones it was issued against (a password changed by any other
+//! path kills it, and so does a move to another address).
 //! All the ways a token can be invalid give the same answer.
 
 use std::time::Duration;
@@ -174,7 +175,8 @@ const VALID_TOKEN: &str = "
     FROM reset_tokens t JOIN accounts a ON a.id = t.account_id
     WHERE t.token_hash = $1
       AND t.used_at IS NULL AND t.invalidated_at IS NULL AND t.expires_at > now()
-      AND t.password_fingerprint = sha256(convert_to(coalesce(a.password_hash, ''), 'UTF8'))";
+      AND t.password_fingerprint = sha256(convert_to(coalesce(a.password_hash, ''), 'UTF8'))
+      AND t.email_fingerprint = reset_email_fingerprint(a.email)";
 
 impl Resets {
     pub fn new(

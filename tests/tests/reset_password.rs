@@ -203,6 +203,46 @@ async fn forged_expired_superseded_and_stale_tokens_all_get_the_same_400() {
     system.stop().await;
 }
 
+/// A link in a mailbox the account has left behind (a former employer's, a recycled one)
+/// must not take the account over.
+#[tokio::test]
+async fn a_token_stops_working_when_the_account_moves_to_another_address() {
+    let system = System::start_with(|s| s.policy.cooldown = Duration::ZERO).await;
+    system
+        .db
+        .account("ada")
+        .email("ada@old.example")
+        .add()
+        .await;
+    let token = mailed_token(&system, "ada", 0).await;
+    assert_eq!(verify(&system.api, &token).await.status, 200);
+    sqlx::query("UPDATE accounts SET email = 'ada@new.example' WHERE id = 'ada'")
+        .execute(&system.db.pool)
+        .await
+        .expect("update");
+    assert_eq!(verify(&system.api, &token).await.body, INVALID);
+    assert_eq!(
+        reset(&system.api, &token, "long enough password")
+            .await
+            .body,
+        INVALID
+    );
+    assert_eq!(
+        stored_hash(&system, "ada").await,
+        None,
+        "nothing was changed"
+    );
+    // A link mailed to the new address works.
+    let fresh = mailed_token(&system, "ada", 1).await;
+    assert_eq!(
+        reset(&system.api, &fresh, "long enough password")
+            .await
+            .status,
+        200
+    );
+    system.stop().await;
+}
+
 #[tokio::test]
 async fn twenty_concurrent_uses_of_one_token_give_exactly_one_200() {
     let system = System::start().await;
