@@ -20,6 +20,8 @@ fn replay_args() -> ReplayArgs {
         render: false,
         json: true,
         execute: false,
+        yes: false,
+        force: false,
     }
 }
 
@@ -41,6 +43,29 @@ async fn dead_letters(settings: &worker::Settings, command: DeadLetterCommand) -
         .await
         .expect("dead-letters");
     String::from_utf8(out).expect("utf8")
+}
+
+/// An account whose mail the test SMTP server refuses with 451, twice.
+async fn add_tempfail_account(system: &System) {
+    system
+        .db
+        .account("temp")
+        .email("tempfail2@example.com")
+        .add()
+        .await;
+}
+
+/// The one dead letter, once the worker has written it.
+async fn the_dead_letter(settings: &worker::Settings) -> serde_json::Value {
+    let mut listed = String::new();
+    for _ in 0..100 {
+        listed = dead_letters(settings, DeadLetterCommand::List { json: true }).await;
+        if !listed.trim().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    serde_json::from_str(listed.trim()).expect("one dead letter")
 }
 
 fn ops_settings(system: &System) -> worker::Settings {
@@ -215,12 +240,7 @@ async fn replay_execute_recovers_events_that_failed_during_an_outage() {
         s.consume.backoff = worker::config::Backoff(vec![Duration::from_millis(100)]);
     })
     .await;
-    system
-        .db
-        .account("temp")
-        .email("tempfail2@example.com")
-        .add()
-        .await;
+    add_tempfail_account(&system).await;
     system.db.account("ada").add().await;
     assert_eq!(system.api.forgot_id("temp").await.status, 200);
     assert_eq!(system.api.forgot_id("ada").await.status, 200);
@@ -234,6 +254,7 @@ async fn replay_execute_recovers_events_that_failed_during_an_outage() {
         &settings,
         ReplayArgs {
             execute: true,
+            since: Some("1h".parse().expect("since")),
             ..replay_args()
         },
     )
@@ -251,31 +272,154 @@ async fn replay_execute_recovers_events_that_failed_during_an_outage() {
     system.stop().await;
 }
 
+/// `replay --execute` does what a live delivery would: it does not mail a request older than
+/// the token's lifetime, nor decide a throttled one again, unless told to.
+#[tokio::test]
+async fn replay_execute_mails_nothing_that_is_too_old_or_was_throttled() {
+    let system = System::start_with(|s| {
+        s.consume.backoff = worker::config::Backoff(vec![Duration::from_millis(100)]);
+        s.policy.token_ttl = Duration::from_secs(2);
+    })
+    .await;
+    add_tempfail_account(&system).await;
+    system.db.account("ada").add().await;
+    for id in ["temp", "ada", "ada"] {
+        assert_eq!(system.api.forgot_id(id).await.status, 200);
+    }
+    assert_eq!(
+        system.db.wait_for_outcomes(3).await,
+        [
+            (Outcome::Failed, 1),
+            (Outcome::Sent, 1),
+            (Outcome::Throttled, 1)
+        ]
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let mut settings = ops_settings(&system);
+    settings.policy.token_ttl = Duration::from_secs(2);
+    let lines = replay(
+        &settings,
+        ReplayArgs {
+            execute: true,
+            since: Some("1h".parse().expect("since")),
+            ..replay_args()
+        },
+    )
+    .await;
+    let mut executed: Vec<String> = lines
+        .iter()
+        .filter_map(|l| l["executed"].as_str())
+        .map(|e| e.split(':').take(2).collect::<Vec<_>>().join(":"))
+        .collect();
+    executed.sort();
+    assert_eq!(
+        executed,
+        [
+            "skipped: older than TOKEN_TTL",
+            "skipped: older than TOKEN_TTL",
+            "skipped: throttled then; shown, not decided again (--force decides it again)",
+        ]
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(system.sink.messages().len(), 1, "no new mail");
+    assert_eq!(
+        system.db.outcomes().await,
+        [
+            (Outcome::Failed, 1),
+            (Outcome::Sent, 1),
+            (Outcome::Throttled, 1)
+        ]
+    );
+
+    // Without a scope, or above ten events without --yes, it refuses before doing anything.
+    let mut args = worker_args(&system.api.iso, &system.db.url, &system.sink.url());
+    args.extend(["replay".to_owned(), "--execute".to_owned()]);
+    let unscoped = std::process::Command::new(binary("worker"))
+        .args(&args)
+        .output()
+        .expect("worker replay runs");
+    assert!(!unscoped.status.success());
+    let said = String::from_utf8_lossy(&unscoped.stderr);
+    assert!(said.contains("--execute needs a scope"), "{said}");
+    for n in 0..8 {
+        let id = format!("nobody-{n}@example.com");
+        assert_eq!(system.api.forgot_id(&id).await.status, 200);
+    }
+    system.db.wait_for_outcomes(11).await;
+    let mut out = Vec::new();
+    let err = worker::ops::replay(
+        &settings,
+        &ReplayArgs {
+            execute: true,
+            since: Some("1h".parse().expect("since")),
+            ..replay_args()
+        },
+        &mut out,
+    )
+    .await
+    .expect_err("11 events need --yes");
+    assert!(
+        err.to_string().starts_with("11 events match: add --yes"),
+        "{err}"
+    );
+    assert!(out.is_empty());
+    system.stop().await;
+}
+
+/// A retried letter is mailed with a fresh TOKEN_TTL, so `retry --all` leaves the ones that
+/// were already too old to mail unless `--force` says otherwise.
+#[tokio::test]
+async fn retrying_all_dead_letters_skips_expired_ones_unless_forced() {
+    let system = System::start_with(|s| {
+        s.consume.backoff = worker::config::Backoff(vec![Duration::from_secs(2)]);
+        s.policy.token_ttl = Duration::from_secs(1);
+    })
+    .await;
+    add_tempfail_account(&system).await;
+    assert_eq!(system.api.forgot_id("temp").await.status, 200);
+    let settings = ops_settings(&system);
+    let letter = the_dead_letter(&settings).await;
+    assert_eq!(letter["reason"], "expired");
+    let seq = letter["seq"].as_u64().expect("seq");
+
+    let retry_all = |force| DeadLetterCommand::Retry {
+        seq: None,
+        all: true,
+        force,
+    };
+    let skipped = dead_letters(&settings, retry_all(false)).await;
+    assert!(
+        skipped.contains(&format!("skipped dead letter #{seq} (expired"))
+            && skipped.contains("0 dead letter(s) republished"),
+        "{skipped}"
+    );
+    assert_eq!(
+        the_dead_letter(&settings).await["seq"],
+        seq,
+        "the letter is still there"
+    );
+    let forced = dead_letters(&settings, retry_all(true)).await;
+    assert!(
+        forced.contains(&format!("retried dead letter #{seq}")),
+        "{forced}"
+    );
+    assert!(system.sink.messages().is_empty());
+    system.stop().await;
+}
+
 #[tokio::test]
 async fn dead_letters_are_listed_shown_and_retried_into_a_mail() {
     let system = System::start_with(|s| {
         s.consume.backoff = worker::config::Backoff(vec![Duration::from_millis(100)]);
     })
     .await;
-    system
-        .db
-        .account("temp")
-        .email("tempfail2@example.com")
-        .add()
-        .await;
+    add_tempfail_account(&system).await;
     assert_eq!(system.api.forgot_id("temp").await.status, 200);
     assert_eq!(system.db.wait_for_outcomes(1).await, [(Outcome::Failed, 1)]);
     let settings = ops_settings(&system);
 
-    let mut listed = String::new();
-    for _ in 0..50 {
-        listed = dead_letters(&settings, DeadLetterCommand::List { json: true }).await;
-        if !listed.trim().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let letter: serde_json::Value = serde_json::from_str(listed.trim()).expect("one dead letter");
+    let letter = the_dead_letter(&settings).await;
     assert_eq!(letter["reason"], "retries_exhausted");
     assert_eq!(letter["attempts"], 2);
     assert!(
@@ -294,6 +438,7 @@ async fn dead_letters_are_listed_shown_and_retried_into_a_mail() {
         DeadLetterCommand::Retry {
             seq: None,
             all: true,
+            force: false,
         },
     )
     .await;

@@ -59,9 +59,19 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub json: bool,
     /// Process the selected events again through the normal pipeline: new tokens, normal
-    /// throttling, real emails. Events already sent are never sent again.
+    /// throttling and daily cap, real emails. Needs a scope (--id, --since or --from-seq).
+    /// Events already sent, or pending (a worker may be sending them), are never mailed
+    /// again; throttled and no_account ones, and requests older than TOKEN_TTL, are shown
+    /// and left unless --force.
     #[arg(long)]
     pub execute: bool,
+    /// With --execute: go ahead when more than 10 events match.
+    #[arg(long, requires = "execute")]
+    pub yes: bool,
+    /// With --execute: decide throttled and no_account events again, and mail requests older
+    /// than TOKEN_TTL (the new link gets a full TOKEN_TTL).
+    #[arg(long, requires = "execute")]
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -82,9 +92,12 @@ pub enum DeadLetterCommand {
         /// Stream sequence of the dead letter (from `list`).
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         seq: Option<u64>,
-        /// Every dead letter.
+        /// Every dead letter but the `expired` ones (requests older than TOKEN_TTL).
         #[arg(long)]
         all: bool,
+        /// With --all: `expired` letters too.
+        #[arg(long, requires = "all")]
+        force: bool,
     },
 }
 

@@ -44,6 +44,14 @@ pub enum OpsError {
     Publish(String),
     #[error("writing the output: {0}")]
     Output(#[from] std::io::Error),
+    #[error(
+        "--execute needs a scope: --id, --since or --from-seq (replaying the whole stream would process every request it holds again)"
+    )]
+    Unscoped,
+    #[error(
+        "{0} events match: add --yes to process them all again, or narrow them with --id, --since, --until or --limit"
+    )]
+    Unconfirmed(usize),
 }
 
 async fn open_stream(settings: &Settings) -> Result<(jetstream::Context, Stream), OpsError> {

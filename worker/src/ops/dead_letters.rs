@@ -61,15 +61,28 @@ pub async fn dead_letters(
                 serde_json::to_string_pretty(&event).unwrap_or_default()
             )?;
         }
-        DeadLetterCommand::Retry { seq, all } => {
+        DeadLetterCommand::Retry { seq, all, force } => {
             let mut targets = Vec::new();
             if *all {
                 let mut reader =
                     SubjectReader::open(&stream, subjects.dead(), DeliverPolicy::All).await?;
                 while let Some(message) = reader.next().await? {
-                    if let Ok(info) = message.info() {
-                        targets.push(info.stream_sequence);
+                    let Ok(info) = message.info() else { continue };
+                    let reason = message
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(HEADER_DEAD_REASON));
+                    // A retried letter is mailed with a fresh TOKEN_TTL: for a request that was
+                    // already too old to mail, that takes an operator naming it, or --force.
+                    if !force && reason.is_some_and(|r| r.as_str() == "expired") {
+                        writeln!(
+                            out,
+                            "skipped dead letter #{} (expired: the request is older than TOKEN_TTL; retry it by its number, or --all --force)",
+                            info.stream_sequence
+                        )?;
+                        continue;
                     }
+                    targets.push(info.stream_sequence);
                 }
             } else if let Some(seq) = seq {
                 targets.push(*seq);

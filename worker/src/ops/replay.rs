@@ -11,9 +11,12 @@ use shared::logging::mask_id;
 use crate::cli::ReplayArgs;
 use crate::config::Settings;
 use crate::handle::{Deps, handle};
-use crate::store::{Delivery, Lookup, Mode, Outcome};
+use crate::store::{Delivery, Lookup, Mode, Outcome, Record};
 
 use super::{OpsError, SubjectReader, deps_for, open_stream};
+
+/// Above this many matching events, `--execute` asks for `--yes`.
+pub const CONFIRM_ABOVE: usize = 10;
 
 /// `worker replay`.
 pub async fn replay(
@@ -21,6 +24,9 @@ pub async fn replay(
     args: &ReplayArgs,
     out: &mut (dyn Write + Send),
 ) -> Result<(), OpsError> {
+    if args.execute && args.id.is_none() && args.since.is_none() && args.from_seq.is_none() {
+        return Err(OpsError::Unscoped);
+    }
     let (_, stream) = open_stream(settings).await?;
     let deps = deps_for(settings).await?;
     let deliver = match (args.from_seq, args.since) {
@@ -32,9 +38,10 @@ pub async fn replay(
     };
     let mut reader =
         SubjectReader::open(&stream, settings.stream.subjects().requested(), deliver).await?;
-    let mut shown = 0usize;
+    // All selected first, so that --execute knows how many it would touch before touching any.
+    let mut selected = Vec::new();
     while let Some(message) = reader.next().await? {
-        if args.limit.is_some_and(|limit| shown >= limit) {
+        if args.limit.is_some_and(|limit| selected.len() >= limit) {
             break;
         }
         let (seq, published) = message
@@ -45,20 +52,58 @@ pub async fn replay(
             break;
         }
         let event = ResetRequested::decode(&message.payload);
-        let selected = match (&event, &args.id) {
+        let wanted = match (&event, &args.id) {
             (Ok(event), Some(id)) => event.id.eq_ignore_ascii_case(id.trim()),
             (Err(_), Some(_)) => false,
             (_, None) => true,
         };
-        if !selected {
-            continue;
+        if wanted {
+            selected.push((seq, published, event));
         }
-        shown += 1;
+    }
+    if args.execute && selected.len() > CONFIRM_ABOVE && !args.yes {
+        deps.mailer.close().await;
+        return Err(OpsError::Unconfirmed(selected.len()));
+    }
+    for (seq, published, event) in selected {
         let line = describe(&deps, args, seq, published, event).await?;
         writeln!(out, "{line}")?;
     }
     deps.mailer.close().await;
     Ok(())
+}
+
+/// Why `--execute` leaves an event alone, if it does: what a live delivery would not do
+/// either, and what was decided before unless the operator says `--force`.
+fn held_back(
+    event: &ResetRequested,
+    record: Option<&Record>,
+    token_ttl: std::time::Duration,
+    force: bool,
+) -> Option<String> {
+    match record.map(|r| r.outcome) {
+        Some(Outcome::Pending) => {
+            return Some(
+                "pending: a worker may be sending it now, and a replay never mails it again"
+                    .to_owned(),
+            );
+        }
+        Some(outcome @ (Outcome::Throttled | Outcome::NoAccount)) if !force => {
+            return Some(format!(
+                "{} then; shown, not decided again (--force decides it again)",
+                outcome.as_str()
+            ));
+        }
+        _ => {}
+    }
+    let ttl = time::Duration::try_from(token_ttl).unwrap_or(time::Duration::MAX);
+    if !force && event.requested_at + ttl < time::OffsetDateTime::now_utc() {
+        return Some(
+            "older than TOKEN_TTL: a link sent now would outlive the request (--force mails it anyway)"
+                .to_owned(),
+        );
+    }
+    None
 }
 
 /// One event's line (text or JSON): what happened then, what would happen now, and, with
@@ -128,7 +173,13 @@ async fn describe(
         ),
         _ => None,
     };
-    let executed = if args.execute {
+    let held = args
+        .execute
+        .then(|| held_back(&event, record.as_ref(), deps.limits.token_ttl, args.force))
+        .flatten();
+    let executed = if let Some(why) = held {
+        Some(format!("skipped: {why}"))
+    } else if args.execute {
         let attempt = record
             .as_ref()
             .map_or(1, |r| u32::try_from(r.attempts).unwrap_or(0) + 1);
@@ -205,4 +256,61 @@ async fn describe(
         text.push_str(&format!("\n    executed: {executed}"));
     }
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn event(age: Duration) -> ResetRequested {
+        ResetRequested {
+            version: shared::event::EVENT_VERSION,
+            event_id: uuid::Uuid::now_v7(),
+            id: "ada".into(),
+            requested_at: time::OffsetDateTime::now_utc() - age,
+            request_id: "r".into(),
+            client: shared::event::ClientContext {
+                ip: None,
+                user_agent: None,
+                api_key_label: "web".into(),
+            },
+        }
+    }
+
+    fn record(outcome: Outcome) -> Record {
+        Record {
+            outcome,
+            attempts: 1,
+            last_error: None,
+            account_id: Some("ada".into()),
+            sent_at: None,
+            updated_at: time::OffsetDateTime::now_utc(),
+        }
+    }
+
+    #[test]
+    fn execute_leaves_pending_decided_and_old_events_alone_unless_forced() {
+        let ttl = Duration::from_secs(900);
+        let fresh = event(Duration::from_secs(60));
+        let old = event(Duration::from_secs(901));
+        let held = |e: &ResetRequested, r: Option<Outcome>, force: bool| {
+            held_back(e, r.map(record).as_ref(), ttl, force)
+        };
+        // Pending: a worker may be sending it; not even --force mails it again.
+        for force in [false, true] {
+            let why = held(&fresh, Some(Outcome::Pending), force).expect("held");
+            assert!(why.starts_with("pending"), "{why}");
+        }
+        for decided in [Outcome::Throttled, Outcome::NoAccount] {
+            let why = held(&fresh, Some(decided), false).expect("held");
+            assert!(why.starts_with(decided.as_str()), "{why}");
+            assert_eq!(held(&fresh, Some(decided), true), None);
+        }
+        let why = held(&old, Some(Outcome::Failed), false).expect("held");
+        assert!(why.starts_with("older than TOKEN_TTL"), "{why}");
+        assert_eq!(held(&old, Some(Outcome::Failed), true), None);
+        assert_eq!(held(&fresh, Some(Outcome::Failed), false), None);
+        assert_eq!(held(&fresh, None, false), None);
+    }
 }
