@@ -38,13 +38,67 @@ impl NatsSettings {
     }
 }
 
+impl NatsSettings {
+    /// The servers to dial, and options carrying the credentials written in `NATS_URL`. The
+    /// client presents none it finds in a URL itself, so they are taken out of the URLs and
+    /// given as options: `user:password@` as a user and password, a lone `token@` as a token.
+    /// Where several URLs carry credentials, the first one's are used.
+    pub fn connect_options(&self) -> (ConnectOptions, Vec<String>) {
+        let (credentials, servers) = split_credentials(&self.nats_url);
+        let options = match credentials {
+            Some(Credentials::UserPassword(user, password)) => {
+                ConnectOptions::new().user_and_password(user, password)
+            }
+            Some(Credentials::Token(token)) => ConnectOptions::new().token(token),
+            None => ConnectOptions::new(),
+        };
+        (options, servers)
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Credentials {
+    UserPassword(String, String),
+    Token(String),
+}
+
+fn split_credentials(raw: &str) -> (Option<Credentials>, Vec<String>) {
+    let mut credentials = None;
+    let servers = urls(raw)
+        .into_iter()
+        .map(|raw| {
+            let Ok(mut url) = url::Url::parse(raw) else {
+                return raw.to_owned();
+            };
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            let user = decode(url.username());
+            let found = match url.password().map(decode) {
+                Some(password) => Credentials::UserPassword(user, password),
+                None if user.is_empty() => return raw.to_owned(),
+                None => Credentials::Token(user),
+            };
+            credentials.get_or_insert(found);
+            let _ = url.set_password(None);
+            let _ = url.set_username("");
+            url.to_string()
+        })
+        .collect();
+    (credentials, servers)
+}
+
 /// Connects without waiting for the server: the returned client keeps trying in the background,
 /// so a binary can start (and report itself not ready) while NATS is still coming up.
 pub async fn connect(
     settings: &NatsSettings,
     client_name: &str,
 ) -> Result<async_nats::Client, async_nats::ConnectError> {
-    ConnectOptions::new()
+    let (options, servers) = settings.connect_options();
+    let servers: Vec<&str> = servers.iter().map(String::as_str).collect();
+    options
         .name(client_name)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(2))
@@ -55,7 +109,7 @@ pub async fn connect(
                 other => tracing::info!(event = %other, "NATS event"),
             }
         })
-        .connect(urls(&settings.nats_url).as_slice())
+        .connect(servers.as_slice())
         .await
 }
 
@@ -79,6 +133,33 @@ mod tests {
         assert_eq!(
             shown,
             "nats://***@n1:4222,nats://***@n2:4222,nats://n3:4222"
+        );
+    }
+
+    #[test]
+    fn credentials_leave_the_urls_for_the_options() {
+        let settings = super::NatsSettings {
+            nats_url: "nats://api:p%40ss@n1:4222,nats://api:p%40ss@n2:4222,nats://n3:4222".into(),
+        };
+        let (credentials, servers) = super::split_credentials(&settings.nats_url);
+        assert_eq!(
+            servers,
+            ["nats://n1:4222", "nats://n2:4222", "nats://n3:4222"]
+        );
+        assert_eq!(
+            credentials,
+            Some(super::Credentials::UserPassword(
+                "api".into(),
+                "p@ss".into()
+            ))
+        );
+        let (credentials, servers) = super::split_credentials("nats://t0ken@n1:4222");
+        assert_eq!(servers, ["nats://n1:4222"]);
+        assert_eq!(credentials, Some(super::Credentials::Token("t0ken".into())));
+        let (credentials, servers) = super::split_credentials("nats://127.0.0.1:4222");
+        assert_eq!(
+            (credentials, servers),
+            (None, vec!["nats://127.0.0.1:4222".to_owned()])
         );
     }
 

@@ -56,11 +56,13 @@ pub enum OpsError {
 
 async fn open_stream(settings: &Settings) -> Result<(jetstream::Context, Stream), OpsError> {
     let shown = settings.nats.shown();
+    let (options, servers) = settings.nats.connect_options();
+    let servers: Vec<&str> = servers.iter().map(String::as_str).collect();
     let client = tokio::time::timeout(
         Duration::from_secs(5),
-        async_nats::ConnectOptions::new()
+        options
             .name("password-reset-ops")
-            .connect(shared::nats::urls(&settings.nats.nats_url).as_slice()),
+            .connect(servers.as_slice()),
     )
     .await
     .map_err(|_| OpsError::NatsUnreachable(shown.clone()))?
