@@ -86,17 +86,27 @@ impl FromStr for ApiKeys {
 }
 
 impl ApiKeys {
-    /// The keys an instance runs with: `API_KEYS` as given, or, on a development instance
-    /// without it, the placeholder key alone. The placeholder is refused anywhere else. An
-    /// empty `API_KEYS` counts as unset: compose files pass `${API_KEYS:-}` through.
+    /// The keys an instance runs with: `API_KEYS`, and on a development instance the
+    /// placeholder key besides (labelled `dev`), so the documentation's curl works there as
+    /// written. The placeholder is refused anywhere else. An empty `API_KEYS` counts as
+    /// unset: compose files pass `${API_KEYS:-}` through.
     pub fn from_settings(api_keys: Option<&str>, dev_mode: bool) -> Result<Self, ApiKeysError> {
-        let keys: Self = match api_keys.filter(|raw| !raw.trim().is_empty()) {
+        let mut keys: Self = match api_keys.filter(|raw| !raw.trim().is_empty()) {
             Some(raw) => raw.parse()?,
-            None if dev_mode => format!("dev:{PLACEHOLDER_KEY}").parse()?,
+            None if dev_mode => Self { keys: Vec::new() },
             None => return Err(ApiKeysError::Unset),
         };
-        if !dev_mode && keys.accepts(PLACEHOLDER_KEY) {
-            return Err(ApiKeysError::Placeholder);
+        match (dev_mode, keys.accepts(PLACEHOLDER_KEY)) {
+            (false, true) => return Err(ApiKeysError::Placeholder),
+            (true, false) => {
+                let label = if keys.labels().any(|l| l == "dev") {
+                    "dev-placeholder"
+                } else {
+                    "dev"
+                };
+                keys.keys.push((label.to_owned(), digest(PLACEHOLDER_KEY)));
+            }
+            _ => {}
         }
         Ok(keys)
     }
@@ -228,6 +238,13 @@ mod tests {
         assert!(dev.accepts(PLACEHOLDER_KEY));
         let real = ApiKeys::from_settings(Some("web:0123456789abcdef0123"), false).expect("keys");
         assert!(real.accepts("0123456789abcdef0123") && !real.accepts(PLACEHOLDER_KEY));
+        // A development instance takes the placeholder besides its real keys.
+        let both = ApiKeys::from_settings(Some("dev:0123456789abcdef0123"), true).expect("keys");
+        assert!(both.accepts("0123456789abcdef0123") && both.accepts(PLACEHOLDER_KEY));
+        assert_eq!(
+            both.labels().collect::<Vec<_>>(),
+            ["dev", "dev-placeholder"]
+        );
         assert!(ApiKeysError::Unset.to_string().contains("openssl rand"));
     }
 

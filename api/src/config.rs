@@ -111,9 +111,10 @@ pub struct AuthSettings {
     #[arg(long, env = "API_KEYS", hide_env_values = true)]
     pub api_keys: Option<SecretString>,
 
-    /// Marks a development instance: without API_KEYS it accepts the placeholder key
-    /// `REPLACE_BEARER_TOKEN` from the API documentation (and warns at start). Never on an
-    /// instance others can reach. Accepts 1/0, true/false, yes/no, on/off.
+    /// Marks a development instance: it accepts the placeholder key `REPLACE_BEARER_TOKEN` from
+    /// the API documentation (besides any API_KEYS, which it then does not require), and
+    /// warns at start. Never on an instance others can reach. Accepts 1/0, true/false,
+    /// yes/no, on/off.
     #[arg(long, env = "API_DEV_MODE", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_value = "false", default_missing_value = "true")]
     pub dev_mode: bool,
 }
