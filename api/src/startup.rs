@@ -188,7 +188,7 @@ async fn keep_database_ready(state: Arc<AppState>) {
             Duration::from_secs(30),
         ))
         // A database migrated by another version of the schema will not change by waiting.
-        .when(|err| !shared::db::is_schema_conflict(err))
+        .when(|err| !err.is_conflict())
         .notify(|err, delay| {
             tracing::warn!(error = %err, retry_in = ?delay, "database not ready; reset endpoints answer 503");
         })

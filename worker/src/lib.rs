@@ -62,7 +62,7 @@ pub enum WorkerError {
         source: async_nats::ConnectError,
     },
     #[error("applying database migrations: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(#[from] shared::db::SchemaError),
     #[error(transparent)]
     Consumer(#[from] ConsumerSetupError),
     #[error("cannot listen on {addr} (WORKER_ADDR): {source}")]

@@ -471,7 +471,7 @@ impl Store {
 
     /// Applies the embedded migrations. sqlx takes an advisory lock while migrating, so any
     /// number of workers may start at once.
-    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+    pub async fn migrate(&self) -> Result<(), shared::db::SchemaError> {
         shared::db::migrate(&self.pool).await
     }
 
