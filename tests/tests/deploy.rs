@@ -3,23 +3,24 @@
 //! binaries have, URLs point at services that exist on the ports they listen on, and the
 //! worker can be scaled.
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::process::Command;
 
+use e2e::compose::{self, root};
 use e2e::latest_nats_server;
 use e2e::system::binary;
 use serde_yaml::Value;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+/// `.env` as `scripts/compose-env` writes it, with made-up values.
+fn dot_env() -> BTreeMap<String, String> {
+    let mut vars = compose::dot_env(|name| format!("{}-secret", name.to_lowercase()));
+    vars.insert("API_KEYS".into(), "web:0123456789abcdef0123".into());
+    vars
 }
 
 fn load(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).expect("compose file");
-    let mut value: Value = serde_yaml::from_str(&text).expect("compose file is YAML");
-    value.apply_merge().expect("merge keys resolve");
-    value
+    compose::load(path, &dot_env()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// The settings a binary takes, from its own --help.
@@ -36,13 +37,7 @@ fn variables(binary_name: &str) -> BTreeSet<String> {
         .collect()
 }
 
-fn str_of(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        other => panic!("expected a scalar, got {other:?}"),
-    }
-}
+use compose::scalar as str_of;
 
 fn check(compose_path: &Path, nats_services: &[&str]) {
     let compose = load(compose_path);
@@ -181,6 +176,44 @@ fn check(compose_path: &Path, nats_services: &[&str]) {
             }
         }
     }
+    // Safe by default: every published port on loopback; each binary its own NATS user and
+    // database role; the api has the database it completes resets with.
+    for (name, service) in services {
+        for port in service["ports"].as_sequence().into_iter().flatten() {
+            let port = str_of(port);
+            assert!(
+                port.starts_with("127.0.0.1:"),
+                "{}: {} publishes {port} beyond this machine by default",
+                compose_path.display(),
+                str_of(name)
+            );
+        }
+    }
+    let user_of = |service: &str, key: &str| -> Vec<String> {
+        let vars = env(service);
+        let value = vars
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{}: {service} has no {key}", compose_path.display()));
+        value
+            .split(',')
+            .map(|url| {
+                url::Url::parse(url.trim())
+                    .map(|u| u.username().to_owned())
+                    .unwrap_or_default()
+            })
+            .collect()
+    };
+    for url_user in user_of("api", "NATS_URL") {
+        assert_eq!(url_user, "api");
+    }
+    for url_user in user_of("worker", "NATS_URL") {
+        assert_eq!(url_user, "worker");
+    }
+    assert_eq!(user_of("api", "DATABASE_URL"), ["reset_api"]);
+    assert_eq!(user_of("worker", "DATABASE_URL"), ["reset_worker"]);
+
     let worker = &services["worker"];
     assert!(
         worker.get("container_name").is_none(),
@@ -226,6 +259,7 @@ fn the_nats_configs_are_valid_and_sync_every_write() {
             .arg("-c")
             .arg(&config)
             .arg("-t")
+            .envs(dot_env())
             .output()
             .expect("nats-server runs");
         assert!(
@@ -250,4 +284,47 @@ fn the_dockerfile_builds_both_binaries_and_ships_the_templates() {
     assert!(dockerfile.contains("COPY templates /app/templates"));
     assert!(dockerfile.contains("TEMPLATES_DIR=/app/templates"));
     assert!(dockerfile.contains("USER reset"), "runs unprivileged");
+}
+
+/// Without `.env` the compose files stop at the first secret with what to run; with the
+/// `.env` that `scripts/compose-env` writes (private to its owner), they interpolate.
+#[test]
+fn the_compose_files_need_the_secrets_compose_env_makes() {
+    for file in ["docker-compose.yml", "deploy/cluster/docker-compose.yml"] {
+        let err = compose::load(&root().join(file), &BTreeMap::new()).expect_err("no secrets");
+        assert!(
+            err.contains("run scripts/compose-env first"),
+            "{file}: {err}"
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("compose-env-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(dir.join("scripts")).expect("dir");
+    std::fs::copy(
+        root().join("scripts/compose-env"),
+        dir.join("scripts/compose-env"),
+    )
+    .expect("copy");
+    let status = Command::new("bash")
+        .arg(dir.join("scripts/compose-env"))
+        .status()
+        .expect("compose-env runs");
+    assert!(status.success());
+    let written = std::fs::read_to_string(dir.join(".env")).expect(".env");
+    let vars: BTreeMap<String, String> = written
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    for file in ["docker-compose.yml", "deploy/cluster/docker-compose.yml"] {
+        compose::load(&root().join(file), &vars).expect("interpolates with .env");
+    }
+    assert!(vars["API_KEYS"].parse::<api::auth::ApiKeys>().is_ok());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join(".env"))
+        .expect("meta")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let _ = std::fs::remove_dir_all(&dir);
 }

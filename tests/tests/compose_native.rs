@@ -1,0 +1,217 @@
+//! The top-level docker-compose.yml, run without Docker: our binaries started natively with
+//! exactly the environment compose gives each service (service names mapped to this
+//! machine's addresses), NATS with the deployment's own config and users, PostgreSQL with the
+//! deployment's own roles, and the test SMTP server in Mailpit's place. Then the whole
+//! journey: request, mail, reset, password-changed mail. A variable missing from the compose
+//! file, or a permission missing from a NATS user or database role, fails here.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use e2e::compose::{self, root};
+use e2e::db::TestDb;
+use e2e::sink::SmtpSink;
+use e2e::system::binary;
+use e2e::{free_port, get, latest_nats_server, post};
+
+/// `.env` with fresh passwords and no API_KEYS: the compose file's development instance then
+/// takes the documentation's placeholder key.
+fn dot_env() -> BTreeMap<String, String> {
+    compose::dot_env(|_| uuid::Uuid::now_v7().simple().to_string())
+}
+
+/// Child processes killed when the test ends, however it ends.
+struct Processes(Vec<Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Rewrites `host:port` of a compose service into the address standing in for it.
+fn map_hosts(value: &str, hosts: &[(String, String)]) -> String {
+    hosts
+        .iter()
+        .fold(value.to_owned(), |v, (from, to)| v.replace(from, to))
+}
+
+async fn wait_for(addr: SocketAddr, path: &str, log: &Path) {
+    for _ in 0..300 {
+        let listening = tokio::net::TcpStream::connect(addr).await.is_ok();
+        if listening && get(addr, path).await.status == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let said = std::fs::read_to_string(log).unwrap_or_default();
+    panic!("{addr} never answered 200 on {path}; its log:\n{said}");
+}
+
+#[tokio::test]
+async fn the_compose_stack_runs_with_exactly_its_env_and_walks_a_reset() {
+    let vars = dot_env();
+    let file = root().join("docker-compose.yml");
+    let stack = compose::load(&file, &vars).expect("docker-compose.yml interpolates");
+    let dir =
+        std::env::temp_dir().join(format!("compose-native-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut processes = Processes(Vec::new());
+
+    // NATS: the deployment's config and users, on ports and a store of this test's own (the
+    // store directory is the one line changed: the image's /data is not here).
+    let nats_port = free_port();
+    let nats_log = dir.join("nats.log");
+    let config = std::fs::read_to_string(root().join("deploy/nats.conf")).expect("nats.conf");
+    assert!(config.contains("store_dir: /data"));
+    let store = format!("store_dir: \"{}\"", dir.join("jetstream").display());
+    std::fs::write(
+        dir.join("nats.conf"),
+        config.replace("store_dir: /data", &store),
+    )
+    .expect("nats.conf copy");
+    std::fs::copy(
+        root().join("deploy/nats-accounts.conf"),
+        dir.join("nats-accounts.conf"),
+    )
+    .expect("nats-accounts.conf copy");
+    processes.0.push(
+        Command::new(latest_nats_server())
+            .arg("-c")
+            .arg(dir.join("nats.conf"))
+            .args(["-a", "127.0.0.1", "-p", &nats_port.to_string()])
+            .args(["-m", &free_port().to_string()])
+            .arg("-l")
+            .arg(&nats_log)
+            .env_clear()
+            .envs(compose::environment(&stack, "nats"))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("nats-server starts"),
+    );
+
+    // PostgreSQL: a fresh database, with the roles the postgres service's init script makes.
+    let db = TestDb::create().await;
+    let mut postgres_env = compose::environment(&stack, "postgres");
+    postgres_env.retain(|(k, _)| k != "POSTGRES_DB");
+    let init = Command::new("sh")
+        .arg(root().join("deploy/postgres/init-roles.sh"))
+        .env_clear()
+        .envs(postgres_env)
+        .envs([
+            ("POSTGRES_USER", "postgres"),
+            ("POSTGRES_DB", db.name.as_str()),
+            ("PGHOST", "127.0.0.1"),
+            ("PATH", "/usr/bin:/bin"),
+        ])
+        .output()
+        .expect("init-roles.sh runs");
+    assert!(init.status.success(), "init-roles.sh: {init:?}");
+
+    let sink = SmtpSink::start();
+    let sink_addr = sink.url().trim_start_matches("smtp://").to_owned();
+    let api_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let worker_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let hosts: Vec<(String, String)> = [
+        ("@nats:4222".to_owned(), format!("@127.0.0.1:{nats_port}")),
+        (
+            "@postgres:5432/reset".to_owned(),
+            format!("@127.0.0.1:5432/{}", db.name),
+        ),
+        ("mailpit:1025".to_owned(), sink_addr),
+        ("0.0.0.0:8080".to_owned(), api_addr.to_string()),
+        ("0.0.0.0:9090".to_owned(), worker_addr.to_string()),
+    ]
+    .into();
+    let env_of = |service: &str| -> Vec<(String, String)> {
+        compose::environment(&stack, service)
+            .into_iter()
+            .map(|(k, v)| (k, map_hosts(&v, &hosts)))
+            .collect()
+    };
+    for (service, log) in [("worker", "worker.log"), ("api", "api.log")] {
+        let env = env_of(service);
+        let log = std::fs::File::create(dir.join(log)).expect("log file");
+        // From the repository's root, as the image runs them from /app: templates/ beside.
+        processes.0.push(
+            Command::new(binary(service))
+                .current_dir(root())
+                .env_clear()
+                .envs(env)
+                .stdout(log)
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("binary starts"),
+        );
+    }
+    wait_for(worker_addr, "/readyz", &dir.join("worker.log")).await;
+    wait_for(api_addr, "/readyz", &dir.join("api.log")).await;
+
+    // The journey, as the README tells it: the published curl, the mail, the reset.
+    sqlx::query("INSERT INTO accounts (id, email) VALUES ('string', 'string@example.com')")
+        .execute(&db.pool)
+        .await
+        .expect("account");
+    let form = [
+        ("Authorization", "Bearer REPLACE_BEARER_TOKEN".to_owned()),
+        (
+            "Content-Type",
+            "application/x-www-form-urlencoded".to_owned(),
+        ),
+    ];
+    let requested = post(
+        api_addr,
+        "/auth/forgot-password",
+        &form,
+        r#"{"id":"string"}"#,
+    )
+    .await;
+    assert_eq!(requested.body, r#"{"code":200,"message":"OK"}"#);
+    let mails = sink.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!(mails.len(), 1, "the reset mail");
+    let token = mails[0].token();
+    let json = [
+        ("Authorization", "Bearer REPLACE_BEARER_TOKEN".to_owned()),
+        ("Content-Type", "application/json".to_owned()),
+    ];
+    let body = serde_json::json!({ "token": token, "password": "a new and long passphrase" });
+    let reset = post(api_addr, "/auth/reset-password", &json, &body.to_string()).await;
+    assert_eq!(reset.status, 200, "{}", reset.body);
+    let mails = sink.wait_for(2, Duration::from_secs(30)).await;
+    assert_eq!(mails.len(), 2, "the password-changed mail");
+
+    // The operator tools work with the worker's credentials, as `docker compose exec worker
+    // worker replay` runs them.
+    let replay = Command::new(binary("worker"))
+        .current_dir(root())
+        .env_clear()
+        .envs(env_of("worker"))
+        .args(["replay", "--since", "1h", "--json"])
+        .output()
+        .expect("worker replay runs");
+    assert!(replay.status.success(), "{replay:?}");
+    let stdout = String::from_utf8_lossy(&replay.stdout);
+    assert!(stdout.contains(r#""outcome":"sent""#), "{stdout}");
+
+    // Each side did that within its own rights, and those rights are narrow.
+    let nats = std::fs::read_to_string(&nats_log).unwrap_or_default();
+    assert!(!nats.to_lowercase().contains("violation"), "{nats}");
+    let api_may: (bool, bool, bool) = sqlx::query_as(
+        "SELECT has_table_privilege('reset_api', 'reset_requests', 'SELECT'),
+                has_table_privilege('reset_api', 'accounts', 'INSERT'),
+                has_schema_privilege('reset_api', 'public', 'CREATE')",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("privileges");
+    assert_eq!(api_may, (false, false, false));
+
+    drop(processes);
+    let _ = std::fs::remove_dir_all(&dir);
+}
