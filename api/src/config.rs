@@ -22,6 +22,8 @@ pub struct Settings {
     #[command(flatten)]
     pub reset: ResetSettings,
     #[command(flatten)]
+    pub page: PageSettings,
+    #[command(flatten)]
     pub nats: NatsSettings,
     #[command(flatten)]
     pub stream: StreamSettings,
@@ -101,6 +103,24 @@ pub struct ResetSettings {
     /// Argon2id parallelism (OWASP: 1).
     #[arg(long, env = "ARGON2_PARALLELISM", default_value_t = 1)]
     pub argon2_parallelism: u32,
+}
+
+/// The hosted reset page (`GET /reset-password`): where its templates are, and the look an
+/// operator gives it without editing them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PageSettings {
+    /// Folder of the templates: the page's layout `page.hbs` and its words per locale
+    /// (`<locale>/page.json`), beside the worker's mail templates.
+    #[arg(long, env = "TEMPLATES_DIR", default_value = "templates")]
+    pub templates_dir: std::path::PathBuf,
+
+    /// The product name the page shows.
+    #[arg(long, env = "PAGE_PRODUCT_NAME", default_value = "Example")]
+    pub product_name: String,
+
+    /// The page's accent colour (buttons, focus rings), as `#rgb` or `#rrggbb`.
+    #[arg(long, env = "PAGE_ACCENT_COLOR", default_value = "#1d4ed8")]
+    pub accent_color: String,
 }
 
 /// Who may call.

@@ -18,6 +18,7 @@ pub mod body;
 pub mod config;
 pub mod limit;
 pub mod metrics;
+pub mod page;
 pub mod publish;
 pub mod reply;
 pub mod reset;

@@ -211,17 +211,18 @@ impl Resets {
         &self.pool
     }
 
-    /// Whether `token` would work now. Consumes nothing.
-    pub async fn verify(&self, token: &str) -> Result<(), ResetError> {
+    /// Whether `token` would work now, and if so its account's locale (for the page).
+    /// Consumes nothing.
+    pub async fn verify(&self, token: &str) -> Result<Option<String>, ResetError> {
         if !plausible_token(token) {
             return Err(ResetError::InvalidToken);
         }
-        let found: Option<String> =
-            sqlx::query_scalar(&format!("SELECT t.account_id {VALID_TOKEN}"))
+        let found: Option<Option<String>> =
+            sqlx::query_scalar(&format!("SELECT a.locale {VALID_TOKEN}"))
                 .bind(&token_hash(token)[..])
                 .fetch_optional(&self.pool)
                 .await?;
-        found.map(|_| ()).ok_or(ResetError::InvalidToken)
+        found.ok_or(ResetError::InvalidToken)
     }
 
     /// Sets the account's password if `token` is valid, in one transaction that also uses the

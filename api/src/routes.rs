@@ -17,6 +17,7 @@ use shared::event::ClientContext;
 
 mod forgot_password;
 mod health;
+mod page;
 mod reset_password;
 
 use forgot_password::forgot_password;
@@ -28,6 +29,7 @@ use crate::{
     body,
     limit::{ClientKey, Limiter, TrustedProxies, client_ip},
     metrics::{ApiMetrics, RequestLabels, route_label},
+    page::Pages,
     publish::Publisher,
     reply::{self, ApiError},
     reset::Resets,
@@ -52,6 +54,7 @@ pub struct AppState {
     pub unauthenticated_limiter: Limiter,
     pub resets: Resets,
     pub changed_subject: String,
+    pub pages: Pages,
 }
 
 /// The api's OpenAPI description, served as it is in the repository.
@@ -166,6 +169,15 @@ async fn route(
         "/auth/forgot-password" | "/auth/reset-password" | "/auth/reset-password/verify" => {
             Err(ApiError::MethodNotAllowed("POST"))
         }
+        "/reset-password" if read_only => Ok(page::show(state, req).await),
+        "/reset-password" if req.method() == Method::POST => {
+            Ok(page::submit(state, peer, trail, req).await)
+        }
+        "/reset-password" => Err(ApiError::MethodNotAllowed("GET, HEAD, POST")),
+        "/reset-password/new-link" if req.method() == Method::POST => {
+            Ok(page::new_link(state, peer, trail, req).await)
+        }
+        "/reset-password/new-link" => Err(ApiError::MethodNotAllowed("POST")),
         "/healthz" if read_only => Ok(reply::ok()),
         "/readyz" if read_only => ready(state).await,
         "/metrics" if read_only => Ok(shared::http::text(

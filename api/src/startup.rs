@@ -14,6 +14,7 @@ use crate::{
     auth::{ApiKeys, ApiKeysError, PLACEHOLDER_KEY},
     config::{HttpSettings, Settings},
     limit::Limiter,
+    page::{PageError, Pages},
     publish::Publisher,
     reset::{ResetSettingsError, Resets},
     routes::{self, AppState},
@@ -26,6 +27,8 @@ pub enum StartupError {
     ApiKeys(#[from] ApiKeysError),
     #[error(transparent)]
     Reset(#[from] ResetSettingsError),
+    #[error(transparent)]
+    Page(#[from] PageError),
     #[error("cannot listen on {addr} (API_ADDR): {source}")]
     Bind {
         addr: SocketAddr,
@@ -82,6 +85,7 @@ impl Application {
             http.publish_timeout,
         );
         let resets = Resets::new(&settings.reset, settings.stream.subjects().changed())?;
+        let pages = Pages::load(&settings.page, settings.reset.password_min_length)?;
         let state = Arc::new(AppState {
             keys,
             limiter: Limiter::new(http.rate_limit),
@@ -95,6 +99,7 @@ impl Application {
             unauthenticated_limiter: Limiter::new(http.rate_limit),
             resets,
             changed_subject: settings.stream.subjects().changed(),
+            pages,
         });
         let app = Self {
             listener,

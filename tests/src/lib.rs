@@ -77,6 +77,11 @@ impl Default for Isolation {
 }
 
 /// Api settings for a test: port 0, its own stream, rate limiting off, NATS on this machine.
+/// The repository's templates: the worker's mails and the api's page.
+pub fn templates_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../templates")
+}
+
 pub fn api_settings(iso: &Isolation) -> api::Settings {
     let keys = format!("{LABEL}:{KEY},other:other-key-0123456789");
     api::Settings::try_parse_from([
@@ -93,6 +98,7 @@ pub fn api_settings(iso: &Isolation) -> api::Settings {
         // The smallest Argon2 cost the library accepts: tests check behaviour, not cost.
         "--argon2-memory-kib=64",
         "--argon2-iterations=1",
+        &format!("--templates-dir={}", templates_dir().display()),
     ])
     .expect("test settings parse")
 }

@@ -264,6 +264,7 @@ fn spawn_api(iso: &Isolation, port: u16) -> std::process::Child {
         .env("API_KEYS", format!("{}:{KEY}", crate::LABEL))
         .env("API_RATE_LIMIT", "1000000/second")
         .env("API_SHUTDOWN_TIMEOUT", "5s")
+        .env("TEMPLATES_DIR", crate::templates_dir())
         .env("RESET_STREAM", &iso.stream)
         .env("RESET_SUBJECT_PREFIX", &iso.prefix)
         .env("RESET_RETENTION", "1h")

@@ -8,6 +8,8 @@ use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use shared::event::ClientContext;
+
 use super::{AppState, Trail, accept};
 use crate::{
     body, reply,
@@ -40,15 +42,25 @@ pub(super) async fn reset_password(
     let accepted = accept(state, &state.reset_limiter, peer, trail, req).await?;
     let [token, password] =
         body::parse_fields(accepted.kind, &accepted.body, ["token", "password"])?;
-    let requester = Requester {
-        request_id: trail.request_id.clone(),
-        client: accepted.into_client(),
-    };
-    let event = state
-        .resets
-        .reset(&token, &password, requester)
+    complete_reset(state, trail, &token, &password, accepted.into_client())
         .await
         .map_err(|err| reset_error(err, trail))?;
+    Ok(reply::ok())
+}
+
+/// Sets the password and publishes `PasswordChanged`: one path for this endpoint and the page.
+pub(super) async fn complete_reset(
+    state: &AppState,
+    trail: &mut Trail,
+    token: &str,
+    password: &str,
+    client: ClientContext,
+) -> Result<(), ResetError> {
+    let requester = Requester {
+        request_id: trail.request_id.clone(),
+        client,
+    };
+    let event = state.resets.reset(token, password, requester).await?;
     trail.event_id = Some(event.event_id);
     tracing::info!(request_id = %trail.request_id, "password changed");
     // The event is in the outbox already; publishing now only saves the relay's delay.
@@ -69,10 +81,10 @@ pub(super) async fn reset_password(
             "PasswordChanged not published yet; the outbox relay will"
         );
     }
-    Ok(reply::ok())
+    Ok(())
 }
 
-fn reset_error(err: ResetError, trail: &Trail) -> ApiError {
+pub(super) fn reset_error(err: ResetError, trail: &Trail) -> ApiError {
     let request_id = &trail.request_id;
     match err {
         ResetError::InvalidToken => ApiError::InvalidToken,
