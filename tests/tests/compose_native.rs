@@ -15,7 +15,7 @@ use e2e::compose::{self, root};
 use e2e::db::TestDb;
 use e2e::sink::SmtpSink;
 use e2e::system::binary;
-use e2e::{free_port, get, latest_nats_server, post};
+use e2e::{free_port, get, latest_nats_server, post, request, send_raw};
 
 /// `.env` with fresh passwords and no API_KEYS: the compose file's development instance then
 /// takes the documentation's placeholder key.
@@ -175,14 +175,29 @@ async fn the_compose_stack_runs_with_exactly_its_env_and_walks_a_reset() {
     assert_eq!(requested.body, r#"{"code":200,"message":"OK"}"#);
     let mails = sink.wait_for(1, Duration::from_secs(30)).await;
     assert_eq!(mails.len(), 1, "the reset mail");
-    let token = mails[0].token();
-    let json = [
-        ("Authorization", "Bearer REPLACE_BEARER_TOKEN".to_owned()),
-        ("Content-Type", "application/json".to_owned()),
+    // The link opens the api's own page (compose's RESET_URL, localhost:8080, is the api).
+    let link = mails[0].link();
+    let path = link
+        .strip_prefix("http://localhost:8080")
+        .unwrap_or_else(|| panic!("the link {link} is not the api's page"));
+    let opened = send_raw(api_addr, &request("GET", path, &[], "")).await;
+    assert_eq!(opened.status, 303, "{opened:?}");
+    let cookie = opened
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .expect("the token's cookie")
+        .to_owned();
+    let form = [
+        (
+            "Content-Type",
+            "application/x-www-form-urlencoded".to_owned(),
+        ),
+        ("Cookie", cookie),
     ];
-    let body = serde_json::json!({ "token": token, "password": "a new and long passphrase" });
-    let reset = post(api_addr, "/auth/reset-password", &json, &body.to_string()).await;
+    let password = "password=a+new+and+long+passphrase&confirm=a+new+and+long+passphrase";
+    let reset = post(api_addr, "/reset-password", &form, password).await;
     assert_eq!(reset.status, 200, "{}", reset.body);
+    assert!(reset.body.contains("Your password was changed"));
     let mails = sink.wait_for(2, Duration::from_secs(30)).await;
     assert_eq!(mails.len(), 2, "the password-changed mail");
 

@@ -163,7 +163,7 @@ pub struct PolicySettings {
     #[arg(
         long,
         env = "RESET_URL",
-        default_value = "http://localhost:3000/reset-password"
+        default_value = "http://localhost:8080/reset-password"
     )]
     pub reset_url: url::Url,
 }
