@@ -195,11 +195,30 @@ impl System {
         sink: SmtpSink,
         tweak: impl FnOnce(&mut worker::Settings),
     ) -> Self {
+        Self::start_inner(sink, false, tweak).await
+    }
+
+    /// Like [`System::start`], with the mailed link opening the api's own reset page, as
+    /// it does by default outside the tests.
+    pub async fn start_with_page() -> Self {
+        Self::start_inner(SmtpSink::start(), true, |_| {}).await
+    }
+
+    async fn start_inner(
+        sink: SmtpSink,
+        link_to_page: bool,
+        tweak: impl FnOnce(&mut worker::Settings),
+    ) -> Self {
         let iso = Isolation::new();
         let db = TestDb::migrated().await;
         let db_url = db.url.clone();
         let api = TestApi::spawn_in(iso.clone(), |s| s.reset.database.database_url = db_url).await;
         let mut settings = worker_settings(&iso, &db.url, &sink.url());
+        if link_to_page {
+            settings.policy.reset_url = format!("http://{}/reset-password", api.addr)
+                .parse()
+                .expect("page URL");
+        }
         tweak(&mut settings);
         let worker = TestWorker::spawn(settings);
         Self {

@@ -1,0 +1,355 @@
+//! The reset page in a real browser: Debian's chromium, driven over WebDriver by its own
+//! chromedriver (both installed by scripts/test-deps). A person opens the link from the mail
+//! the SMTP server received, types a new password, and sees the confirmation; the stored hash
+//! then verifies with that password and the password-changed mail arrives. Also: a link opened
+//! twice, an expired link, the page with JavaScript off, an accessibility check with axe-core,
+//! and no request to any other origin.
+//!
+//! Screenshots of each page go to target/screenshots/, and to docs/screenshots/ when
+//! UPDATE_SCREENSHOTS=1 is set (the README shows those).
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use e2e::free_port;
+use e2e::system::System;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(20);
+const PASSWORD: &str = "correct horse battery staple";
+
+/// chromedriver on a free port, stopped with the test.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Driver {
+    fn start() -> Self {
+        let port = free_port();
+        // A process group of its own, so that the browsers it starts go with it.
+        let child = Command::new("chromedriver")
+            .process_group(0)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian's chromium-driver; scripts/test-deps installs it)");
+        // Killed and waited for on drop, whether it comes up or not.
+        let driver = Self { child, port };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return driver;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("chromedriver did not come up");
+    }
+
+    /// A headless chromium session; `javascript: false` turns scripts off for every page. A
+    /// window narrower than a desktop one can be is a phone's screen, emulated.
+    async fn browser(&self, javascript: bool, width: u32) -> Client {
+        let mut args = vec![
+            "--headless=new".to_owned(),
+            "--no-sandbox".to_owned(),
+            "--disable-dev-shm-usage".to_owned(),
+            "--disable-gpu".to_owned(),
+            "--hide-scrollbars".to_owned(),
+            "--force-device-scale-factor=1".to_owned(),
+            format!("--window-size={width},900"),
+            "--lang=en-US".to_owned(),
+        ];
+        if !javascript {
+            // The page's scripts only: the driver's own still run in a world of their own.
+            args.push("--blink-settings=scriptEnabled=false".to_owned());
+        }
+        let mut capabilities = json!({
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": args,
+            }
+        });
+        if !javascript {
+            // Without scripts the driver never hears that a page submitted by a click has
+            // loaded; the steps below wait for what they expect instead.
+            capabilities["pageLoadStrategy"] = json!("none");
+        }
+        if width < 500 {
+            capabilities["goog:chromeOptions"]["mobileEmulation"] = json!({
+                "deviceMetrics": { "width": width, "height": 640, "pixelRatio": 1.0 }
+            });
+        }
+        let serde_json::Value::Object(capabilities) = capabilities else {
+            unreachable!("an object literal")
+        };
+        // The WebDriver is plain http, but the builder sets up TLS all the same; the workspace
+        // has two rustls providers, so name one.
+        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+        ClientBuilder::rustls()
+            .expect("TLS roots")
+            .capabilities(capabilities)
+            .connect(&format!("http://127.0.0.1:{}", self.port))
+            .await
+            .expect("a chromium session")
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn screenshots() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut dirs = vec![root.join("target/screenshots")];
+    if std::env::var_os("UPDATE_SCREENSHOTS").is_some_and(|v| v == "1") {
+        dirs.push(root.join("docs/screenshots"));
+    }
+    dirs
+}
+
+/// Saves a screenshot; returns its width in pixels.
+async fn screenshot(browser: &Client, name: &str) -> u32 {
+    let png = browser.screenshot().await.expect("screenshot");
+    for dir in screenshots() {
+        std::fs::create_dir_all(&dir).expect("screenshot folder");
+        std::fs::write(dir.join(format!("{name}.png")), &png).expect("screenshot written");
+    }
+    // A PNG's width is the big-endian u32 at bytes 16..20 (in its IHDR chunk).
+    u32::from_be_bytes([png[16], png[17], png[18], png[19]])
+}
+
+/// The text of the first element matching `css`, once it is `expected`: after a click the
+/// old page may still be there, or half gone, for a moment.
+async fn wait_for_text(browser: &Client, css: &str, expected: &str) {
+    let mut seen = String::new();
+    for _ in 0..100 {
+        if let Ok(element) = browser.find(Locator::Css(css)).await
+            && let Ok(text) = element.text().await
+        {
+            if text == expected {
+                return;
+            }
+            seen = text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{css} never read {expected:?}; last {seen:?}");
+}
+
+async fn fill(browser: &Client, id: &str, value: &str) {
+    browser
+        .find(Locator::Id(id))
+        .await
+        .unwrap_or_else(|e| panic!("#{id}: {e}"))
+        .send_keys(value)
+        .await
+        .expect("typed");
+}
+
+async fn submit(browser: &Client) {
+    browser
+        .find(Locator::Css("button[type=submit]"))
+        .await
+        .expect("the submit button")
+        .click()
+        .await
+        .expect("clicked");
+}
+
+/// Serious or critical axe-core findings on the current page.
+async fn accessibility_violations(browser: &Client) -> Vec<String> {
+    let axe =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/node_modules/axe-core/axe.min.js");
+    let source = std::fs::read_to_string(&axe)
+        .unwrap_or_else(|e| panic!("{} ({e}): scripts/test-deps installs it", axe.display()));
+    browser
+        .execute(&format!("{source}\nreturn typeof axe;"), vec![])
+        .await
+        .expect("axe-core loads");
+    let found = browser
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             axe.run(document, { resultTypes: ['violations'] })
+               .then(r => done(r.violations
+                 .filter(v => v.impact === 'serious' || v.impact === 'critical')
+                 .map(v => v.id + ': ' + v.nodes.map(n => n.target.join(' ')).join(', '))))
+               .catch(e => done(['axe failed: ' + e]));",
+            vec![],
+        )
+        .await
+        .expect("axe runs");
+    serde_json::from_value(found).expect("a list")
+}
+
+/// Every resource the page loaded, by URL (with JavaScript on).
+async fn resources(browser: &Client) -> Vec<String> {
+    let found = browser
+        .execute(
+            "return performance.getEntries().map(e => e.name).filter(n => n.includes('://'));",
+            vec![],
+        )
+        .await
+        .expect("performance entries");
+    serde_json::from_value(found).expect("a list")
+}
+
+async fn stored_hash(system: &System, id: &str) -> String {
+    sqlx::query_scalar("SELECT password_hash FROM accounts WHERE id = $1")
+        .bind(id)
+        .fetch_one(&system.db.pool)
+        .await
+        .expect("a password hash")
+}
+
+#[tokio::test]
+async fn a_person_changes_their_password_through_the_page_in_chromium() {
+    let system = System::start_with_page().await;
+    system.db.account("ada").add().await;
+    assert_eq!(system.api.forgot_id("ada").await.status, 200);
+    let mail = system.sink.wait_for(1, WAIT).await.remove(0);
+    let link = mail.link();
+    let origin = format!("http://{}", system.api.addr);
+    assert!(link.starts_with(&origin), "{link}");
+
+    let driver = Driver::start();
+    let browser = driver.browser(true, 1024).await;
+    // Opened twice before use, as a link preview and then the person: both get the form.
+    for _ in 0..2 {
+        browser.goto(&link).await.expect("the link opens");
+        let url = browser.current_url().await.expect("url");
+        assert_eq!(url.path(), "/reset-password");
+        assert_eq!(url.query(), None, "the token left the address bar");
+        wait_for_text(&browser, "h1", "Choose a new password").await;
+    }
+    assert_eq!(
+        accessibility_violations(&browser).await,
+        Vec::<String>::new()
+    );
+    let loaded = resources(&browser).await;
+    assert!(
+        loaded.iter().all(|url| url.starts_with(&origin)),
+        "requests to other origins: {loaded:?}"
+    );
+    screenshot(&browser, "en-form").await;
+
+    fill(&browser, "password", PASSWORD).await;
+    fill(&browser, "confirm", "something else entirely").await;
+    submit(&browser).await;
+    wait_for_text(
+        &browser,
+        "#confirm-error",
+        "The two passwords are not the same.",
+    )
+    .await;
+    assert_eq!(
+        accessibility_violations(&browser).await,
+        Vec::<String>::new()
+    );
+    screenshot(&browser, "error").await;
+
+    fill(&browser, "password", PASSWORD).await;
+    fill(&browser, "confirm", PASSWORD).await;
+    submit(&browser).await;
+    wait_for_text(&browser, "h1", "Your password was changed").await;
+    screenshot(&browser, "success").await;
+
+    let stored = stored_hash(&system, "ada").await;
+    let hash = PasswordHash::new(&stored).expect("PHC string");
+    assert!(
+        Argon2::default()
+            .verify_password(PASSWORD.as_bytes(), &hash)
+            .is_ok()
+    );
+    let mails = system.sink.wait_for(2, WAIT).await;
+    assert_eq!(mails.len(), 2, "the password-changed mail");
+
+    // Used: the same link now offers a new one.
+    browser.goto(&link).await.expect("the link opens");
+    wait_for_text(&browser, "h1", "This link no longer works").await;
+    assert_eq!(
+        accessibility_violations(&browser).await,
+        Vec::<String>::new()
+    );
+    screenshot(&browser, "invalid").await;
+    browser.close().await.expect("session closed");
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn the_page_works_with_javascript_off_in_german_and_fits_320_px() {
+    tokio::time::timeout(Duration::from_secs(90), javascript_off())
+        .await
+        .expect("the walk through the page finishes within 90 s");
+}
+
+async fn javascript_off() {
+    let system = System::start_with_page().await;
+    system.db.account("hans").locale("de").add().await;
+    assert_eq!(system.api.forgot_id("hans").await.status, 200);
+    let link = system.sink.wait_for(1, WAIT).await[0].link();
+
+    let driver = Driver::start();
+    // A phone's 320 px: the form fits (a screenshot that wide), then the walk at desktop size.
+    let phone = driver.browser(false, 320).await;
+    phone.goto(&link).await.expect("the link opens");
+    wait_for_text(&phone, "h1", "Neues Passwort wählen").await;
+    assert_eq!(screenshot(&phone, "de-form-narrow").await, 320);
+    phone.close().await.expect("session closed");
+    let browser = driver.browser(false, 1024).await;
+    browser.goto(&link).await.expect("the link opens");
+    wait_for_text(&browser, "h1", "Neues Passwort wählen").await;
+    screenshot(&browser, "de-form").await;
+    fill(&browser, "password", PASSWORD).await;
+    fill(&browser, "confirm", PASSWORD).await;
+    submit(&browser).await;
+    wait_for_text(&browser, "h1", "Ihr Passwort wurde geändert").await;
+    let stored = stored_hash(&system, "hans").await;
+    let hash = PasswordHash::new(&stored).expect("PHC string");
+    assert!(
+        Argon2::default()
+            .verify_password(PASSWORD.as_bytes(), &hash)
+            .is_ok()
+    );
+    browser.close().await.expect("session closed");
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_link_shows_the_dead_link_page_and_mails_a_new_one() {
+    let system = System::start_with_page().await;
+    system.db.account("ada").add().await;
+    assert_eq!(system.api.forgot_id("ada").await.status, 200);
+    let link = system.sink.wait_for(1, WAIT).await[0].link();
+    sqlx::query("UPDATE reset_tokens SET expires_at = now() - interval '1 second'")
+        .execute(&system.db.pool)
+        .await
+        .expect("expire the token");
+
+    let driver = Driver::start();
+    let browser = driver.browser(true, 1024).await;
+    browser.goto(&link).await.expect("the link opens");
+    wait_for_text(&browser, "h1", "This link no longer works").await;
+    fill(&browser, "id", "ada@example.com").await;
+    submit(&browser).await;
+    wait_for_text(&browser, "h1", "Check your email").await;
+    assert_eq!(
+        accessibility_violations(&browser).await,
+        Vec::<String>::new()
+    );
+    browser.close().await.expect("session closed");
+    // The cooldown holds the second mail back, as it would any request; the request was made.
+    let published = system.api.events().await;
+    assert_eq!(published.len(), 2);
+    assert_eq!(published[1].0.client.api_key_label, "page");
+    system.stop().await;
+}
