@@ -39,6 +39,24 @@ impl TestDb {
         db
     }
 
+    /// Whether the account's stored password hash verifies `password` (as a login would).
+    pub async fn password_verifies(&self, id: &str, password: &str) -> bool {
+        use argon2::{Argon2, PasswordHash, PasswordVerifier};
+        let stored: Option<String> =
+            sqlx::query_scalar("SELECT password_hash FROM accounts WHERE id = $1")
+                .bind(id)
+                .fetch_one(&self.pool)
+                .await
+                .expect("the account");
+        stored.is_some_and(|stored| {
+            PasswordHash::new(&stored).is_ok_and(|hash| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &hash)
+                    .is_ok()
+            })
+        })
+    }
+
     /// An account to add: `db.account("ada").add().await` adds `ada` with the email
     /// `ada@example.com`; `.email()`, `.name()` and `.locale()` change what it gets.
     pub fn account(&self, id: &str) -> NewAccount<'_> {
