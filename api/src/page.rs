@@ -90,7 +90,15 @@ impl Pages {
         registry
             .register_template_string(LAYOUT, layout)
             .map_err(|e| PageError::Layout(layout_file.clone(), e.to_string()))?;
-        let words = load_words(dir)?;
+        let mut words = load_words(dir)?;
+        // `{min}` is a setting: filled in once here, not on every page.
+        for value in words.values_mut().filter_map(Value::as_object_mut) {
+            for text in value.values_mut() {
+                if let Value::String(text) = text {
+                    *text = text.replace("{min}", &min_chars.to_string());
+                }
+            }
+        }
         if !words.contains_key(FALLBACK_LOCALE) {
             return Err(PageError::NoFallback(dir.clone()));
         }
@@ -186,20 +194,8 @@ impl Pages {
     }
 
     fn render(&self, view: &View, locale: &str) -> Result<String, String> {
-        let mut words = self
-            .words
-            .get(locale)
-            .or_else(|| self.words.get(FALLBACK_LOCALE))
-            .cloned()
-            .unwrap_or(Value::Null);
-        if let Value::Object(map) = &mut words {
-            for value in map.values_mut() {
-                if let Value::String(text) = value {
-                    *text = text.replace("{min}", &self.min_chars.to_string());
-                }
-            }
-        }
-        let fallback = self.words.get(FALLBACK_LOCALE).cloned().unwrap_or_default();
+        let fallback = &self.words[FALLBACK_LOCALE];
+        let words = self.words.get(locale).unwrap_or(fallback);
         let word = |key: &str| -> String {
             words[key]
                 .as_str()
@@ -207,13 +203,7 @@ impl Pages {
                 .unwrap_or(key)
                 .to_owned()
         };
-        let mut data = json!({
-            "lang": locale,
-            "product": self.product,
-            "accent": self.accent,
-            "min": self.min_chars,
-            "t": words,
-        });
+        let mut data = json!({});
         match view {
             View::Form { error } => {
                 data["form"] = json!(true);
@@ -236,10 +226,30 @@ impl Pages {
             }
             View::Problem(Problem::Unavailable) => data["problem"] = json!(word("unavailable")),
         }
+        let page = PageData {
+            lang: locale,
+            product: &self.product,
+            accent: &self.accent,
+            min: self.min_chars,
+            t: words,
+            view: data,
+        };
         self.registry
-            .render(LAYOUT, &data)
+            .render(LAYOUT, &page)
             .map_err(|e| e.to_string())
     }
+}
+
+/// What the layout gets: the settings and words, borrowed, and the view's own fields.
+#[derive(serde::Serialize)]
+struct PageData<'a> {
+    lang: &'a str,
+    product: &'a str,
+    accent: &'a str,
+    min: u16,
+    t: &'a Value,
+    #[serde(flatten)]
+    view: Value,
 }
 
 /// A refused password, in the page's words: the rule by name, and zxcvbn's reason where the
