@@ -1,10 +1,36 @@
-//! A fresh PostgreSQL database per test, on the machine's server.
+//! A fresh PostgreSQL database per test, on the server the tests share.
+
+use std::sync::LazyLock;
 
 use sqlx::{Connection, PgConnection, PgPool};
 use worker::store::Outcome;
 
-/// The machine's PostgreSQL, where test databases are created.
-pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// A superuser's URL of the PostgreSQL where test databases are created: `TEST_POSTGRES_URL`
+/// (scripts/test sets it to what scripts/services found or started), else the machine's.
+pub fn admin_url() -> &'static str {
+    static URL: LazyLock<String> = LazyLock::new(|| {
+        std::env::var("TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    });
+    &URL
+}
+
+/// The URL of database `name` on that server, as the same superuser.
+pub fn database_url(name: &str) -> String {
+    let (server, _) = admin_url()
+        .rsplit_once('/')
+        .expect("a database URL ends with /<database>");
+    format!("{server}/{name}")
+}
+
+/// Host and port of that server.
+pub fn server() -> (String, u16) {
+    let url = url::Url::parse(admin_url()).expect("TEST_POSTGRES_URL is a URL");
+    (
+        url.host_str().unwrap_or("127.0.0.1").to_owned(),
+        url.port().unwrap_or(5432),
+    )
+}
 
 /// A database of the test's own, dropped by [`TestDb::drop_db`].
 #[derive(Debug)]
@@ -17,14 +43,17 @@ pub struct TestDb {
 impl TestDb {
     pub async fn create() -> Self {
         let name = format!("reset_test_{}", uuid::Uuid::now_v7().simple());
-        let mut admin = PgConnection::connect(ADMIN_URL)
+        let mut admin = PgConnection::connect(admin_url())
             .await
-            .expect("PostgreSQL on 127.0.0.1:5432 (scripts/services starts it)");
+            .unwrap_or_else(|e| {
+                let (host, port) = server();
+                panic!("PostgreSQL at {host}:{port} (scripts/test finds or starts one): {e}")
+            });
         sqlx::query(&format!("CREATE DATABASE \"{name}\""))
             .execute(&mut admin)
             .await
             .expect("create database");
-        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+        let url = database_url(&name);
         let pool = PgPool::connect(&url).await.expect("connect");
         Self { name, url, pool }
     }
@@ -130,7 +159,7 @@ impl TestDb {
 
     pub async fn drop_db(self) {
         self.pool.close().await;
-        if let Ok(mut admin) = PgConnection::connect(ADMIN_URL).await {
+        if let Ok(mut admin) = PgConnection::connect(admin_url()).await {
             let _ = sqlx::query(&format!(
                 "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
                 self.name

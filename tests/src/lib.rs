@@ -12,6 +12,7 @@ pub mod system;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -25,8 +26,14 @@ use tokio::task::JoinHandle;
 /// The key tests authenticate with, and its label.
 pub const KEY: &str = "test-key-0123456789abcdef";
 pub const LABEL: &str = "tests";
-/// NATS as the machine runs it.
-pub const NATS_URL: &str = "nats://127.0.0.1:4222";
+/// The NATS the tests share: `TEST_NATS_URL` (scripts/test sets it to what scripts/services
+/// found or started), else the machine's on 127.0.0.1:4222.
+pub fn nats_url() -> &'static str {
+    static URL: LazyLock<String> = LazyLock::new(|| {
+        std::env::var("TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+    });
+    &URL
+}
 
 /// The client of an event sent with the tests' API key, from no known address or agent.
 pub fn client_context() -> ClientContext {
@@ -88,7 +95,7 @@ pub fn api_settings(iso: &Isolation) -> api::Settings {
         "api",
         "--addr=127.0.0.1:0",
         &format!("--api-keys={keys}"),
-        &format!("--nats-url={NATS_URL}"),
+        &format!("--nats-url={}", nats_url()),
         &format!("--stream={}", iso.stream),
         &format!("--subject-prefix={}", iso.prefix),
         "--retention=1h",
@@ -496,7 +503,7 @@ pub fn latest_nats_server() -> PathBuf {
 
 /// Dead letters of a test's stream, with their headers.
 pub async fn dead_letters(iso: &Isolation) -> Vec<async_nats::HeaderMap> {
-    let js = jetstream::new(async_nats::connect(NATS_URL).await.expect("nats"));
+    let js = jetstream::new(async_nats::connect(nats_url()).await.expect("nats"));
     let stream = js.get_stream(&iso.stream).await.expect("stream");
     let subject = format!("{}.dead", iso.prefix);
     let mut letters = Vec::new();

@@ -257,13 +257,25 @@ impl StopRun {
     }
 }
 
+/// An api process, killed when dropped: a failed assertion must not leave it running (it
+/// would hold the test runner's output open).
+struct ApiProcess(std::process::Child);
+
+impl Drop for ApiProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// An api as its own process on `port`, for tests that stop it with SIGTERM.
-fn spawn_api(iso: &Isolation, port: u16) -> std::process::Child {
-    std::process::Command::new(crate::system::binary("api"))
+fn spawn_api(iso: &Isolation, port: u16) -> ApiProcess {
+    let child = std::process::Command::new(crate::system::binary("api"))
         .env("API_ADDR", format!("127.0.0.1:{port}"))
         .env("API_KEYS", format!("{}:{KEY}", crate::LABEL))
         .env("API_RATE_LIMIT", "1000000/second")
         .env("API_SHUTDOWN_TIMEOUT", "5s")
+        .env("NATS_URL", crate::nats_url())
         .env("TEMPLATES_DIR", crate::templates_dir())
         .env("RESET_STREAM", &iso.stream)
         .env("RESET_SUBJECT_PREFIX", &iso.prefix)
@@ -271,7 +283,8 @@ fn spawn_api(iso: &Isolation, port: u16) -> std::process::Child {
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .spawn()
-        .expect("the api binary starts")
+        .expect("the api binary starts");
+    ApiProcess(child)
 }
 
 /// Requests from 4 clients (at most `requests`, each with its id as `Idempotency-Key` and
@@ -330,9 +343,9 @@ pub async fn sigterm_api_under_load(requests: usize, stops: usize, every: Durati
             let (took, status, stopped) = tokio::task::spawn_blocking(move || {
                 let began = Instant::now();
                 let _ = std::process::Command::new("kill")
-                    .args(["-TERM", &api.id().to_string()])
+                    .args(["-TERM", &api.0.id().to_string()])
                     .status();
-                let status = api.wait().expect("api exits");
+                let status = api.0.wait().expect("api exits");
                 (began.elapsed(), status, api)
             })
             .await
@@ -347,17 +360,15 @@ pub async fn sigterm_api_under_load(requests: usize, stops: usize, every: Durati
         load_ends.store(true, Ordering::Relaxed);
         (times, unclean, api)
     };
-    let (lanes, (times, unclean, mut api)) =
-        tokio::join!(futures::future::join_all(lanes), stopper);
+    let (lanes, (times, unclean, api)) = tokio::join!(futures::future::join_all(lanes), stopper);
     let accepted: BTreeSet<String> = lanes.into_iter().flatten().collect();
     wait_for_all(&sink, &accepted, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     // "warm-up" names no account: it has no mail.
     let mails = sink.messages();
     let (count, lost, duplicates) = reconcile(&accepted, &mails);
-    let _ = api.kill();
-    let _ = api.wait();
-    iso.delete_stream(crate::NATS_URL).await;
+    drop(api);
+    iso.delete_stream(crate::nats_url()).await;
     db.drop_db().await;
     ApiStopRun {
         accepted: accepted.len(),

@@ -9,7 +9,7 @@ use clap::Parser;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::{Isolation, NATS_URL, TestApi, db::TestDb, sink::SmtpSink};
+use crate::{Isolation, TestApi, db::TestDb, nats_url, sink::SmtpSink};
 
 /// The reset page the tests configure; its query must survive the token being added.
 pub const RESET_URL: &str = "https://app.example.com/reset?lang=en";
@@ -20,7 +20,7 @@ pub fn worker_args(iso: &Isolation, db_url: &str, smtp_url: &str) -> Vec<String>
     let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates");
     [
         "--addr=127.0.0.1:0".into(),
-        format!("--nats-url={NATS_URL}"),
+        format!("--nats-url={}", nats_url()),
         format!("--stream={}", iso.stream),
         format!("--subject-prefix={}", iso.prefix),
         "--retention=1h".into(),

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use e2e::compose::{self, root};
-use e2e::db::TestDb;
+use e2e::db::{self, TestDb};
 use e2e::sink::SmtpSink;
 use e2e::system::binary;
 use e2e::{free_port, get, latest_nats_server, post, request, send_raw};
@@ -98,6 +98,7 @@ async fn the_compose_stack_runs_with_exactly_its_env_and_walks_a_reset() {
 
     // PostgreSQL: a fresh database, with the roles the postgres service's init script makes.
     let db = TestDb::create().await;
+    let (pg_host, pg_port) = db::server();
     let mut postgres_env = compose::environment(&stack, "postgres");
     postgres_env.retain(|(k, _)| k != "POSTGRES_DB");
     let init = Command::new("sh")
@@ -107,7 +108,8 @@ async fn the_compose_stack_runs_with_exactly_its_env_and_walks_a_reset() {
         .envs([
             ("POSTGRES_USER", "postgres"),
             ("POSTGRES_DB", db.name.as_str()),
-            ("PGHOST", "127.0.0.1"),
+            ("PGHOST", pg_host.as_str()),
+            ("PGPORT", &pg_port.to_string()),
             ("PATH", "/usr/bin:/bin"),
         ])
         .output()
@@ -122,7 +124,7 @@ async fn the_compose_stack_runs_with_exactly_its_env_and_walks_a_reset() {
         ("@nats:4222".to_owned(), format!("@127.0.0.1:{nats_port}")),
         (
             "@postgres:5432/reset".to_owned(),
-            format!("@127.0.0.1:5432/{}", db.name),
+            format!("@{pg_host}:{pg_port}/{}", db.name),
         ),
         ("mailpit:1025".to_owned(), sink_addr),
         ("0.0.0.0:8080".to_owned(), api_addr.to_string()),

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use e2e::{
-    Isolation, NATS_URL, PrivateNats, TestApi, api_settings, forgot_head, free_port, get,
+    Isolation, PrivateNats, TestApi, api_settings, forgot_head, free_port, get, nats_url,
     open_with, read_response,
 };
 use shared::stream::ensure_stream;
@@ -149,7 +149,7 @@ async fn the_api_refuses_to_start_without_a_key_and_says_what_to_set() {
 #[tokio::test]
 async fn api_and_workers_starting_together_agree_on_one_stream() {
     let iso = Isolation::new();
-    let client = async_nats::connect(NATS_URL).await.expect("nats");
+    let client = async_nats::connect(nats_url()).await.expect("nats");
     let js = jetstream::new(client);
     let settings = api_settings(&iso).stream;
     let attempts = (0..8).map(|_| ensure_stream(&js, &settings));
@@ -181,7 +181,7 @@ async fn the_worker_creates_the_stream_and_stops_cleanly_on_shutdown() {
     let db = e2e::db::TestDb::create().await;
     let settings = e2e::system::worker_settings(&iso, &db.url, "smtp://127.0.0.1:1");
     let worker = e2e::system::TestWorker::spawn(settings);
-    let js = jetstream::new(async_nats::connect(NATS_URL).await.expect("nats"));
+    let js = jetstream::new(async_nats::connect(nats_url()).await.expect("nats"));
     let mut found = false;
     for _ in 0..50 {
         if js.get_stream(&iso.stream).await.is_ok() {

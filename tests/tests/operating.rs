@@ -6,7 +6,7 @@ use std::time::Duration;
 use e2e::db::TestDb;
 use e2e::sink::SmtpSink;
 use e2e::system::{System, WorkerProcess, binary, worker_args, worker_settings};
-use e2e::{Isolation, KEY, NATS_URL, TestApi, free_port, get, metric};
+use e2e::{Isolation, KEY, TestApi, free_port, get, metric, nats_url};
 use worker::cli::{DeadLetterCommand, ReplayArgs};
 use worker::store::Outcome;
 
@@ -566,6 +566,7 @@ async fn one_request_can_be_followed_through_the_logs_which_hold_no_secret() {
     let mut api = std::process::Command::new(binary("api"))
         .env("API_ADDR", format!("127.0.0.1:{port}"))
         .env("API_KEYS", format!("tests:{KEY}"))
+        .env("NATS_URL", nats_url())
         .env("TEMPLATES_DIR", e2e::templates_dir())
         .env("RESET_STREAM", &iso.stream)
         .env("RESET_SUBJECT_PREFIX", &iso.prefix)
@@ -647,6 +648,6 @@ async fn one_request_can_be_followed_through_the_logs_which_hold_no_secret() {
     assert!(line["seq"].as_u64().is_some(), "{line}");
     assert!(line.get("error").is_none(), "{line}");
     let _ = std::fs::remove_dir_all(logs);
-    iso.delete_stream(NATS_URL).await;
+    iso.delete_stream(nats_url()).await;
     db.drop_db().await;
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use e2e::NATS_URL;
+use e2e::nats_url;
 use e2e::system::System;
 use worker::store::Outcome;
 
@@ -79,7 +79,7 @@ async fn an_event_older_than_the_token_ttl_is_dead_lettered_not_mailed() {
     system.db.account("ada").add().await;
     let mut event = e2e::reset_event("ada", "stale-request");
     event.requested_at -= time::Duration::hours(2);
-    let js = jetstream::new(async_nats::connect(NATS_URL).await.expect("nats"));
+    let js = jetstream::new(async_nats::connect(nats_url()).await.expect("nats"));
     js.publish(
         format!("{}.requested", system.api.iso.prefix),
         event.to_json().into(),

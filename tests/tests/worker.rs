@@ -7,7 +7,7 @@ use async_nats::jetstream;
 use e2e::db::TestDb;
 use e2e::sink::SmtpSink;
 use e2e::system::{RESET_URL, System, TestWorker, worker_settings};
-use e2e::{Isolation, NATS_URL, TestApi, dead_letters, wait_for_dead_letters};
+use e2e::{Isolation, TestApi, dead_letters, nats_url, wait_for_dead_letters};
 use sha2::{Digest, Sha256};
 use shared::event::ResetRequested;
 use worker::store::Outcome;
@@ -304,7 +304,7 @@ async fn a_550_goes_to_the_dead_letters_after_one_attempt() {
 async fn a_poison_message_is_dead_lettered_and_the_next_one_delivered() {
     let system = System::start().await;
     system.db.account("ada").add().await;
-    let js = jetstream::new(async_nats::connect(NATS_URL).await.expect("nats"));
+    let js = jetstream::new(async_nats::connect(nats_url()).await.expect("nats"));
     let subject = format!("{}.requested", system.api.iso.prefix);
     js.publish(subject.clone(), "this is not an event".into())
         .await
@@ -339,7 +339,7 @@ async fn a_redelivered_event_that_was_sent_is_not_mailed_again() {
 
     // The same event again, as a redelivery would bring it.
     let (event, _) = system.api.events().await.remove(0);
-    let js = jetstream::new(async_nats::connect(NATS_URL).await.expect("nats"));
+    let js = jetstream::new(async_nats::connect(nats_url()).await.expect("nats"));
     js.publish(
         format!("{}.requested", system.api.iso.prefix),
         event.to_json().into(),

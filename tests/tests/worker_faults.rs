@@ -7,7 +7,7 @@ use async_nats::jetstream;
 use e2e::db::TestDb;
 use e2e::sink::SmtpSink;
 use e2e::system::{System, WorkerProcess, worker_args};
-use e2e::{Isolation, NATS_URL, TestApi};
+use e2e::{Isolation, TestApi, nats_url};
 use worker::store::Outcome;
 
 /// A worker killed with SIGKILL mid-run loses nothing: its unacked events are redelivered to
@@ -67,7 +67,7 @@ async fn sigterm_stops_an_idle_worker_with_exit_code_0() {
     let sink = SmtpSink::start();
     let mut worker = WorkerProcess::spawn(&worker_args(&iso, &db.url, &sink.url()));
     // Wait until it has created its consumer, i.e. it is consuming.
-    let js = jetstream::new(async_nats::connect(NATS_URL).await.expect("nats"));
+    let js = jetstream::new(async_nats::connect(nats_url()).await.expect("nats"));
     let mut consuming = false;
     for _ in 0..100 {
         if let Ok(stream) = js.get_stream(&iso.stream).await
@@ -114,7 +114,7 @@ const SHORT_LEASE: Duration = Duration::from_secs(13);
 
 /// Waits until the worker's consumer has every message of the stream acknowledged.
 async fn wait_until_all_acked(iso: &Isolation, within: Duration) {
-    let js = jetstream::new(async_nats::connect(NATS_URL).await.expect("nats"));
+    let js = jetstream::new(async_nats::connect(nats_url()).await.expect("nats"));
     let stream = js.get_stream(&iso.stream).await.expect("stream");
     let deadline = Instant::now() + within;
     loop {
@@ -140,7 +140,7 @@ async fn a_second_delivery_during_a_slow_send_does_not_mail_again() {
         .add()
         .await;
     let event = e2e::reset_event("ada", "req-twice");
-    let js = jetstream::new(async_nats::connect(NATS_URL).await.expect("nats"));
+    let js = jetstream::new(async_nats::connect(nats_url()).await.expect("nats"));
     let subject = format!("{}.requested", system.api.iso.prefix);
     let publish = || async {
         js.publish(subject.clone(), event.to_json().into())
