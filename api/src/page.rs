@@ -57,6 +57,8 @@ pub enum View {
 pub enum FormError {
     Policy(PolicyError),
     Mismatch,
+    /// The form came without its two fields, or with others (no browser sends it so).
+    Missing,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,6 +211,7 @@ impl Pages {
                 data["form"] = json!(true);
                 match error {
                     Some(FormError::Mismatch) => data["confirm_error"] = json!(word("mismatch")),
+                    Some(FormError::Missing) => data["error"] = json!(word("missing")),
                     Some(FormError::Policy(policy)) => {
                         data["error"] = json!(policy_text(policy, &word, self.min_chars));
                     }

@@ -91,6 +91,18 @@ async fn the_mailed_link_opens_a_form_that_changes_the_password() {
     .await;
     assert_eq!(weak.status, 400);
     assert!(weak.body.contains("too easy to guess"), "{}", weak.body);
+    // A form without its second field, or no form at all, is refused as such and uses nothing.
+    let half = post_form(addr, "/reset-password", Some(&cookie), "password=abc").await;
+    assert_eq!(half.status, 400);
+    assert!(
+        half.body
+            .contains("Fill in both fields and send the form again."),
+        "{}",
+        half.body
+    );
+    let headers = [("Cookie", cookie.clone())];
+    let no_form = send_raw(addr, &request("POST", "/reset-password", &headers, "")).await;
+    assert_eq!(no_form.status, 415, "{no_form:?}");
 
     let done = post_form(
         addr,

@@ -65,23 +65,21 @@ pub(super) async fn submit(
         Ok(client) => client,
         Err(limited) => return *limited,
     };
-    let Some(token) = cookie_token(&headers) else {
-        return page(state, &headers, None, &View::Invalid { id_error: None });
-    };
+    // The form first: a request without one is refused as such (408, 413, 415, or the form
+    // again), whatever its cookie holds.
     let form = match read_form(state, req).await {
         Ok(form) => form,
         Err(err) => return problem(state, &headers, err),
     };
     let fields = body::parse_fields(MediaType::Form, &form, ["password", "confirm"]);
     let Ok([password, confirm]) = fields else {
-        return page(
-            state,
-            &headers,
-            None,
-            &View::Form {
-                error: Some(FormError::Mismatch),
-            },
-        );
+        let view = View::Form {
+            error: Some(FormError::Missing),
+        };
+        return page(state, &headers, None, &view);
+    };
+    let Some(token) = cookie_token(&headers) else {
+        return page(state, &headers, None, &View::Invalid { id_error: None });
     };
     // The account's locale for the answer; a dead token is told as such before anything else.
     let locale = match state.resets.verify(&token).await {
