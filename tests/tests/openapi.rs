@@ -17,6 +17,9 @@ const DOCUMENT: &str = include_str!("../../openapi.yaml");
 const FORGOT: &str = "/auth/forgot-password";
 const VERIFY: &str = "/auth/reset-password/verify";
 const RESET: &str = "/auth/reset-password";
+const PAGE: &str = "/reset-password";
+const NEW_LINK: &str = "/reset-password/new-link";
+const FORM: &str = "application/x-www-form-urlencoded";
 const WAIT: Duration = Duration::from_secs(20);
 
 fn document() -> Value {
@@ -143,6 +146,8 @@ async fn call(
 ) -> Seen {
     let headers: Vec<(&str, String)> = headers.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
     let response = send_raw(api.addr, &request(method, path, &headers, body)).await;
+    // Operations are documented by path; a query is a parameter.
+    let path = path.split('?').next().unwrap_or(path);
     Seen {
         method,
         path: path.to_owned(),
@@ -271,6 +276,35 @@ async fn every_status_the_api_answers_is_documented_for_its_operation() {
         )
         .await,
     );
+    // The page, with the same token: the link hands it to the cookie; the form; a mismatch.
+    seen.push(call(api, "GET", &format!("{PAGE}?token={token}"), &[], "").await);
+    let cookie = format!("reset_token={token}");
+    seen.push(call(api, "GET", PAGE, &[("Cookie", &cookie)], "").await);
+    seen.push(call(api, "HEAD", PAGE, &[("Cookie", &cookie)], "").await);
+    let mismatch = [("Cookie", cookie.as_str()), ("Content-Type", FORM)];
+    seen.push(
+        call(
+            api,
+            "POST",
+            PAGE,
+            &mismatch,
+            "password=one+two&confirm=two+one",
+        )
+        .await,
+    );
+    seen.push(call(api, "POST", PAGE, &mismatch, &"x".repeat(5000)).await);
+    seen.push(
+        call(
+            api,
+            "POST",
+            PAGE,
+            &[("Cookie", &cookie), ("Content-Type", "text/plain")],
+            "p",
+        )
+        .await,
+    );
+    seen.push(call(api, "POST", NEW_LINK, &[("Content-Type", FORM)], "id=ada").await);
+    seen.push(call(api, "POST", NEW_LINK, &[("Content-Type", FORM)], "id=").await);
     let weak = json!({ "token": token, "password": "short" }).to_string();
     seen.push(post(api, RESET, "application/json", &weak).await);
     let form = format!("token={token}&password=correct+horse+battery+staple");
@@ -284,6 +318,10 @@ async fn every_status_the_api_answers_is_documented_for_its_operation() {
         )
         .await,
     );
+
+    // The token is used: the page's form now gets the dead-link page.
+    let used = [("Cookie", cookie.as_str()), ("Content-Type", FORM)];
+    seen.push(call(api, "POST", PAGE, &used, "password=a&confirm=a").await);
 
     // Operations, for GET and HEAD.
     for path in ["/healthz", "/readyz", "/metrics", "/openapi.yaml"] {
@@ -338,10 +376,14 @@ async fn every_status_the_api_answers_is_documented_for_its_operation() {
             "{method} {path} never answered 200"
         );
     }
-    let expected: [(&str, &str, &[u16]); 3] = [
+    let expected: [(&str, &str, &[u16]); 7] = [
         ("POST", FORGOT, &[200, 400, 403, 413, 415]),
         ("POST", VERIFY, &[200, 400, 403, 415]),
         ("POST", RESET, &[200, 400]),
+        ("GET", PAGE, &[200, 303]),
+        ("HEAD", PAGE, &[200]),
+        ("POST", PAGE, &[200, 400, 413, 415]),
+        ("POST", NEW_LINK, &[200, 400]),
     ];
     for (method, path, codes) in expected {
         for &code in codes {
