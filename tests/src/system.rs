@@ -235,3 +235,17 @@ impl System {
         self.db.drop_db().await;
     }
 }
+
+/// The environment variables a binary reads, from its own `--help`.
+pub fn settings_of(binary_name: &str) -> std::collections::BTreeSet<String> {
+    let output = Command::new(binary(binary_name))
+        .arg("--help")
+        .output()
+        .expect("binary runs");
+    String::from_utf8_lossy(&output.stdout)
+        .split("[env: ")
+        .skip(1)
+        .filter_map(|rest| rest.split(['=', ']']).next())
+        .map(str::to_owned)
+        .collect()
+}

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use e2e::compose::{self, root};
 use e2e::latest_nats_server;
-use e2e::system::binary;
+use e2e::system::settings_of as variables;
 use serde_yaml::Value;
 
 /// `.env` as `scripts/compose-env` writes it, with made-up values.
@@ -21,20 +21,6 @@ fn dot_env() -> BTreeMap<String, String> {
 
 fn load(path: &Path) -> Value {
     compose::load(path, &dot_env()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// The settings a binary takes, from its own --help.
-fn variables(binary_name: &str) -> BTreeSet<String> {
-    let output = Command::new(binary(binary_name))
-        .arg("--help")
-        .output()
-        .expect("binary runs");
-    String::from_utf8_lossy(&output.stdout)
-        .split("[env: ")
-        .skip(1)
-        .filter_map(|rest| rest.split(['=', ']']).next())
-        .map(str::to_owned)
-        .collect()
 }
 
 use compose::scalar as str_of;
