@@ -16,6 +16,33 @@ use crate::sink::{ReceivedMail, SmtpSink};
 use crate::system::{WorkerProcess, worker_args};
 use crate::{Isolation, KEY, TestApi};
 
+/// One Markdown table row of the fault suite, printed and appended to `$FAULTS_REPORT` if
+/// set: scenario | load | faults injected | requests accepted | mails | lost | duplicates.
+pub fn report(
+    scenario: &str,
+    load: &str,
+    faults: &str,
+    accepted: usize,
+    mails: usize,
+    lost: usize,
+    duplicates: usize,
+) {
+    let row = format!(
+        "| {scenario} | {load} | {faults} | {accepted} | {mails} | {lost} | {duplicates} |"
+    );
+    println!("{row}");
+    if let Ok(path) = std::env::var("FAULTS_REPORT") {
+        use std::io::Write;
+        if let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(file, "{row}");
+        }
+    }
+}
+
 /// Accepted ids against the mails: (mails, lost, duplicates).
 pub fn reconcile(accepted: &BTreeSet<String>, mails: &[ReceivedMail]) -> (usize, usize, usize) {
     let mut per_address: BTreeMap<&str, usize> = BTreeMap::new();

@@ -11,35 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use e2e::db::{PrivatePostgres, TestDb};
-use e2e::load::{drive, reconcile, wait_for_all};
+use e2e::load::{drive, reconcile, report, wait_for_all};
 use e2e::sink::SmtpSink;
 use e2e::system::{TestWorker, WorkerProcess, worker_args, worker_settings};
 use e2e::{Isolation, PrivateNats, TestApi};
-
-fn report(
-    scenario: &str,
-    load: &str,
-    faults: &str,
-    accepted: usize,
-    mails: usize,
-    lost: usize,
-    duplicates: usize,
-) {
-    let row = format!(
-        "| {scenario} | {load} | {faults} | {accepted} | {mails} | {lost} | {duplicates} |"
-    );
-    println!("{row}");
-    if let Ok(path) = std::env::var("FAULTS_REPORT") {
-        use std::io::Write;
-        if let Ok(mut file) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            let _ = writeln!(file, "{row}");
-        }
-    }
-}
 
 #[tokio::test]
 #[ignore = "fault suite: run with faults/run"]
