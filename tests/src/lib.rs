@@ -3,6 +3,7 @@
 //! and a raw HTTP/1.1 client that can send exactly the bytes a test needs (half a body,
 //! a lying Content-Length) and read the answer.
 
+pub mod cluster;
 pub mod compose;
 pub mod db;
 pub mod load;

@@ -1,0 +1,213 @@
+//! The system on a three-node JetStream cluster (the stream with three replicas, the api and
+//! two workers given all three URLs) under steady load while nodes fail: the stream's leader
+//! killed with SIGKILL and restarted 10 s later; the leader frozen with SIGSTOP for 15 s; a
+//! rolling restart of all three nodes. Then every request answered 200 is checked against
+//! the mails received, as the single-node fault suite does. Part of `scripts/test` (each
+//! scenario about half a minute, run side by side), and of `faults/run`, which records them
+//! in RELIABILITY.md.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use e2e::cluster::{NODES, NatsCluster};
+use e2e::db::TestDb;
+use e2e::load::{drive, reconcile, report, wait_for_all};
+use e2e::sink::SmtpSink;
+use e2e::system::{TestWorker, worker_settings};
+use e2e::{Isolation, TestApi};
+
+/// Accounts the load may ask for; more than any run sends.
+const ACCOUNTS: i32 = 100_000;
+const CONCURRENCY: usize = 8;
+
+struct Rig {
+    cluster: NatsCluster,
+    iso: Isolation,
+    db: TestDb,
+    sink: SmtpSink,
+    api: TestApi,
+    workers: Vec<TestWorker>,
+}
+
+impl Rig {
+    async fn start() -> Self {
+        let cluster = NatsCluster::start().await;
+        let urls = cluster.urls();
+        let iso = Isolation::new();
+        let db = TestDb::migrated().await;
+        db.add_numbered_accounts("c", ACCOUNTS).await;
+        let sink = SmtpSink::start();
+        let api = TestApi::spawn_in(iso.clone(), |s| {
+            s.nats.nats_url = urls.clone();
+            s.stream.replicas = 3;
+        })
+        .await;
+        cluster.wait_for_stream(&iso.stream, 3).await;
+        let workers = (0..2)
+            .map(|_| {
+                let mut settings = worker_settings(&iso, &db.url, &sink.url());
+                settings.nats.nats_url = urls.clone();
+                settings.stream.replicas = 3;
+                settings.consume.backoff = worker::config::Backoff(vec![Duration::from_secs(1); 5]);
+                TestWorker::spawn(settings)
+            })
+            .collect();
+        Self {
+            cluster,
+            iso,
+            db,
+            sink,
+            api,
+            workers,
+        }
+    }
+
+    /// Waits for the mails, reports the row and checks that nothing answered 200 was lost.
+    async fn reckon(
+        self,
+        scenario: &str,
+        faults: &str,
+        accepted: &BTreeSet<String>,
+        answers: &[(Instant, u16)],
+    ) {
+        let mails = wait_for_all(&self.sink, accepted, Duration::from_secs(90)).await;
+        let (count, lost, duplicates) = reconcile(accepted, &mails);
+        let refused = answers.iter().filter(|(_, s)| *s != 200).count();
+        report(
+            scenario,
+            &format!(
+                "{} requests, {CONCURRENCY} concurrent, 3 nodes, stream R3, 2 workers",
+                answers.len()
+            ),
+            &format!(
+                "{faults}; {refused} answered 503, the longest run of them {:.1} s",
+                longest_unavailable(answers).as_secs_f64()
+            ),
+            accepted.len(),
+            count,
+            lost,
+            duplicates,
+        );
+        assert!(!accepted.is_empty(), "nothing was accepted");
+        assert_eq!(lost, 0, "requests answered 200 without a mail");
+        assert_eq!(duplicates, 0, "mails sent twice");
+        for worker in self.workers {
+            worker.stop().await;
+        }
+        self.api.stop().await;
+        self.iso.delete_stream(&self.cluster.url(0)).await;
+        self.db.drop_db().await;
+    }
+}
+
+/// The longest stretch from a refused answer to the last refused one before the next 200.
+fn longest_unavailable(answers: &[(Instant, u16)]) -> Duration {
+    let mut sorted = answers.to_vec();
+    sorted.sort_by_key(|(at, _)| *at);
+    let (mut longest, mut since) = (Duration::ZERO, None::<(Instant, Instant)>);
+    for (at, status) in sorted {
+        if status == 200 {
+            if let Some((first, last)) = since.take() {
+                longest = longest.max(last - first);
+            }
+        } else {
+            since = Some((since.map_or(at, |(first, _)| first), at));
+        }
+    }
+    if let Some((first, last)) = since {
+        longest = longest.max(last - first);
+    }
+    longest
+}
+
+/// Steady load on `api` while `faults` runs on the cluster; the load stops 5 s after the
+/// faults end. Returns what the faults said and the load's outcome.
+async fn under_load(
+    rig: &mut Rig,
+    faults: impl AsyncFnOnce(&mut NatsCluster, String) -> String,
+) -> (String, BTreeSet<String>, Vec<(Instant, u16)>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stream = rig.iso.stream.clone();
+    let Rig { cluster, api, .. } = rig;
+    let load = drive(api, "c", ACCOUNTS as usize, CONCURRENCY, stop.clone());
+    let faults = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let said = faults(cluster, stream).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        stop.store(true, Ordering::Relaxed);
+        said
+    };
+    let ((accepted, answers), said) = tokio::join!(load, faults);
+    (said, accepted, answers)
+}
+
+#[tokio::test]
+async fn the_stream_leader_killed_and_restarted_10_s_later_loses_nothing() {
+    let mut rig = Rig::start().await;
+    let (said, accepted, answers) = under_load(&mut rig, async |cluster, stream| {
+        let leader = cluster.leader(&stream).await;
+        cluster.kill(leader);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        cluster.restart(leader);
+        format!(
+            "SIGKILL of the stream's leader ({}), back after 10 s",
+            cluster.name(leader)
+        )
+    })
+    .await;
+    rig.reckon(
+        "cluster: kill -9 the stream's leader",
+        &said,
+        &accepted,
+        &answers,
+    )
+    .await;
+}
+
+/// A frozen leader keeps its sockets; the others elect a new one. When it wakes it must not
+/// take writes the new leader does not know: any it did would be answered 200 and missing.
+#[tokio::test]
+async fn the_stream_leader_frozen_for_15_s_loses_nothing() {
+    let mut rig = Rig::start().await;
+    let (said, accepted, answers) = under_load(&mut rig, async |cluster, stream| {
+        let leader = cluster.leader(&stream).await;
+        cluster.freeze(leader);
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        cluster.thaw(leader);
+        let now = cluster.leader(&stream).await;
+        format!(
+            "SIGSTOP of the stream's leader ({}) for 15 s, then SIGCONT; leader after: {}",
+            cluster.name(leader),
+            cluster.name(now)
+        )
+    })
+    .await;
+    rig.reckon(
+        "cluster: freeze the stream's leader",
+        &said,
+        &accepted,
+        &answers,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_rolling_restart_of_every_node_loses_nothing() {
+    let mut rig = Rig::start().await;
+    let (said, accepted, answers) = under_load(&mut rig, async |cluster, stream| {
+        for node in 0..NODES {
+            cluster.terminate(node);
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            cluster.restart(node);
+            // Back, and the stream led again, before the next node goes.
+            cluster.wait_for_stream(&stream, 3).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        "SIGTERM of each node in turn, 3 s down, the next once it is back".to_owned()
+    })
+    .await;
+    rig.reckon("cluster: rolling restart", &said, &accepted, &answers)
+        .await;
+}
