@@ -54,6 +54,9 @@ pub enum PublishFailure {
     TimedOut(Duration),
     #[error("no stream takes subject {0} (is RESET_STREAM set up?)")]
     NoStream(String),
+    /// The stream is at `RESET_MAX_BYTES`, or the server's JetStream storage is used up.
+    #[error("the event stream is full (RESET_MAX_BYTES, or the server's JetStream storage): {0}")]
+    StreamFull(jetstream::context::PublishError),
     /// JetStream refused the event (a full stream, say) or the client could not send it.
     #[error("JetStream did not store the event: {0}")]
     Refused(jetstream::context::PublishError),
@@ -151,10 +154,22 @@ impl Publisher {
             Err(err) => Err(match err.kind() {
                 PublishErrorKind::StreamNotFound => PublishFailure::NoStream(subject.to_string()),
                 PublishErrorKind::TimedOut => PublishFailure::TimedOut(self.timeout),
+                _ if is_full(&err) => PublishFailure::StreamFull(err),
                 _ => PublishFailure::Refused(err),
             }),
         }
     }
+}
+
+/// JetStream's refusals of a full stream: a stream limit reached (10077, "maximum bytes
+/// exceeded" and its kin, which a stream with the discard policy `new` answers) or the
+/// server's storage used up (10023, insufficient resources).
+fn is_full(err: &jetstream::context::PublishError) -> bool {
+    const STORE_FAILED: jetstream::ErrorCode = jetstream::ErrorCode::STREAM_STORE_FAILED;
+    const INSUFFICIENT_RESOURCES: jetstream::ErrorCode = jetstream::ErrorCode(10023);
+    std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .is_some_and(|e| matches!(e.error_code(), STORE_FAILED | INSUFFICIENT_RESOURCES))
 }
 
 /// The `Nats-Msg-Id` for a request with an `Idempotency-Key`: derived from the key, scoped to

@@ -43,6 +43,10 @@ pub enum ApiError {
     TooManyRequests(u64),
     #[error("service unavailable: the request was not accepted, retry later")]
     Unavailable,
+    #[error(
+        "service unavailable: the event stream is full, the request was not accepted; retry later"
+    )]
+    StreamFull,
     #[error("not ready: {0}")]
     NotReady(&'static str),
     #[error("Error - Server Error")]
@@ -78,7 +82,9 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::StreamFull | Self::NotReady(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -93,7 +99,7 @@ impl ApiError {
             Self::TooManyRequests(secs) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }
-            Self::Unavailable | Self::NotReady(_) => {
+            Self::Unavailable | Self::StreamFull | Self::NotReady(_) => {
                 headers.insert(
                     header::RETRY_AFTER,
                     HeaderValue::from(RETRY_AFTER_UNAVAILABLE),

@@ -67,6 +67,7 @@ impl EventPublisher {
             stream,
             retention: std::time::Duration::from_secs(3600),
             replicas: 1,
+            max_bytes: None,
         };
         let js = async_nats::jetstream::new(async_nats::connect(nats).await?);
         shared::stream::ensure_stream(&js, &settings).await?;

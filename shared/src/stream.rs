@@ -5,7 +5,7 @@ use std::time::Duration;
 use async_nats::jetstream::{
     self,
     context::CreateStreamErrorKind,
-    stream::{Config, RetentionPolicy, StorageType},
+    stream::{Config, DiscardPolicy, RetentionPolicy, StorageType},
 };
 
 /// How long JetStream remembers a `Nats-Msg-Id`: a publish repeated within this window
@@ -31,6 +31,12 @@ pub struct StreamSettings {
     /// three-node cluster (a PubAck then means a majority stored the event).
     #[arg(long, env = "RESET_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     pub replicas: u8,
+
+    /// Largest size of the stream (`10GiB`, `500MB`); unset, only `RESET_RETENTION` and the
+    /// server's JetStream storage bound it. When it is reached the stream refuses new events
+    /// (the api answers 503, "the event stream is full") and never drops stored ones.
+    #[arg(long, env = "RESET_MAX_BYTES", value_parser = parse_max_bytes)]
+    pub max_bytes: Option<u64>,
 }
 
 impl StreamSettings {
@@ -52,6 +58,13 @@ impl StreamSettings {
             max_age: self.retention,
             duplicate_window: DUPLICATE_WINDOW,
             num_replicas: usize::from(self.replicas),
+            max_bytes: self
+                .max_bytes
+                .and_then(|b| i64::try_from(b).ok())
+                .unwrap_or(-1),
+            // A full stream refuses the new event (the client gets 503 and may retry) rather
+            // than dropping the oldest, which may be one no worker has handled yet.
+            discard: DiscardPolicy::New,
             ..Default::default()
         }
     }
@@ -154,6 +167,17 @@ fn is_token(token: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
+/// `RESET_MAX_BYTES`: a size with its unit, at least 1 KiB.
+fn parse_max_bytes(value: &str) -> Result<u64, String> {
+    let size: bytesize::ByteSize = value
+        .parse()
+        .map_err(|e| format!("not a size like 10GiB or 500MB: {e}"))?;
+    if size.as_u64() < 1024 {
+        return Err("at least 1KiB".into());
+    }
+    Ok(size.as_u64())
+}
+
 fn parse_stream_name(raw: &str) -> Result<String, NameError> {
     is_token(raw)
         .then(|| raw.to_owned())
@@ -184,6 +208,16 @@ mod tests {
         assert!(parse_prefix("auth.reset").is_ok());
         for bad in ["", "auth..reset", "auth.*", "auth.>", "auth reset", ".auth"] {
             assert!(parse_prefix(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn max_bytes_takes_a_size_with_its_unit() {
+        assert_eq!(parse_max_bytes("10GiB"), Ok(10 << 30));
+        assert_eq!(parse_max_bytes("500 MB"), Ok(500_000_000));
+        assert_eq!(parse_max_bytes("64KiB"), Ok(65_536));
+        for bad in ["", "ten", "12", "-5GiB"] {
+            assert!(parse_max_bytes(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -1,8 +1,8 @@
 //! The system on a three-node JetStream cluster (the stream with three replicas, the api and
 //! two workers given all three URLs) under steady load while nodes fail: the stream's leader
 //! killed with SIGKILL and restarted 10 s later; the leader frozen with SIGSTOP for 15 s; a
-//! rolling restart of all three nodes. Then every request answered 200 is checked against
-//! the mails received, as the single-node fault suite does. Part of `scripts/test` (each
+//! rolling restart of all three nodes; the stream at its size limit. Then every request
+//! answered 200 is checked against the mails received, as the single-node fault suite does. Part of `scripts/test` (each
 //! scenario about half a minute, run side by side), and of `faults/run`, which records them
 //! in RELIABILITY.md.
 
@@ -33,6 +33,11 @@ struct Rig {
 
 impl Rig {
     async fn start() -> Self {
+        Self::with_max_bytes(None).await
+    }
+
+    /// A rig whose stream holds at most `max_bytes` (both binaries set it, as they must).
+    async fn with_max_bytes(max_bytes: Option<u64>) -> Self {
         let cluster = NatsCluster::start().await;
         let urls = cluster.urls();
         let iso = Isolation::new();
@@ -42,6 +47,7 @@ impl Rig {
         let api = TestApi::spawn_in(iso.clone(), |s| {
             s.nats.nats_url = urls.clone();
             s.stream.replicas = 3;
+            s.stream.max_bytes = max_bytes;
         })
         .await;
         cluster.wait_for_stream(&iso.stream, 3).await;
@@ -50,6 +56,7 @@ impl Rig {
                 let mut settings = worker_settings(&iso, &db.url, &sink.url());
                 settings.nats.nats_url = urls.clone();
                 settings.stream.replicas = 3;
+                settings.stream.max_bytes = max_bytes;
                 settings.consume.backoff = worker::config::Backoff(vec![Duration::from_secs(1); 5]);
                 TestWorker::spawn(settings)
             })
@@ -209,5 +216,40 @@ async fn a_rolling_restart_of_every_node_loses_nothing() {
     })
     .await;
     rig.reckon("cluster: rolling restart", &said, &accepted, &answers)
+        .await;
+}
+
+/// The stream at its size limit refuses new events with a 503 that says so, and drops none it
+/// holds: every event answered 200 is still in the stream and mailed.
+#[tokio::test]
+async fn a_full_stream_refuses_new_events_and_drops_none() {
+    const MAX_BYTES: u64 = 256 * 1024;
+    let mut rig = Rig::with_max_bytes(Some(MAX_BYTES)).await;
+    let (said, accepted, answers) = under_load(&mut rig, async |_cluster, _stream| {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        format!("RESET_MAX_BYTES={MAX_BYTES} reached under load")
+    })
+    .await;
+    let refused = answers.iter().filter(|(_, s)| *s == 503).count();
+    assert!(refused > 0, "the stream never filled");
+    let answer = rig.api.forgot_id("c0").await;
+    assert_eq!(answer.status, 503);
+    assert!(
+        answer.body.contains("the event stream is full"),
+        "{}",
+        answer.body
+    );
+    let client = async_nats::connect(rig.cluster.url(0)).await.expect("nats");
+    let mut stream = async_nats::jetstream::new(client)
+        .get_stream(&rig.iso.stream)
+        .await
+        .expect("stream");
+    let held = stream.info().await.expect("info").state.messages;
+    assert_eq!(
+        held,
+        accepted.len() as u64,
+        "events held against requests answered 200"
+    );
+    rig.reckon("cluster: the stream full", &said, &accepted, &answers)
         .await;
 }

@@ -29,10 +29,18 @@ async fn the_api_works_against(binary: PathBuf) {
     let ids: Vec<String> = api.events().await.into_iter().map(|(e, _)| e.id).collect();
     assert_eq!(ids, ["ada@example.com", "string"]);
 
-    // Both binaries may create or update the stream concurrently, and a changed setting lands.
+    // Both binaries may create or update the stream concurrently, and a changed setting lands;
+    // a stream an earlier release made (dropping its oldest events when full) is changed to
+    // refuse new ones instead.
     let js = jetstream::new(async_nats::connect(url.as_str()).await.expect("nats"));
     let mut settings = e2e::api_settings(&api.iso).stream;
+    let mut earlier = settings.stream_config();
+    earlier.discard = jetstream::stream::DiscardPolicy::Old;
+    js.update_stream(&earlier)
+        .await
+        .expect("as an earlier release left it");
     settings.retention = Duration::from_secs(5400);
+    settings.max_bytes = Some(1 << 20);
     let concurrent = (0..4).map(|_| ensure_stream(&js, &settings));
     for result in futures::future::join_all(concurrent).await {
         result.expect("ensure");
@@ -40,6 +48,8 @@ async fn the_api_works_against(binary: PathBuf) {
     let mut stream = js.get_stream(&api.iso.stream).await.expect("stream");
     let info = stream.info().await.expect("info");
     assert_eq!(info.config.max_age, Duration::from_secs(5400));
+    assert_eq!(info.config.max_bytes, 1 << 20);
+    assert_eq!(info.config.discard, jetstream::stream::DiscardPolicy::New);
     assert_eq!(info.state.messages, 2);
     api.stop().await;
 }

@@ -13,7 +13,12 @@ use shared::event::ResetRequested;
 use super::{AppState, Trail, accept};
 use shared::metrics::ResultLabels;
 
-use crate::{body, publish::message_id, reply, reply::ApiError};
+use crate::{
+    body,
+    publish::{PublishFailure, message_id},
+    reply,
+    reply::ApiError,
+};
 
 pub(super) async fn forgot_password(
     state: &AppState,
@@ -63,6 +68,10 @@ pub(super) async fn forgot_password(
                     Ok(reply::ok())
                 }
             }
+        }
+        Err(err @ PublishFailure::StreamFull(_)) => {
+            tracing::error!(request_id = %trail.request_id, error = %err, "event not published");
+            Err(ApiError::StreamFull)
         }
         Err(err) => {
             tracing::warn!(request_id = %trail.request_id, error = %err, "event not published");

@@ -175,9 +175,10 @@ fn problem(state: &AppState, headers: &HeaderMap, err: ApiError) -> Response<Ful
         ApiError::TooManyRequests(wait) => {
             page(state, headers, None, &View::Problem(Problem::TooMany(wait)))
         }
-        ApiError::Unavailable | ApiError::NotReady(_) | ApiError::Internal => {
-            page(state, headers, None, &View::Problem(Problem::Unavailable))
-        }
+        ApiError::Unavailable
+        | ApiError::StreamFull
+        | ApiError::NotReady(_)
+        | ApiError::Internal => page(state, headers, None, &View::Problem(Problem::Unavailable)),
         other => other.into_response(),
     }
 }
