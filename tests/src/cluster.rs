@@ -236,3 +236,225 @@ impl Drop for NatsCluster {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Three clustered nodes, each in a network namespace of its own, joined by a bridge, so
+/// that a test can cut one node off the others: the test's own namespace reaches each node
+/// through the bridge (`10.X.0.i`), and each node's namespace also has a private link to the
+/// test's (`10.X.1i.1`) that a cut leaves alone, for a process run beside the node. Needs
+/// root and `ip` (iproute2).
+#[derive(Debug)]
+pub struct NetnsCluster {
+    tag: String,
+    subnet: u8,
+    bridge: String,
+    children: Vec<Option<Child>>,
+    dir: PathBuf,
+}
+
+fn ip(args: &[&str]) {
+    let status = Command::new("ip")
+        .args(args)
+        .status()
+        .expect("ip (iproute2) runs");
+    assert!(status.success(), "ip {}", args.join(" "));
+}
+
+impl NetnsCluster {
+    pub async fn start() -> Self {
+        let uid = Command::new("id").arg("-u").output().expect("id runs");
+        assert_eq!(
+            String::from_utf8_lossy(&uid.stdout).trim(),
+            "0",
+            "network namespaces need root: run the cluster scenarios as root"
+        );
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        // Names and a subnet of this run's own, so that runs side by side do not meet.
+        let tag = id[id.len() - 6..].to_owned();
+        let subnet = 100 + (u8::from_str_radix(&tag[4..], 16).expect("hex") % 100);
+        let bridge = format!("rb{tag}");
+        let dir = std::env::temp_dir().join(format!("nats-netns-{id}"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        ip(&["link", "add", &bridge, "type", "bridge"]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("10.{subnet}.0.254/24"),
+            "dev",
+            &bridge,
+        ]);
+        ip(&["link", "set", &bridge, "up"]);
+        let mut cluster = Self {
+            tag,
+            subnet,
+            bridge,
+            children: Vec::new(),
+            dir,
+        };
+        for i in 0..NODES {
+            cluster.wire(i);
+        }
+        let routes: Vec<String> = (0..NODES)
+            .map(|i| format!("nats-route://{}:6222", cluster.node_ip(i)))
+            .collect();
+        for i in 0..NODES {
+            let store = cluster.dir.join(format!("n{}", i + 1));
+            let config = cluster.dir.join(format!("n{}.conf", i + 1));
+            let text = format!(
+                "server_name: n{}\nlisten: 0.0.0.0:4222\n\
+                 jetstream {{ store_dir: \"{}\", sync_interval: always }}\n\
+                 cluster {{ name: reset-netns, listen: 0.0.0.0:6222, routes: [{}] }}\n",
+                i + 1,
+                store.display(),
+                routes.join(", ")
+            );
+            std::fs::write(&config, text).expect("config");
+            let child = Command::new("ip")
+                .args(["netns", "exec", &cluster.ns(i)])
+                .arg(latest_nats_server())
+                .arg("-c")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nats-server starts in its namespace");
+            cluster.children.push(Some(child));
+        }
+        let began = Instant::now();
+        loop {
+            if let Ok(client) = async_nats::connect(cluster.url(0)).await
+                && jetstream::new(client).query_account().await.is_ok()
+            {
+                break;
+            }
+            assert!(
+                began.elapsed() < Duration::from_secs(30),
+                "JetStream in the namespaces never became available"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        cluster
+    }
+
+    fn ns(&self, i: usize) -> String {
+        format!("rn{}n{i}", self.tag)
+    }
+
+    /// The node's address on the bridge, from the test's namespace.
+    pub fn node_ip(&self, i: usize) -> String {
+        format!("10.{}.0.{}", self.subnet, i + 1)
+    }
+
+    /// The address of node `i`'s namespace on its private link, from the test's namespace.
+    pub fn side_ip(&self, i: usize) -> String {
+        format!("10.{}.{}.1", self.subnet, 10 + i)
+    }
+
+    fn wire(&self, i: usize) {
+        let ns = self.ns(i);
+        ip(&["netns", "add", &ns]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        // The cluster link, on the bridge.
+        let host = self.veth_into(
+            &ns,
+            &format!("rc{}{i}", self.tag),
+            &format!("rd{}{i}", self.tag),
+            &self.node_ip(i),
+        );
+        ip(&["link", "set", &host, "master", &self.bridge]);
+        ip(&["link", "set", &host, "up"]);
+        // The private link to the test's namespace.
+        let host = self.veth_into(
+            &ns,
+            &format!("rh{}{i}", self.tag),
+            &format!("ri{}{i}", self.tag),
+            &self.side_ip(i),
+        );
+        let near = format!("10.{}.{}.2/24", self.subnet, 10 + i);
+        ip(&["addr", "add", &near, "dev", &host]);
+        ip(&["link", "set", &host, "up"]);
+    }
+
+    /// A veth pair whose inner end is in `ns`, up, with `addr`; returns the host end.
+    fn veth_into(&self, ns: &str, host: &str, inner: &str, addr: &str) -> String {
+        ip(&["link", "add", host, "type", "veth", "peer", "name", inner]);
+        ip(&["link", "set", inner, "netns", ns]);
+        ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", inner]);
+        ip(&["-n", ns, "link", "set", inner, "up"]);
+        host.to_owned()
+    }
+
+    /// Node `i`'s client URL on the bridge.
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://{}:4222", self.node_ip(i))
+    }
+
+    /// Every node's client URL, comma-separated.
+    pub fn urls(&self) -> String {
+        (0..NODES)
+            .map(|i| self.url(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Which node leads `stream` now, asked through node `via`.
+    pub async fn leader(&self, stream: &str) -> usize {
+        let began = Instant::now();
+        loop {
+            for via in 0..NODES {
+                if let Ok(client) = async_nats::connect(self.url(via)).await
+                    && let Ok(mut s) = jetstream::new(client).get_stream(stream).await
+                    && let Ok(info) = s.info().await
+                    && let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone())
+                    && let Some(i) = (0..NODES).find(|i| leader == format!("n{}", i + 1))
+                {
+                    return i;
+                }
+            }
+            assert!(
+                began.elapsed() < Duration::from_secs(30),
+                "stream {stream} has no leader"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// A command run inside node `i`'s namespace (it reaches the node at 127.0.0.1:4222).
+    pub fn command_beside(&self, i: usize, program: &std::path::Path) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.ns(i)]).arg(program);
+        command
+    }
+
+    /// Cuts node `i` off the bridge: it and whatever runs beside it are the minority.
+    pub fn cut(&self, i: usize) {
+        ip(&["link", "set", &format!("rc{}{i}", self.tag), "down"]);
+    }
+
+    pub fn heal(&self, i: usize) {
+        ip(&["link", "set", &format!("rc{}{i}", self.tag), "up"]);
+    }
+}
+
+impl Drop for NetnsCluster {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().filter_map(Option::take) {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for i in 0..NODES {
+            // The links first: a namespace outlives its name while closing sockets in it
+            // still wait out their time, and its links with it.
+            for link in [format!("rc{}{i}", self.tag), format!("rh{}{i}", self.tag)] {
+                let _ = Command::new("ip").args(["link", "del", &link]).status();
+            }
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(i)])
+                .status();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -140,6 +140,18 @@ pub async fn try_forgot(addr: SocketAddr, id: &str) -> Option<u16> {
     head.split(' ').nth(1)?.parse().ok()
 }
 
+/// Waits (at most 20 s) until the api at `addr` accepts a request.
+pub async fn wait_for_api(addr: SocketAddr) {
+    let began = Instant::now();
+    while try_forgot(addr, "warm-up").await != Some(200) {
+        assert!(
+            began.elapsed() < Duration::from_secs(20),
+            "the api never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// What a run of worker stops under load came to.
 #[derive(Debug)]
 pub struct StopRun {
@@ -327,14 +339,7 @@ pub async fn sigterm_api_under_load(requests: usize, stops: usize, every: Durati
     let port = crate::free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let api = spawn_api(&iso, port);
-    let began = Instant::now();
-    while try_forgot(addr, "warm-up").await != Some(200) {
-        assert!(
-            began.elapsed() < Duration::from_secs(20),
-            "the api never came up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_api(addr).await;
     let load_ends = Arc::new(AtomicBool::new(false));
     let next = Arc::new(AtomicUsize::new(0));
     let (refused, unanswered) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));

@@ -1,22 +1,27 @@
 //! The system on a three-node JetStream cluster (the stream with three replicas, the api and
 //! two workers given all three URLs) under steady load while nodes fail: the stream's leader
 //! killed with SIGKILL and restarted 10 s later; the leader frozen with SIGSTOP for 15 s; a
-//! rolling restart of all three nodes; the stream at its size limit. Then every request
+//! rolling restart of all three nodes; the stream at its size limit; the leader and the
+//! api's connection partitioned off the other two nodes. Then every request
 //! answered 200 is checked against the mails received, as the single-node fault suite does. Part of `scripts/test` (each
 //! scenario about half a minute, run side by side), and of `faults/run`, which records them
 //! in RELIABILITY.md.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use e2e::cluster::{NODES, NatsCluster};
+use async_nats::jetstream;
+use e2e::cluster::{NODES, NatsCluster, NetnsCluster};
 use e2e::db::TestDb;
-use e2e::load::{drive, reconcile, report, wait_for_all};
+use e2e::load::{drive, reconcile, report, try_forgot, wait_for_all, wait_for_api};
 use e2e::sink::SmtpSink;
-use e2e::system::{TestWorker, worker_settings};
-use e2e::{Isolation, TestApi};
+use e2e::system::{TestWorker, binary, worker_settings};
+use e2e::{Isolation, KEY, LABEL, TestApi};
+use shared::stream::ensure_stream;
 
 /// Accounts the load may ask for; more than any run sends.
 const ACCOUNTS: i32 = 100_000;
@@ -252,4 +257,143 @@ async fn a_full_stream_refuses_new_events_and_drops_none() {
     );
     rig.reckon("cluster: the stream full", &said, &accepted, &answers)
         .await;
+}
+
+/// The stream's leader cut off the other two nodes, with the api running beside it (its
+/// connection in the minority): what cannot reach a quorum must be answered 503, never 200,
+/// and the api must recover on its own when the partition heals. Network namespaces and a
+/// bridge made by the test itself; the cut takes the leader's link off the bridge.
+#[tokio::test]
+async fn a_partitioned_leader_with_the_api_beside_it_never_answers_200() {
+    let cluster = NetnsCluster::start().await;
+    let iso = Isolation::new();
+    // The stream first, so that its leader is known before the api starts beside it.
+    let mut stream_settings = e2e::api_settings(&iso).stream;
+    stream_settings.replicas = 3;
+    let js = jetstream::new(async_nats::connect(cluster.url(0)).await.expect("nats"));
+    ensure_stream(&js, &stream_settings).await.expect("stream");
+    let leader = cluster.leader(&iso.stream).await;
+
+    let db = TestDb::migrated().await;
+    db.add_numbered_accounts("c", ACCOUNTS).await;
+    let sink = SmtpSink::start();
+    let workers: Vec<TestWorker> = (0..2)
+        .map(|_| {
+            let mut settings = worker_settings(&iso, &db.url, &sink.url());
+            settings.nats.nats_url = cluster.urls();
+            settings.stream.replicas = 3;
+            TestWorker::spawn(settings)
+        })
+        .collect();
+    let api = KilledOnDrop(
+        cluster
+            .command_beside(leader, &binary("api"))
+            .env("API_ADDR", "0.0.0.0:8080")
+            .env("API_KEYS", format!("{LABEL}:{KEY}"))
+            .env("API_RATE_LIMIT", "off")
+            .env("API_PUBLISH_TIMEOUT", "2s")
+            .env("NATS_URL", "nats://127.0.0.1:4222")
+            .env("RESET_STREAM", &iso.stream)
+            .env("RESET_SUBJECT_PREFIX", &iso.prefix)
+            .env("RESET_RETENTION", "1h")
+            .env("RESET_REPLICAS", "3")
+            .env("TEMPLATES_DIR", e2e::templates_dir())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the api starts beside the leader"),
+    );
+    let addr: SocketAddr = format!("{}:8080", cluster.side_ip(leader))
+        .parse()
+        .expect("addr");
+    wait_for_api(addr).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicUsize::new(0));
+    let lanes = (0..CONCURRENCY).map(|_| {
+        let (stop, next) = (stop.clone(), next.clone());
+        async move {
+            let mut answers = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let id = format!("c{}", next.fetch_add(1, Ordering::Relaxed));
+                let status = try_forgot(addr, &id).await.unwrap_or(0);
+                answers.push((Instant::now(), status, id));
+            }
+            answers
+        }
+    });
+    let faults = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let cut = Instant::now();
+        cluster.cut(leader);
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        cluster.heal(leader);
+        let healed = Instant::now();
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        stop.store(true, Ordering::Relaxed);
+        (cut, healed)
+    };
+    let (lanes, (cut, healed)) = tokio::join!(futures::future::join_all(lanes), faults);
+    let all: Vec<(Instant, u16, String)> = lanes.into_iter().flatten().collect();
+    let accepted: BTreeSet<String> = all
+        .iter()
+        .filter(|(_, s, _)| *s == 200)
+        .map(|(_, _, id)| id.clone())
+        .collect();
+    // A second of slack for answers already on their way when the link went down.
+    let during =
+        |(at, _, _): &&(Instant, u16, String)| *at > cut + Duration::from_secs(1) && *at < healed;
+    let ok_while_cut = all
+        .iter()
+        .filter(during)
+        .filter(|(_, s, _)| *s == 200)
+        .count();
+    let refused_while_cut = all
+        .iter()
+        .filter(during)
+        .filter(|(_, s, _)| *s != 200)
+        .count();
+    let ok_after = all
+        .iter()
+        .filter(|(at, s, _)| *at > healed && *s == 200)
+        .count();
+    let answers: Vec<(Instant, u16)> = all.iter().map(|(at, s, _)| (*at, *s)).collect();
+
+    let mails = wait_for_all(&sink, &accepted, Duration::from_secs(90)).await;
+    let (count, lost, duplicates) = reconcile(&accepted, &mails);
+    report(
+        "cluster: the leader and the api's connection partitioned off",
+        &format!(
+            "{} requests, {CONCURRENCY} concurrent, 3 nodes in network namespaces, stream R3, 2 workers",
+            all.len()
+        ),
+        &format!(
+            "the leader's link cut for 15 s, the api beside it; {refused_while_cut} answered 503 and {ok_while_cut} 200 while cut, \
+             the longest run of 503s {:.1} s, {ok_after} answered 200 after the heal",
+            longest_unavailable(&answers).as_secs_f64()
+        ),
+        accepted.len(),
+        count,
+        lost,
+        duplicates,
+    );
+    assert_eq!(ok_while_cut, 0, "a 200 while the api's node was cut off");
+    assert!(refused_while_cut > 0, "nothing was refused while cut off");
+    assert!(ok_after > 0, "the api did not recover after the heal");
+    assert_eq!(lost, 0, "requests answered 200 without a mail");
+    assert_eq!(duplicates, 0, "mails sent twice");
+    drop(api);
+    for worker in workers {
+        worker.stop().await;
+    }
+    db.drop_db().await;
+}
+
+struct KilledOnDrop(std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
