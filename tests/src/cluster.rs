@@ -12,6 +12,76 @@ use crate::{free_port, latest_nats_server};
 
 pub const NODES: usize = 3;
 
+/// Node `i`'s name in its config, `n1` to `n3`; the stream info names its leader by it.
+fn node_name(i: usize) -> String {
+    format!("n{}", i + 1)
+}
+
+/// A clustered node's config. As deploy/cluster's nodes: every write synced before it is
+/// acknowledged.
+fn node_config(
+    name: &str,
+    listen: &str,
+    route_listen: &str,
+    store: &std::path::Path,
+    routes: &[String],
+) -> String {
+    format!(
+        "server_name: {name}\nlisten: {listen}\n\
+         jetstream {{ store_dir: \"{}\", sync_interval: always }}\n\
+         cluster {{ name: reset-test, listen: {route_listen}, routes: [{}] }}\n",
+        store.display(),
+        routes.join(", ")
+    )
+}
+
+/// A client that may connect through any of `urls`, as the binaries' clients do.
+async fn connect_any(urls: &[String]) -> Option<async_nats::Client> {
+    let servers: Vec<async_nats::ServerAddr> = urls.iter().filter_map(|u| u.parse().ok()).collect();
+    async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(servers)
+        .await
+        .ok()
+}
+
+/// Waits until JetStream on the cluster answers, that is until it has a meta leader.
+async fn wait_for_jetstream(urls: &[String]) {
+    let began = Instant::now();
+    loop {
+        if let Some(client) = connect_any(urls).await
+            && jetstream::new(client).query_account().await.is_ok()
+        {
+            return;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "JetStream on the cluster never became available"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Which node leads `stream` now, waiting (at most 30 s) for it to have a leader.
+async fn stream_leader(urls: &[String], stream: &str) -> usize {
+    let began = Instant::now();
+    loop {
+        if let Some(client) = connect_any(urls).await
+            && let Ok(mut s) = jetstream::new(client).get_stream(stream).await
+            && let Ok(info) = s.info().await
+            && let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.as_ref())
+            && let Some(i) = (0..NODES).find(|&i| *leader == node_name(i))
+        {
+            return i;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "stream {stream} has no leader"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[derive(Debug)]
 struct Node {
     name: String,
@@ -40,16 +110,15 @@ impl NatsCluster {
             .iter()
             .enumerate()
             .map(|(i, (port, route))| {
-                let name = format!("n{}", i + 1);
+                let name = node_name(i);
                 let store = dir.join(&name);
                 let config = dir.join(format!("{name}.conf"));
-                // As deploy/cluster's nodes: every write synced before it is acknowledged.
-                let text = format!(
-                    "server_name: {name}\nlisten: 127.0.0.1:{port}\n\
-                     jetstream {{ store_dir: \"{}\", sync_interval: always }}\n\
-                     cluster {{ name: reset-test, listen: 127.0.0.1:{route}, routes: [{}] }}\n",
-                    store.display(),
-                    routes.join(", ")
+                let text = node_config(
+                    &name,
+                    &format!("127.0.0.1:{port}"),
+                    &format!("127.0.0.1:{route}"),
+                    &store,
+                    &routes,
                 );
                 std::fs::write(&config, text).expect("node config");
                 Node {
@@ -73,25 +142,11 @@ impl NatsCluster {
 
     /// Every node's client URL, comma-separated, as `NATS_URL` takes them.
     pub fn urls(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| format!("nats://127.0.0.1:{}", n.port))
-            .collect::<Vec<_>>()
-            .join(",")
+        self.url_list().join(",")
     }
 
-    /// A client that may connect through any node, as the binaries' clients do.
-    async fn client(&self) -> Option<async_nats::Client> {
-        let servers: Vec<async_nats::ServerAddr> = self
-            .nodes
-            .iter()
-            .filter_map(|n| format!("nats://127.0.0.1:{}", n.port).parse().ok())
-            .collect();
-        async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(2))
-            .connect(servers)
-            .await
-            .ok()
+    fn url_list(&self) -> Vec<String> {
+        (0..NODES).map(|i| self.url(i)).collect()
     }
 
     /// Node `i`'s client URL.
@@ -123,49 +178,19 @@ impl NatsCluster {
     }
 
     async fn wait_for_meta_leader(&self) {
-        let began = Instant::now();
-        loop {
-            if let Some(client) = self.client().await
-                && jetstream::new(client).query_account().await.is_ok()
-            {
-                return;
-            }
-            assert!(
-                began.elapsed() < Duration::from_secs(30),
-                "JetStream on the cluster never became available"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_for_jetstream(&self.url_list()).await;
     }
 
     /// Which node leads `stream` now.
     pub async fn leader(&self, stream: &str) -> usize {
-        let began = Instant::now();
-        loop {
-            if let Some(i) = self.try_leader(stream).await {
-                return i;
-            }
-            assert!(
-                began.elapsed() < Duration::from_secs(30),
-                "stream {stream} has no leader"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    async fn try_leader(&self, stream: &str) -> Option<usize> {
-        let client = self.client().await?;
-        let mut stream = jetstream::new(client).get_stream(stream).await.ok()?;
-        let info = stream.info().await.ok()?;
-        let leader = info.cluster.as_ref()?.leader.clone()?;
-        self.nodes.iter().position(|n| n.name == leader)
+        stream_leader(&self.url_list(), stream).await
     }
 
     /// Waits until `stream` exists with `replicas` copies and a leader.
     pub async fn wait_for_stream(&self, stream: &str, replicas: usize) {
         let began = Instant::now();
         loop {
-            if let Some(client) = self.client().await
+            if let Some(client) = connect_any(&self.url_list()).await
                 && let Ok(mut s) = jetstream::new(client).get_stream(stream).await
                 && let Ok(info) = s.info().await
                 && info.config.num_replicas == replicas
@@ -247,7 +272,7 @@ pub struct NetnsCluster {
     tag: String,
     subnet: u8,
     bridge: String,
-    children: Vec<Option<Child>>,
+    children: Vec<Child>,
     dir: PathBuf,
 }
 
@@ -257,6 +282,14 @@ fn ip(args: &[&str]) {
         .status()
         .expect("ip (iproute2) runs");
     assert!(status.success(), "ip {}", args.join(" "));
+}
+
+/// A veth pair `host`–`inner` whose inner end is in `ns`, up, with `addr`/24.
+fn veth_into(ns: &str, host: &str, inner: &str, addr: &str) {
+    ip(&["link", "add", host, "type", "veth", "peer", "name", inner]);
+    ip(&["link", "set", inner, "netns", ns]);
+    ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", inner]);
+    ip(&["-n", ns, "link", "set", inner, "up"]);
 }
 
 impl NetnsCluster {
@@ -297,16 +330,10 @@ impl NetnsCluster {
             .map(|i| format!("nats-route://{}:6222", cluster.node_ip(i)))
             .collect();
         for i in 0..NODES {
-            let store = cluster.dir.join(format!("n{}", i + 1));
-            let config = cluster.dir.join(format!("n{}.conf", i + 1));
-            let text = format!(
-                "server_name: n{}\nlisten: 0.0.0.0:4222\n\
-                 jetstream {{ store_dir: \"{}\", sync_interval: always }}\n\
-                 cluster {{ name: reset-netns, listen: 0.0.0.0:6222, routes: [{}] }}\n",
-                i + 1,
-                store.display(),
-                routes.join(", ")
-            );
+            let name = node_name(i);
+            let config = cluster.dir.join(format!("{name}.conf"));
+            let store = cluster.dir.join(&name);
+            let text = node_config(&name, "0.0.0.0:4222", "0.0.0.0:6222", &store, &routes);
             std::fs::write(&config, text).expect("config");
             let child = Command::new("ip")
                 .args(["netns", "exec", &cluster.ns(i)])
@@ -317,26 +344,24 @@ impl NetnsCluster {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("nats-server starts in its namespace");
-            cluster.children.push(Some(child));
+            cluster.children.push(child);
         }
-        let began = Instant::now();
-        loop {
-            if let Ok(client) = async_nats::connect(cluster.url(0)).await
-                && jetstream::new(client).query_account().await.is_ok()
-            {
-                break;
-            }
-            assert!(
-                began.elapsed() < Duration::from_secs(30),
-                "JetStream in the namespaces never became available"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_for_jetstream(&cluster.url_list()).await;
         cluster
     }
 
     fn ns(&self, i: usize) -> String {
         format!("rn{}n{i}", self.tag)
+    }
+
+    /// The host end of node `i`'s link to the bridge: the one a cut takes down.
+    fn cluster_link(&self, i: usize) -> String {
+        format!("rc{}{i}", self.tag)
+    }
+
+    /// The host end of node `i`'s private link to the test's namespace.
+    fn side_link(&self, i: usize) -> String {
+        format!("rh{}{i}", self.tag)
     }
 
     /// The node's address on the bridge, from the test's namespace.
@@ -353,34 +378,15 @@ impl NetnsCluster {
         let ns = self.ns(i);
         ip(&["netns", "add", &ns]);
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        // The cluster link, on the bridge.
-        let host = self.veth_into(
-            &ns,
-            &format!("rc{}{i}", self.tag),
-            &format!("rd{}{i}", self.tag),
-            &self.node_ip(i),
-        );
-        ip(&["link", "set", &host, "master", &self.bridge]);
-        ip(&["link", "set", &host, "up"]);
-        // The private link to the test's namespace.
-        let host = self.veth_into(
-            &ns,
-            &format!("rh{}{i}", self.tag),
-            &format!("ri{}{i}", self.tag),
-            &self.side_ip(i),
-        );
+        let (link, inner) = (self.cluster_link(i), format!("rd{}{i}", self.tag));
+        veth_into(&ns, &link, &inner, &self.node_ip(i));
+        ip(&["link", "set", &link, "master", &self.bridge]);
+        ip(&["link", "set", &link, "up"]);
+        let (link, inner) = (self.side_link(i), format!("ri{}{i}", self.tag));
+        veth_into(&ns, &link, &inner, &self.side_ip(i));
         let near = format!("10.{}.{}.2/24", self.subnet, 10 + i);
-        ip(&["addr", "add", &near, "dev", &host]);
-        ip(&["link", "set", &host, "up"]);
-    }
-
-    /// A veth pair whose inner end is in `ns`, up, with `addr`; returns the host end.
-    fn veth_into(&self, ns: &str, host: &str, inner: &str, addr: &str) -> String {
-        ip(&["link", "add", host, "type", "veth", "peer", "name", inner]);
-        ip(&["link", "set", inner, "netns", ns]);
-        ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", inner]);
-        ip(&["-n", ns, "link", "set", inner, "up"]);
-        host.to_owned()
+        ip(&["addr", "add", &near, "dev", &link]);
+        ip(&["link", "set", &link, "up"]);
     }
 
     /// Node `i`'s client URL on the bridge.
@@ -388,34 +394,18 @@ impl NetnsCluster {
         format!("nats://{}:4222", self.node_ip(i))
     }
 
-    /// Every node's client URL, comma-separated.
-    pub fn urls(&self) -> String {
-        (0..NODES)
-            .map(|i| self.url(i))
-            .collect::<Vec<_>>()
-            .join(",")
+    fn url_list(&self) -> Vec<String> {
+        (0..NODES).map(|i| self.url(i)).collect()
     }
 
-    /// Which node leads `stream` now, asked through node `via`.
+    /// Every node's client URL, comma-separated.
+    pub fn urls(&self) -> String {
+        self.url_list().join(",")
+    }
+
+    /// Which node leads `stream` now.
     pub async fn leader(&self, stream: &str) -> usize {
-        let began = Instant::now();
-        loop {
-            for via in 0..NODES {
-                if let Ok(client) = async_nats::connect(self.url(via)).await
-                    && let Ok(mut s) = jetstream::new(client).get_stream(stream).await
-                    && let Ok(info) = s.info().await
-                    && let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone())
-                    && let Some(i) = (0..NODES).find(|i| leader == format!("n{}", i + 1))
-                {
-                    return i;
-                }
-            }
-            assert!(
-                began.elapsed() < Duration::from_secs(30),
-                "stream {stream} has no leader"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        stream_leader(&self.url_list(), stream).await
     }
 
     /// A command run inside node `i`'s namespace (it reaches the node at 127.0.0.1:4222).
@@ -427,25 +417,24 @@ impl NetnsCluster {
 
     /// Cuts node `i` off the bridge: it and whatever runs beside it are the minority.
     pub fn cut(&self, i: usize) {
-        ip(&["link", "set", &format!("rc{}{i}", self.tag), "down"]);
+        ip(&["link", "set", &self.cluster_link(i), "down"]);
     }
 
     pub fn heal(&self, i: usize) {
-        ip(&["link", "set", &format!("rc{}{i}", self.tag), "up"]);
+        ip(&["link", "set", &self.cluster_link(i), "up"]);
     }
 }
 
 impl Drop for NetnsCluster {
     fn drop(&mut self) {
-        for child in self.children.iter_mut().filter_map(Option::take) {
-            let mut child = child;
+        for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
         }
         for i in 0..NODES {
             // The links first: a namespace outlives its name while closing sockets in it
             // still wait out their time, and its links with it.
-            for link in [format!("rc{}{i}", self.tag), format!("rh{}{i}", self.tag)] {
+            for link in [self.cluster_link(i), self.side_link(i)] {
                 let _ = Command::new("ip").args(["link", "del", &link]).status();
             }
             let _ = Command::new("ip")

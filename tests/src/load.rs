@@ -87,9 +87,24 @@ pub async fn drive(
     concurrency: usize,
     stop: Arc<AtomicBool>,
 ) -> (BTreeSet<String>, Vec<(Instant, u16)>) {
+    drive_with(prefix, n, concurrency, stop, async |id| {
+        api.forgot_id(&id).await.status
+    })
+    .await
+}
+
+/// As [`drive`], each request sent by `send` (which gives its status, 0 for none).
+pub async fn drive_with(
+    prefix: &str,
+    n: usize,
+    concurrency: usize,
+    stop: Arc<AtomicBool>,
+    send: impl AsyncFn(String) -> u16,
+) -> (BTreeSet<String>, Vec<(Instant, u16)>) {
     let next = Arc::new(AtomicUsize::new(0));
     let accepted = Arc::new(Mutex::new(BTreeSet::new()));
     let answers = Arc::new(Mutex::new(Vec::new()));
+    let send = &send;
     let lanes = (0..concurrency).map(|_| {
         let (next, accepted, answers, stop) = (
             next.clone(),
@@ -104,7 +119,7 @@ pub async fn drive(
                     break;
                 }
                 let id = format!("{prefix}{i}");
-                let status = api.forgot_id(&id).await.status;
+                let status = send(id.clone()).await;
                 answers.lock().await.push((Instant::now(), status));
                 if status == 200 {
                     accepted.lock().await.insert(id);
@@ -296,34 +311,45 @@ impl StopRun {
     }
 }
 
-/// An api process, killed when dropped: a failed assertion must not leave it running (it
-/// would hold the test runner's output open).
-struct ApiProcess(std::process::Child);
+/// A process, killed when dropped: a failed assertion must not leave it running (it would
+/// hold the test runner's output open).
+#[derive(Debug)]
+pub struct KilledOnDrop(pub std::process::Child);
 
-impl Drop for ApiProcess {
+impl Drop for KilledOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
 
-/// An api as its own process on `port`, for tests that stop it with SIGTERM.
-fn spawn_api(iso: &Isolation, port: u16) -> ApiProcess {
-    let child = std::process::Command::new(crate::system::binary("api"))
-        .env("API_ADDR", format!("127.0.0.1:{port}"))
+/// The settings every api process of these tests shares: the test key, the run's stream and
+/// subjects, the templates, quiet logs. The caller adds its address, NATS and limits.
+pub fn with_api_env<'c>(
+    command: &'c mut std::process::Command,
+    iso: &Isolation,
+) -> &'c mut std::process::Command {
+    command
         .env("API_KEYS", format!("{}:{KEY}", crate::LABEL))
-        .env("API_RATE_LIMIT", "1000000/second")
-        .env("API_SHUTDOWN_TIMEOUT", "5s")
-        .env("NATS_URL", crate::nats_url())
         .env("TEMPLATES_DIR", crate::templates_dir())
         .env("RESET_STREAM", &iso.stream)
         .env("RESET_SUBJECT_PREFIX", &iso.prefix)
         .env("RESET_RETENTION", "1h")
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
+}
+
+/// An api as its own process on `port`, for tests that stop it with SIGTERM.
+fn spawn_api(iso: &Isolation, port: u16) -> KilledOnDrop {
+    let mut command = std::process::Command::new(crate::system::binary("api"));
+    let child = with_api_env(&mut command, iso)
+        .env("API_ADDR", format!("127.0.0.1:{port}"))
+        .env("API_RATE_LIMIT", "1000000/second")
+        .env("API_SHUTDOWN_TIMEOUT", "5s")
+        .env("NATS_URL", crate::nats_url())
         .spawn()
         .expect("the api binary starts");
-    ApiProcess(child)
+    KilledOnDrop(child)
 }
 
 /// Requests from 4 clients (at most `requests`, each with its id as `Idempotency-Key` and

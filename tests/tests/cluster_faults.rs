@@ -9,18 +9,20 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use e2e::cluster::{NODES, NatsCluster, NetnsCluster};
 use e2e::db::TestDb;
-use e2e::load::{drive, reconcile, report, try_forgot, wait_for_all, wait_for_api};
+use e2e::load::{
+    KilledOnDrop, drive, drive_with, reconcile, report, try_forgot, wait_for_all, wait_for_api,
+    with_api_env,
+};
 use e2e::sink::SmtpSink;
 use e2e::system::{TestWorker, binary, worker_settings};
-use e2e::{Isolation, KEY, LABEL, TestApi};
+use e2e::{Isolation, TestApi};
 use shared::stream::ensure_stream;
 
 /// Accounts the load may ask for; more than any run sends.
@@ -285,21 +287,14 @@ async fn a_partitioned_leader_with_the_api_beside_it_never_answers_200() {
             TestWorker::spawn(settings)
         })
         .collect();
+    let mut command = cluster.command_beside(leader, &binary("api"));
     let api = KilledOnDrop(
-        cluster
-            .command_beside(leader, &binary("api"))
+        with_api_env(&mut command, &iso)
             .env("API_ADDR", "0.0.0.0:8080")
-            .env("API_KEYS", format!("{LABEL}:{KEY}"))
             .env("API_RATE_LIMIT", "off")
             .env("API_PUBLISH_TIMEOUT", "2s")
             .env("NATS_URL", "nats://127.0.0.1:4222")
-            .env("RESET_STREAM", &iso.stream)
-            .env("RESET_SUBJECT_PREFIX", &iso.prefix)
-            .env("RESET_RETENTION", "1h")
             .env("RESET_REPLICAS", "3")
-            .env("TEMPLATES_DIR", e2e::templates_dir())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
             .spawn()
             .expect("the api starts beside the leader"),
     );
@@ -309,18 +304,8 @@ async fn a_partitioned_leader_with_the_api_beside_it_never_answers_200() {
     wait_for_api(addr).await;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let next = Arc::new(AtomicUsize::new(0));
-    let lanes = (0..CONCURRENCY).map(|_| {
-        let (stop, next) = (stop.clone(), next.clone());
-        async move {
-            let mut answers = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let id = format!("c{}", next.fetch_add(1, Ordering::Relaxed));
-                let status = try_forgot(addr, &id).await.unwrap_or(0);
-                answers.push((Instant::now(), status, id));
-            }
-            answers
-        }
+    let load = drive_with("c", usize::MAX, CONCURRENCY, stop.clone(), async |id| {
+        try_forgot(addr, &id).await.unwrap_or(0)
     });
     let faults = async {
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -333,31 +318,23 @@ async fn a_partitioned_leader_with_the_api_beside_it_never_answers_200() {
         stop.store(true, Ordering::Relaxed);
         (cut, healed)
     };
-    let (lanes, (cut, healed)) = tokio::join!(futures::future::join_all(lanes), faults);
-    let all: Vec<(Instant, u16, String)> = lanes.into_iter().flatten().collect();
-    let accepted: BTreeSet<String> = all
-        .iter()
-        .filter(|(_, s, _)| *s == 200)
-        .map(|(_, _, id)| id.clone())
-        .collect();
+    let ((accepted, answers), (cut, healed)) = tokio::join!(load, faults);
     // A second of slack for answers already on their way when the link went down.
-    let during =
-        |(at, _, _): &&(Instant, u16, String)| *at > cut + Duration::from_secs(1) && *at < healed;
-    let ok_while_cut = all
+    let during = |(at, _): &&(Instant, u16)| *at > cut + Duration::from_secs(1) && *at < healed;
+    let ok_while_cut = answers
         .iter()
         .filter(during)
-        .filter(|(_, s, _)| *s == 200)
+        .filter(|(_, s)| *s == 200)
         .count();
-    let refused_while_cut = all
+    let refused_while_cut = answers
         .iter()
         .filter(during)
-        .filter(|(_, s, _)| *s != 200)
+        .filter(|(_, s)| *s != 200)
         .count();
-    let ok_after = all
+    let ok_after = answers
         .iter()
-        .filter(|(at, s, _)| *at > healed && *s == 200)
+        .filter(|(at, s)| *at > healed && *s == 200)
         .count();
-    let answers: Vec<(Instant, u16)> = all.iter().map(|(at, s, _)| (*at, *s)).collect();
 
     let mails = wait_for_all(&sink, &accepted, Duration::from_secs(90)).await;
     let (count, lost, duplicates) = reconcile(&accepted, &mails);
@@ -365,7 +342,7 @@ async fn a_partitioned_leader_with_the_api_beside_it_never_answers_200() {
         "cluster: the leader and the api's connection partitioned off",
         &format!(
             "{} requests, {CONCURRENCY} concurrent, 3 nodes in network namespaces, stream R3, 2 workers",
-            all.len()
+            answers.len()
         ),
         &format!(
             "the leader's link cut for 15 s, the api beside it; {refused_while_cut} answered 503 and {ok_while_cut} 200 while cut, \
@@ -387,13 +364,4 @@ async fn a_partitioned_leader_with_the_api_beside_it_never_answers_200() {
         worker.stop().await;
     }
     db.drop_db().await;
-}
-
-struct KilledOnDrop(std::process::Child);
-
-impl Drop for KilledOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
