@@ -473,7 +473,7 @@ async fn small_store(db: &TestDb, connections: u32) -> (sqlx::PgPool, Store) {
 
 const LIMITS: Limits = Limits {
     cooldown: Duration::from_secs(60),
-    daily_limit: 5,
+    max_cooldown: Duration::from_secs(3600),
     token_ttl: Duration::from_secs(3600),
     lease: Duration::from_secs(60),
 };
@@ -690,7 +690,8 @@ async fn claim_fixture() -> TestDb {
         .execute(&db.pool)
         .await
         .expect("passwords");
-    // "recent" had a mail seconds ago, "busy" two today (the daily limit below), "sent" is
+    // "recent" had a mail seconds ago, "busy" three in the last ten minutes (the last three
+    // minutes ago, within the cooldown that doubled twice since), "sent" is
     // the account of an event already mailed, "crashed" of one claimed by a worker that died
     // (its lease run out), "leased" of one another delivery is working on.
     sqlx::query(
@@ -699,9 +700,11 @@ async fn claim_fixture() -> TestDb {
          VALUES ('00000000-0000-7000-8000-000000000001', 'recent', 'sent', 1, 'r', now(),
                  now() - interval '10 seconds', 'reset'),
                 ('00000000-0000-7000-8000-000000000002', 'busy', 'sent', 1, 'r', now(),
-                 now() - interval '3 hours', 'reset'),
+                 now() - interval '10 minutes', 'reset'),
                 ('00000000-0000-7000-8000-000000000003', 'busy', 'sent', 1, 'r', now(),
-                 now() - interval '2 hours', 'reset'),
+                 now() - interval '5 minutes', 'reset'),
+                ('00000000-0000-7000-8000-0000000000b1', 'busy', 'sent', 1, 'r', now(),
+                 now() - interval '3 minutes', 'reset'),
                 ('00000000-0000-7000-8000-0000000000a5', 'sent', 'sent', 1, 'r', now(),
                  now() - interval '2 hours', 'reset'),
                 ('00000000-0000-7000-8000-0000000000a6', 'crashed', 'pending', 1, 'r', now(),
@@ -765,7 +768,7 @@ async fn claim_answers(db: &TestDb, ids: &[&str], together: bool) -> Vec<String>
         .bind(&hashes)
         .bind(vec![3600.0_f64; n])
         .bind(vec![60.0_f64; n])
-        .bind(vec![2_i32; n])
+        .bind(vec![3600.0_f64; n])
         .bind(vec![false; n])
         .bind(&holders)
         .fetch_all(&db.pool)
@@ -785,7 +788,7 @@ async fn claim_answers(db: &TestDb, ids: &[&str], together: bool) -> Vec<String>
             Some((None, _)) => "ambiguous".to_owned(),
             Some((Some(account), _)) => sqlx::query_scalar(
                 "SELECT concat_ws(':', answer, done)
-                 FROM reset_claim($1, $2, 'req', now(), 2, $3, 3600, 60, 2, false, $4, 60)",
+                 FROM reset_claim($1, $2, 'req', now(), 2, $3, 3600, 60, 3600, false, $4, 60)",
             )
             .bind(events[n])
             .bind(account)
@@ -824,7 +827,7 @@ async fn claim_state(db: &TestDb) -> (Vec<String>, Vec<String>) {
 
 #[tokio::test]
 async fn a_batch_claims_exactly_as_its_events_would_one_by_one() {
-    // Fresh; within the cooldown; at the daily limit; one account three times (twice by
+    // Fresh; within the cooldown; within the grown cooldown; one account three times (twice by
     // email); mailed already (redelivered); claimed by a worker that died; no such account;
     // two accounts on one email; claimed by a delivery still at work; the event of "crashed"
     // delivered a second time in the same batch.

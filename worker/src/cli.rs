@@ -59,7 +59,7 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub json: bool,
     /// Process the selected events again through the normal pipeline: new tokens, normal
-    /// throttling and daily cap, real emails. Needs a scope (--id, --since or --from-seq).
+    /// the growing cooldown, real emails. Needs a scope (--id, --since or --from-seq).
     /// Events already sent, or pending (a worker may be sending them), are never mailed
     /// again; throttled and no_account ones, and requests older than TOKEN_TTL, are shown
     /// and left unless --force.

@@ -151,13 +151,16 @@ pub struct PolicySettings {
     #[arg(long, env = "TOKEN_TTL", default_value = "30m", value_parser = humantime::parse_duration)]
     pub token_ttl: Duration,
 
-    /// At most one email per account per this period.
+    /// The wait after an account's first email before it may get another. Each further
+    /// email in 24 hours doubles it, up to RESET_COOLDOWN_MAX.
     #[arg(long, env = "RESET_COOLDOWN", default_value = "60s", value_parser = humantime::parse_duration)]
     pub cooldown: Duration,
 
-    /// At most this many emails per account per 24 hours.
-    #[arg(long, env = "RESET_DAILY_LIMIT", default_value_t = 5)]
-    pub daily_limit: u32,
+    /// The longest the cooldown grows to. It is also the longest anyone else's requests can
+    /// keep the account's owner from a new email, and it bounds the emails one address gets
+    /// (with the defaults, at most 30 in 24 hours).
+    #[arg(long, env = "RESET_COOLDOWN_MAX", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub max_cooldown: Duration,
 
     /// The page the email links to; `token=<token>` is added to its query.
     #[arg(

@@ -121,7 +121,7 @@ impl From<&shared::event::PasswordChanged> for EventMeta {
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub cooldown: Duration,
-    pub daily_limit: u32,
+    pub max_cooldown: Duration,
     pub token_ttl: Duration,
     pub lease: Duration,
 }
@@ -180,7 +180,7 @@ impl Limits {
     pub fn new(policy: &crate::config::PolicySettings, lease: Duration) -> Self {
         Self {
             cooldown: policy.cooldown,
-            daily_limit: policy.daily_limit,
+            max_cooldown: policy.max_cooldown,
             token_ttl: policy.token_ttl,
             lease,
         }
@@ -394,9 +394,7 @@ async fn claim_rows(
     .bind(column(batch, |c| c.token_hash.to_vec()))
     .bind(column(batch, |c| c.limits.token_ttl.as_secs_f64()))
     .bind(column(batch, |c| c.limits.cooldown.as_secs_f64()))
-    .bind(column(batch, |c| {
-        i32::try_from(c.limits.daily_limit).unwrap_or(i32::MAX)
-    }))
+    .bind(column(batch, |c| c.limits.max_cooldown.as_secs_f64()))
     .bind(column(batch, |c| c.again))
     .bind(column(batch, |c| c.holder))
     // One lease for the batch: every claim of a worker has the same.
@@ -513,7 +511,7 @@ impl Store {
             .bind(account_id)
             .bind(event_id)
             .bind(limits.cooldown.as_secs_f64())
-            .bind(i32::try_from(limits.daily_limit).unwrap_or(i32::MAX))
+            .bind(limits.max_cooldown.as_secs_f64())
             .fetch_one(&self.pool)
             .await
     }

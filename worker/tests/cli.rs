@@ -20,7 +20,7 @@ fn help_lists_every_variable() {
         "DATABASE_MAX_CONNECTIONS",
         "TOKEN_TTL",
         "RESET_COOLDOWN",
-        "RESET_DAILY_LIMIT",
+        "RESET_COOLDOWN_MAX",
         "RESET_URL",
         "TEMPLATES_DIR",
         "APP_NAME",
