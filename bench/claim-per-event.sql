@@ -1,7 +1,7 @@
 -- The simpler batched claim, for measuring against the set-based one (bench/run, BENCH_DB_SQL):
 -- still one statement per batch, but each event goes through reset_claim in input order.
 -- Same lookup, same global lock order; the per-event rules are reset_claim's.
-CREATE OR REPLACE FUNCTION reset_find_and_claim(p_event_ids uuid[], p_ids text[], p_request_ids text[], p_requested_at timestamp with time zone[], p_attempts integer[], p_token_hashes bytea[], p_ttl_secs double precision[], p_cooldown_secs double precision[], p_daily_limits integer[], p_again boolean[], p_holders uuid[], p_lease_secs double precision) RETURNS TABLE(ord integer, answer text, done text, busy_for double precision, id text, email text, display_name text, locale text, matches integer)
+CREATE OR REPLACE FUNCTION reset_find_and_claim(p_event_ids uuid[], p_ids text[], p_request_ids text[], p_requested_at timestamp with time zone[], p_attempts integer[], p_token_hashes bytea[], p_ttl_secs double precision[], p_cooldown_secs double precision[], p_max_cooldown_secs double precision[], p_again boolean[], p_holders uuid[], p_lease_secs double precision) RETURNS TABLE(ord integer, answer text, done text, busy_for double precision, id text, email text, display_name text, locale text, matches integer)
     LANGUAGE plpgsql
     SET enable_seqscan TO 'off'
     SET plan_cache_mode TO 'force_generic_plan'
@@ -46,7 +46,7 @@ BEGIN
             SELECT c.answer, c.done, c.busy_for INTO answer, done, busy_for
               FROM reset_claim(p_event_ids[i], v_ids[i], p_request_ids[i], p_requested_at[i],
                                p_attempts[i], p_token_hashes[i], p_ttl_secs[i],
-                               p_cooldown_secs[i], p_daily_limits[i], p_again[i],
+                               p_cooldown_secs[i], p_max_cooldown_secs[i], p_again[i],
                                p_holders[i], p_lease_secs) c;
         END IF;
         RETURN NEXT;
