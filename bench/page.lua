@@ -11,13 +11,12 @@ function setup(thread)
 end
 
 local stride = tonumber(os.getenv("BENCH_PAGE_THREADS")) or 1
-local body = "password=violet+kettle+harbour+ninety&confirm=violet+kettle+harbour+ninety"
+local fields = "&password=violet+kettle+harbour+ninety&confirm=violet+kettle+harbour+ninety"
 
 function request()
   local token = string.format("bench%038d", next_token)
   next_token = next_token + stride
   return wrk.format("POST", "/reset-password", {
     ["Content-Type"] = "application/x-www-form-urlencoded",
-    ["Cookie"] = "reset_token=" .. token,
-  }, body)
+  }, "token=" .. token .. fields)
 end

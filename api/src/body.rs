@@ -57,6 +57,10 @@ pub enum BodyError {
     XmlEntity(String),
     #[error("`{0}` is missing")]
     Missing(&'static str),
+    #[error("send either `token` (from the link) or `id` and `code` (from the email), not both")]
+    TokenAndCode,
+    #[error("`token` is missing: send the link's `token`, or `id` and the email's `code`")]
+    NoSecret,
     #[error("`{0}` is given more than once: send exactly one")]
     Repeated(&'static str),
     #[error("`{0}` must be a string, not {1}")]
@@ -130,6 +134,21 @@ pub fn parse_fields<const N: usize>(
     body: &[u8],
     names: [&'static str; N],
 ) -> Result<[String; N], BodyError> {
+    let found = parse_some_fields(kind, body, names)?;
+    let mut values: [String; N] = std::array::from_fn(|_| String::new());
+    for (index, value) in found.into_iter().enumerate() {
+        values[index] = value.ok_or(BodyError::Missing(names[index]))?;
+    }
+    Ok(values)
+}
+
+/// Like [`parse_fields`], for bodies that name one of several sets of fields: each named
+/// field at most once, and nothing else; which are present is for the caller to judge.
+pub fn parse_some_fields<const N: usize>(
+    kind: MediaType,
+    body: &[u8],
+    names: [&'static str; N],
+) -> Result<[Option<String>; N], BodyError> {
     let text = std::str::from_utf8(body).map_err(|_| BodyError::NotUtf8)?;
     let fields = match kind {
         MediaType::Json => json_fields(text)?,
@@ -151,7 +170,7 @@ enum Field {
 fn pick<const N: usize>(
     fields: Vec<(String, Field)>,
     names: [&'static str; N],
-) -> Result<[String; N], BodyError> {
+) -> Result<[Option<String>; N], BodyError> {
     let mut found: [Option<Field>; N] = std::array::from_fn(|_| None);
     for (name, value) in fields {
         let Some(index) = names.iter().position(|n| *n == name) else {
@@ -162,7 +181,11 @@ fn pick<const N: usize>(
             {
                 return Err(BodyError::NotString(field, "an array or an object"));
             }
-            let expected = names.map(|n| format!("`{n}`")).join(" and ");
+            let quoted = names.map(|n| format!("`{n}`"));
+            let expected = match quoted.split_last() {
+                Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+                _ => quoted.join(""),
+            };
             return Err(BodyError::UnknownField(clip(&name), expected));
         };
         if found[index].is_some() {
@@ -170,11 +193,12 @@ fn pick<const N: usize>(
         }
         found[index] = Some(value);
     }
-    let mut values: [String; N] = std::array::from_fn(|_| String::new());
+    let mut values: [Option<String>; N] = std::array::from_fn(|_| None);
     for (index, field) in found.into_iter().enumerate() {
-        match field.ok_or(BodyError::Missing(names[index]))? {
-            Field::Text(text) => values[index] = text,
-            Field::NotText(kind) => return Err(BodyError::NotString(names[index], kind)),
+        match field {
+            Some(Field::Text(text)) => values[index] = Some(text),
+            Some(Field::NotText(kind)) => return Err(BodyError::NotString(names[index], kind)),
+            None => {}
         }
     }
     Ok(values)

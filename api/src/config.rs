@@ -22,6 +22,8 @@ pub struct Settings {
     #[command(flatten)]
     pub reset: ResetSettings,
     #[command(flatten)]
+    pub code: shared::code::CodeKeySettings,
+    #[command(flatten)]
     pub page: PageSettings,
     #[command(flatten)]
     pub nats: NatsSettings,
@@ -121,6 +123,18 @@ pub struct PageSettings {
     /// The page's accent colour (buttons, focus rings), as `#rgb` or `#rrggbb`.
     #[arg(long, env = "PAGE_ACCENT_COLOR", default_value = "#1d4ed8")]
     pub accent_color: String,
+
+    /// Serve the page. Off for teams whose own front end takes the mailed link (RESET_URL)
+    /// and calls the JSON endpoints: the page's routes then answer 404. Accepts 1/0,
+    /// true/false, yes/no, on/off.
+    #[arg(long = "page-enabled", env = "PAGE_ENABLED", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_value = "true", default_missing_value = "true")]
+    pub enabled: bool,
+
+    /// The address people reach the api at, as `https://accounts.example.com` (scheme, host
+    /// and port). With https the page sends HSTS; the page's forms are also accepted from
+    /// this origin when a proxy in front rewrites the Host header.
+    #[arg(long, env = "API_PUBLIC_URL")]
+    pub public_url: Option<url::Url>,
 }
 
 /// Who may call.

@@ -59,6 +59,9 @@ pub fn route_label(path: &str) -> &'static str {
         "/readyz" => "/readyz",
         "/metrics" => "/metrics",
         "/openapi.yaml" => "/openapi.yaml",
+        "/reset-password" => "/reset-password",
+        "/reset-password/code" => "/reset-password/code",
+        "/reset-password/new-link" => "/reset-password/new-link",
         _ => "other",
     }
 }

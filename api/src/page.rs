@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::config::PageSettings;
-use crate::reset::PolicyError;
+use crate::reset::{PolicyError, Secret};
 
 /// The locale used when neither the account nor the browser names one we have.
 pub const FALLBACK_LOCALE: &str = "en";
@@ -40,14 +40,28 @@ pub enum PageError {
 /// What a page shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum View {
-    /// The new-password form, with the reason the last attempt was refused, if any.
-    Form { error: Option<FormError> },
+    /// The new-password form, carrying the secret that opened it (a hidden field: the form
+    /// works from any tab, after any redirect, without cookies), with the reason the last
+    /// attempt was refused, if any.
+    Form {
+        secret: Secret,
+        error: Option<FormError>,
+    },
+    /// The page without a link: the account and the mail's code, and a new mail.
+    Code {
+        /// The account as typed, kept for the next try.
+        id: Option<String>,
+        /// The last code was wrong, or no live code is known for the account.
+        wrong: bool,
+    },
     /// The link is unknown, used, superseded or expired: ask for a new one.
     Invalid { id_error: Option<String> },
     /// The password was changed.
     Done,
     /// A new link was asked for (whether or not the account exists).
     LinkSent,
+    /// A password form no page of ours sends: fields missing, repeated or unknown.
+    BadForm,
     /// Something outside the visitor's hands: too many attempts, the service unavailable.
     Problem(Problem),
 }
@@ -65,6 +79,8 @@ pub enum FormError {
 pub enum Problem {
     TooMany(u64),
     Unavailable,
+    /// A form posted from another site.
+    CrossOrigin,
 }
 
 /// The page's templates and words, loaded once at start.
@@ -75,6 +91,12 @@ pub struct Pages {
     product: String,
     accent: String,
     min_chars: u16,
+    /// Whether the page is served over https (API_PUBLIC_URL): then it sends HSTS.
+    https: bool,
+    /// PAGE_ENABLED.
+    pub enabled: bool,
+    /// API_PUBLIC_URL's origin (`https://accounts.example.com`), if set.
+    pub origin: Option<String>,
 }
 
 impl Pages {
@@ -110,6 +132,15 @@ impl Pages {
             product: settings.product_name.clone(),
             accent: settings.accent_color.clone(),
             min_chars,
+            https: settings
+                .public_url
+                .as_ref()
+                .is_some_and(|url| url.scheme() == "https"),
+            enabled: settings.enabled,
+            origin: settings
+                .public_url
+                .as_ref()
+                .map(|url| url.origin().ascii_serialization()),
         };
         for locale in pages.words.keys() {
             for view in samples() {
@@ -157,10 +188,12 @@ impl Pages {
     /// The page for `view` in `locale`, with the headers every page carries.
     pub fn response(&self, view: &View, locale: &str) -> Response<Full<Bytes>> {
         let status = match view {
-            View::Form { error: Some(_) } | View::Invalid { id_error: Some(_) } => {
-                StatusCode::BAD_REQUEST
-            }
+            View::Form { error: Some(_), .. }
+            | View::Invalid { id_error: Some(_) }
+            | View::Code { wrong: true, .. }
+            | View::BadForm => StatusCode::BAD_REQUEST,
             View::Problem(Problem::TooMany(_)) => StatusCode::TOO_MANY_REQUESTS,
+            View::Problem(Problem::CrossOrigin) => StatusCode::FORBIDDEN,
             View::Problem(Problem::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::OK,
         };
@@ -180,6 +213,12 @@ impl Pages {
             headers.insert(header::CONTENT_SECURITY_POLICY, csp);
         }
         secure_headers(headers);
+        if self.https {
+            headers.insert(
+                header::STRICT_TRANSPORT_SECURITY,
+                HeaderValue::from_static("max-age=31536000"),
+            );
+        }
         match view {
             View::Problem(Problem::TooMany(secs)) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
@@ -207,8 +246,15 @@ impl Pages {
         };
         let mut data = json!({});
         match view {
-            View::Form { error } => {
+            View::Form { secret, error } => {
                 data["form"] = json!(true);
+                match secret {
+                    Secret::Token(token) => data["token"] = json!(token),
+                    Secret::Code { account, code } => {
+                        data["id"] = json!(account.as_str());
+                        data["code"] = json!(code);
+                    }
+                }
                 match error {
                     Some(FormError::Mismatch) => data["confirm_error"] = json!(word("mismatch")),
                     Some(FormError::Missing) => data["error"] = json!(word("missing")),
@@ -218,16 +264,25 @@ impl Pages {
                     None => {}
                 }
             }
+            View::Code { id, wrong } => {
+                data["enter_code"] = json!(true);
+                data["id"] = json!(id);
+                if *wrong {
+                    data["code_error"] = json!(word("code_wrong"));
+                }
+            }
             View::Invalid { id_error } => {
                 data["invalid"] = json!(true);
                 data["id_error"] = json!(id_error);
             }
             View::Done => data["done"] = json!(true),
             View::LinkSent => data["link_sent"] = json!(true),
+            View::BadForm => data["problem"] = json!(word("bad_form")),
             View::Problem(Problem::TooMany(secs)) => {
                 data["problem"] = json!(word("too_many").replace("{seconds}", &secs.to_string()));
             }
             View::Problem(Problem::Unavailable) => data["problem"] = json!(word("unavailable")),
+            View::Problem(Problem::CrossOrigin) => data["problem"] = json!(word("cross_origin")),
         }
         let page = PageData {
             lang: locale,
@@ -288,13 +343,27 @@ fn load_words(dir: &Path) -> Result<BTreeMap<String, Value>, PageError> {
 }
 
 fn samples() -> Vec<View> {
+    let token = || Secret::Token("t".into());
     vec![
-        View::Form { error: None },
         View::Form {
+            secret: token(),
+            error: None,
+        },
+        View::Form {
+            secret: token(),
             error: Some(FormError::Mismatch),
         },
         View::Form {
+            secret: token(),
             error: Some(FormError::Policy(PolicyError::Guessable("x".into()))),
+        },
+        View::Code {
+            id: None,
+            wrong: false,
+        },
+        View::Code {
+            id: Some("x".into()),
+            wrong: true,
         },
         View::Invalid { id_error: None },
         View::Invalid {
@@ -302,8 +371,10 @@ fn samples() -> Vec<View> {
         },
         View::Done,
         View::LinkSent,
+        View::BadForm,
         View::Problem(Problem::TooMany(1)),
         View::Problem(Problem::Unavailable),
+        View::Problem(Problem::CrossOrigin),
     ]
 }
 
@@ -365,6 +436,8 @@ mod tests {
             templates_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates"),
             product_name: "Acme <Cloud>".into(),
             accent_color: "#123abc".into(),
+            enabled: true,
+            public_url: None,
         };
         Pages::load(&settings, 8).expect("the shipped page templates load")
     }
@@ -401,8 +474,18 @@ mod tests {
     fn every_view_renders_escaped_with_its_words() {
         let pages = pages();
         let form = pages
-            .render(&View::Form { error: None }, "de")
+            .render(
+                &View::Form {
+                    secret: Secret::Token("t0k&\"".into()),
+                    error: None,
+                },
+                "de",
+            )
             .expect("form");
+        assert!(
+            form.contains(r#"name="token" value="t0k&amp;&quot;""#),
+            "the token rides in the form, escaped: {form}"
+        );
         assert!(form.contains("lang=\"de\""));
         assert!(
             form.contains("Acme &lt;Cloud&gt;"),
@@ -412,6 +495,7 @@ mod tests {
         let refused = pages
             .render(
                 &View::Form {
+                    secret: Secret::Token("t".into()),
                     error: Some(FormError::Policy(PolicyError::TooShort(8))),
                 },
                 "en",

@@ -21,6 +21,8 @@ pub enum ApiError {
     IdempotencyKeyReused,
     #[error("invalid or expired token")]
     InvalidToken,
+    #[error("invalid or expired code")]
+    InvalidCode,
     #[error("{0}")]
     WeakPassword(#[from] crate::reset::PolicyError),
     #[error("Forbidden: this operation requires authentication")]
@@ -72,6 +74,7 @@ impl ApiError {
             | Self::BadIdempotencyKey
             | Self::BodyIncomplete
             | Self::InvalidToken
+            | Self::InvalidCode
             | Self::WeakPassword(_) => StatusCode::BAD_REQUEST,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Forbidden => StatusCode::FORBIDDEN,

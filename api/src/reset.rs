@@ -1,10 +1,15 @@
 //! Completing a reset: checking a token, and setting the new password.
 //!
 //! Tokens are looked up by their SHA-256 only. A token is valid while it is unused, not
-//! invalidated (by a newer token or a used one), not expired, and while the account's password
-//! hash and email are still the ones it was issued against (a password changed by any other
-//! path kills it, and so does a move to another address).
+//! invalidated (by a newer token, a used one, or five wrong codes), not expired, and while the
+//! account's password hash and email are still the ones it was issued against (a password
+//! changed by any other path kills it, and so does a move to another address).
 //! All the ways a token can be invalid give the same answer.
+//!
+//! The mail's code stands for its token: given the account, the code is checked against the
+//! one derived from the account's live token (`shared::code`), and from there on it is that
+//! token. Every way of naming an account with no live code, and every wrong code, gives the
+//! same answer; a wrong code also counts against the live one, which dies at the fifth.
 
 use std::time::Duration;
 
@@ -13,6 +18,8 @@ use argon2::{
     password_hash::{SaltString, rand_core::OsRng},
 };
 use sha2::{Digest, Sha256};
+use shared::account::AccountRef;
+use shared::code::{CodeKey, ResetCode};
 use shared::event::{ClientContext, PASSWORD_CHANGED, PasswordChanged};
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::sync::Semaphore;
@@ -53,6 +60,9 @@ pub enum PolicyError {
 pub enum ResetError {
     #[error("invalid or expired token")]
     InvalidToken,
+    /// No live code for the account named, or not this one: the two look the same.
+    #[error("invalid or expired code")]
+    InvalidCode,
     #[error(transparent)]
     Policy(#[from] PolicyError),
     #[error("database: {0}")]
@@ -140,6 +150,36 @@ fn lower_first(text: &str) -> String {
     })
 }
 
+/// Wrong codes a live code survives: the next one kills it and its link.
+pub const MAX_CODE_FAILURES: i32 = 5;
+
+/// What proves the right to reset: the link's token, or the account and the mailed code.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Secret {
+    Token(String),
+    Code { account: AccountRef, code: String },
+}
+
+// Never print a token or a code, even by accident.
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Token(_) => f.write_str("Secret::Token(<redacted>)"),
+            Self::Code { account, .. } => write!(f, "Secret::Code({account:?}, <redacted>)"),
+        }
+    }
+}
+
+impl Secret {
+    /// The error for this kind of secret not working.
+    fn invalid(&self) -> ResetError {
+        match self {
+            Self::Token(_) => ResetError::InvalidToken,
+            Self::Code { .. } => ResetError::InvalidCode,
+        }
+    }
+}
+
 /// Who changed the password, for the notification.
 #[derive(Debug, Clone)]
 pub struct Requester {
@@ -156,6 +196,7 @@ pub struct Resets {
     /// Argon2 takes memory (19 MiB each by default): bound how many run at once.
     hashing: Semaphore,
     changed_subject: String,
+    code_key: CodeKey,
 }
 
 /// Tokens as mailed: 43 characters of base64url. Anything else cannot be one.
@@ -170,18 +211,24 @@ fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// The conditions under which a token works, shared by verify and reset.
-const VALID_TOKEN: &str = "
-    FROM reset_tokens t JOIN accounts a ON a.id = t.account_id
-    WHERE t.token_hash = $1
-      AND t.used_at IS NULL AND t.invalidated_at IS NULL AND t.expires_at > now()
+/// The conditions under which a token `t` of account `a` works.
+const LIVE: &str = "
+      t.used_at IS NULL AND t.invalidated_at IS NULL AND t.expires_at > now()
       AND t.password_fingerprint = sha256(convert_to(coalesce(a.password_hash, ''), 'UTF8'))
       AND t.email_fingerprint = reset_email_fingerprint(a.email)";
+
+/// The token whose hash is `$1`, if it works; shared by verify and reset.
+fn valid_token() -> String {
+    format!(
+        "FROM reset_tokens t JOIN accounts a ON a.id = t.account_id WHERE t.token_hash = $1 AND {LIVE}"
+    )
+}
 
 impl Resets {
     pub fn new(
         settings: &ResetSettings,
         changed_subject: String,
+        code_key: CodeKey,
     ) -> Result<Self, ResetSettingsError> {
         let pool = PgPoolOptions::new()
             .max_connections(10)
@@ -204,6 +251,7 @@ impl Resets {
             hasher: Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
             hashing: Semaphore::new(4),
             changed_subject,
+            code_key,
         })
     }
 
@@ -211,18 +259,63 @@ impl Resets {
         &self.pool
     }
 
-    /// Whether `token` would work now, and if so its account's locale (for the page).
-    /// Consumes nothing.
-    pub async fn verify(&self, token: &str) -> Result<Option<String>, ResetError> {
-        if !plausible_token(token) {
-            return Err(ResetError::InvalidToken);
-        }
+    /// Whether `secret` would work now, and if so its account's locale (for the page).
+    /// Consumes nothing, but a wrong code counts against the account's live one.
+    pub async fn verify(&self, secret: &Secret) -> Result<Option<String>, ResetError> {
+        let hash = self.resolve(secret).await?;
         let found: Option<Option<String>> =
-            sqlx::query_scalar(&format!("SELECT a.locale {VALID_TOKEN}"))
-                .bind(&token_hash(token)[..])
+            sqlx::query_scalar(&format!("SELECT a.locale {}", valid_token()))
+                .bind(&hash[..])
                 .fetch_optional(&self.pool)
                 .await?;
-        found.ok_or(ResetError::InvalidToken)
+        found.ok_or_else(|| secret.invalid())
+    }
+
+    /// The stored hash of the token that `secret` is or stands for. For a token that is
+    /// only its hash; a code is checked against the account's live token here.
+    async fn resolve(&self, secret: &Secret) -> Result<[u8; 32], ResetError> {
+        match secret {
+            Secret::Token(token) if plausible_token(token) => Ok(token_hash(token)),
+            Secret::Token(_) => Err(ResetError::InvalidToken),
+            Secret::Code { account, code } => self.check_code(account, code).await,
+        }
+    }
+
+    /// The hash of `account`'s live token if `typed` is its code. A wrong code counts against
+    /// the live one, under its row's lock so that guesses sent at once are counted one by
+    /// one; the [`MAX_CODE_FAILURES`]th kills it, link and code. No account, no live token and
+    /// a wrong code all answer [`ResetError::InvalidCode`].
+    async fn check_code(&self, account: &AccountRef, typed: &str) -> Result<[u8; 32], ResetError> {
+        let typed = ResetCode::parse(typed).ok_or(ResetError::InvalidCode)?;
+        let mut tx = self.pool.begin().await?;
+        let live: Option<Vec<u8>> = sqlx::query_scalar(&format!(
+            "SELECT t.token_hash FROM reset_find_account($1) f
+               JOIN reset_tokens t ON t.account_id = f.id
+               JOIN accounts a ON a.id = t.account_id
+              WHERE {LIVE}
+              ORDER BY t.created_at DESC LIMIT 1
+                FOR UPDATE OF t"
+        ))
+        .bind(account.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let hash: [u8; 32] = live
+            .and_then(|hash| hash.try_into().ok())
+            .ok_or(ResetError::InvalidCode)?;
+        if self.code_key.code_for(&hash).matches(&typed) {
+            return Ok(hash);
+        }
+        sqlx::query(
+            "UPDATE reset_tokens SET code_failures = code_failures + 1,
+                    invalidated_at = CASE WHEN code_failures + 1 >= $2 THEN now() END
+              WHERE token_hash = $1",
+        )
+        .bind(&hash[..])
+        .bind(MAX_CODE_FAILURES)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Err(ResetError::InvalidCode)
     }
 
     /// Sets the account's password if `token` is valid, in one transaction that also uses the
@@ -230,35 +323,38 @@ impl Resets {
     /// Returns the event, for the caller to publish at once.
     pub async fn reset(
         &self,
-        token: &str,
+        secret: &Secret,
         password: &str,
         requester: Requester,
     ) -> Result<PasswordChanged, ResetError> {
-        if !plausible_token(token) {
+        if let Secret::Token(token) = secret
+            && !plausible_token(token)
+        {
             return Err(ResetError::InvalidToken);
         }
         let password = &normalise(password);
         self.policy.check(password)?;
-        let hash = token_hash(token);
+        let hash = self.resolve(secret).await?;
         let account: Option<(String, String)> =
-            sqlx::query_as(&format!("SELECT t.account_id, a.email {VALID_TOKEN}"))
+            sqlx::query_as(&format!("SELECT t.account_id, a.email {}", valid_token()))
                 .bind(&hash[..])
                 .fetch_optional(&self.pool)
                 .await?;
-        let (account_id, email) = account.ok_or(ResetError::InvalidToken)?;
+        let (account_id, email) = account.ok_or_else(|| secret.invalid())?;
         self.policy.check_account(password, &account_id, &email)?;
         let phc = self.hash(password).await?;
 
         let mut tx = self.pool.begin().await?;
         // Locks the token: of two requests racing with it, the second finds it used.
         let still_valid: Option<String> = sqlx::query_scalar(&format!(
-            "SELECT t.account_id {VALID_TOKEN} FOR UPDATE OF t"
+            "SELECT t.account_id {} FOR UPDATE OF t",
+            valid_token()
         ))
         .bind(&hash[..])
         .fetch_optional(&mut *tx)
         .await?;
         if still_valid.as_deref() != Some(account_id.as_str()) {
-            return Err(ResetError::InvalidToken);
+            return Err(secret.invalid());
         }
         sqlx::query("UPDATE reset_tokens SET used_at = now() WHERE token_hash = $1")
             .bind(&hash[..])

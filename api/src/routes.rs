@@ -169,15 +169,7 @@ async fn route(
         "/auth/forgot-password" | "/auth/reset-password" | "/auth/reset-password/verify" => {
             Err(ApiError::MethodNotAllowed("POST"))
         }
-        "/reset-password" if read_only => Ok(page::show(state, req).await),
-        "/reset-password" if req.method() == Method::POST => {
-            Ok(page::submit(state, peer, trail, req).await)
-        }
-        "/reset-password" => Err(ApiError::MethodNotAllowed("GET, HEAD, POST")),
-        "/reset-password/new-link" if req.method() == Method::POST => {
-            Ok(page::new_link(state, peer, trail, req).await)
-        }
-        "/reset-password/new-link" => Err(ApiError::MethodNotAllowed("POST")),
+        path if path.starts_with("/reset-password") => page_route(state, peer, trail, req).await,
         "/healthz" if read_only => Ok(reply::ok()),
         "/readyz" if read_only => ready(state).await,
         "/metrics" if read_only => Ok(shared::http::text(
@@ -187,6 +179,31 @@ async fn route(
         "/openapi.yaml" if read_only => Ok(shared::http::text(OPENAPI_CONTENT_TYPE, OPENAPI)),
         "/healthz" | "/readyz" | "/metrics" | "/openapi.yaml" => {
             Err(ApiError::MethodNotAllowed("GET, HEAD"))
+        }
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+/// The hosted page's routes, or 404 for all of them when the page is off (PAGE_ENABLED).
+async fn page_route(
+    state: &AppState,
+    peer: SocketAddr,
+    trail: &mut Trail,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    if !state.pages.enabled {
+        return Err(ApiError::NotFound);
+    }
+    let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
+    let post = req.method() == Method::POST;
+    match req.uri().path() {
+        "/reset-password" if read_only => Ok(page::show(state, peer, trail, req).await),
+        "/reset-password" if post => Ok(page::submit(state, peer, trail, req).await),
+        "/reset-password" => Err(ApiError::MethodNotAllowed("GET, HEAD, POST")),
+        "/reset-password/code" if post => Ok(page::enter_code(state, peer, trail, req).await),
+        "/reset-password/new-link" if post => Ok(page::new_link(state, peer, trail, req).await),
+        "/reset-password/code" | "/reset-password/new-link" => {
+            Err(ApiError::MethodNotAllowed("POST"))
         }
         _ => Err(ApiError::NotFound),
     }

@@ -29,6 +29,8 @@ pub enum StartupError {
     Reset(#[from] ResetSettingsError),
     #[error(transparent)]
     Page(#[from] PageError),
+    #[error(transparent)]
+    CodeKey(#[from] shared::code::CodeKeyError),
     #[error("cannot listen on {addr} (API_ADDR): {source}")]
     Bind {
         addr: SocketAddr,
@@ -84,7 +86,11 @@ impl Application {
             settings.stream.subjects().requested(),
             http.publish_timeout,
         );
-        let resets = Resets::new(&settings.reset, settings.stream.subjects().changed())?;
+        let resets = Resets::new(
+            &settings.reset,
+            settings.stream.subjects().changed(),
+            settings.code.key()?,
+        )?;
         let pages = Pages::load(&settings.page, settings.reset.password_min_length)?;
         let state = Arc::new(AppState {
             keys,

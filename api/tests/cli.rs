@@ -31,6 +31,9 @@ fn help_lists_every_variable() {
         "TEMPLATES_DIR",
         "PAGE_PRODUCT_NAME",
         "PAGE_ACCENT_COLOR",
+        "PAGE_ENABLED",
+        "API_PUBLIC_URL",
+        "RESET_CODE_KEY",
         "ARGON2_MEMORY_KIB",
         "ARGON2_ITERATIONS",
         "ARGON2_PARALLELISM",
@@ -87,4 +90,20 @@ fn api_trust_proxy_accepts_1() {
     // It gets past the settings to the missing key.
     let log = String::from_utf8_lossy(&output.stdout);
     assert!(log.contains("set API_KEYS"), "{log}");
+}
+
+#[test]
+fn without_a_code_key_it_exits_saying_how_to_make_one() {
+    let output = Command::new(env!("CARGO_BIN_EXE_api"))
+        .env("API_KEYS", "web:0123456789abcdef0123456789")
+        .env_remove("RESET_CODE_KEY")
+        .env("API_ADDR", "127.0.0.1:0")
+        .output()
+        .expect("api runs");
+    assert!(!output.status.success());
+    let log = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        log.contains("RESET_CODE_KEY is not set") && log.contains("openssl rand -hex 32"),
+        "{log}"
+    );
 }

@@ -6,6 +6,7 @@
 //!
 //! - [`event`]: the versioned JSON event, its headers and its decoder;
 //! - [`account`]: [`AccountRef`](account::AccountRef), the validated `id` a request names;
+//! - [`code`]: the one-time code a reset mail carries beside its link, keyed by `RESET_CODE_KEY`;
 //! - [`stream`]: subject names and the JetStream stream both sides create or update;
 //! - [`http`]: serving HTTP/1.1 and the `{code, message}` answer, for both processes;
 //! - [`nats`]: connecting to NATS with the same options everywhere;
@@ -15,6 +16,7 @@
 //! - [`logging`]: `tracing` set-up (`LOG_FORMAT`) and masking of personal data in logs.
 
 pub mod account;
+pub mod code;
 pub mod db;
 pub mod event;
 pub mod http;

@@ -11,10 +11,11 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// What `scripts/compose-env` puts in `.env` besides `API_KEYS`: a password per name, here
+/// What `scripts/compose-env` puts in `.env` besides `API_KEYS`: a secret per name, here
 /// made by `value`.
 pub fn dot_env(value: impl Fn(&str) -> String) -> BTreeMap<String, String> {
     [
+        "RESET_CODE_KEY",
         "POSTGRES_PASSWORD",
         "WORKER_DB_PASSWORD",
         "API_DB_PASSWORD",

@@ -9,6 +9,7 @@ pub mod db;
 pub mod load;
 pub mod sink;
 pub mod system;
+pub mod webmail;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -90,6 +91,9 @@ pub fn templates_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../templates")
 }
 
+/// The secret the tests' apis and workers derive mail codes with (RESET_CODE_KEY).
+pub const CODE_KEY: &str = "test-reset-code-key-0123456789abcdef";
+
 pub fn api_settings(iso: &Isolation) -> api::Settings {
     let keys = format!("{LABEL}:{KEY},other:other-key-0123456789");
     api::Settings::try_parse_from([
@@ -107,6 +111,7 @@ pub fn api_settings(iso: &Isolation) -> api::Settings {
         "--argon2-memory-kib=64",
         "--argon2-iterations=1",
         &format!("--templates-dir={}", templates_dir().display()),
+        &format!("--reset-code-key={CODE_KEY}"),
     ])
     .expect("test settings parse")
 }

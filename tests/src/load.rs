@@ -331,6 +331,7 @@ pub fn with_api_env<'c>(
 ) -> &'c mut std::process::Command {
     command
         .env("API_KEYS", format!("{}:{KEY}", crate::LABEL))
+        .env("RESET_CODE_KEY", crate::CODE_KEY)
         .env("TEMPLATES_DIR", crate::templates_dir())
         .env("RESET_STREAM", &iso.stream)
         .env("RESET_SUBJECT_PREFIX", &iso.prefix)

@@ -48,6 +48,24 @@ impl ReceivedMail {
             .collect()
     }
 
+    /// The one-time code: the text part's line that holds nothing else, 6 to 12 capital
+    /// letters and digits with at most one space or hyphen between them.
+    pub fn code(&self) -> String {
+        let is_code = |line: &str| {
+            let plain: String = line.chars().filter(|c| *c != '-' && *c != ' ').collect();
+            line.chars().filter(|c| *c == '-' || *c == ' ').count() <= 1
+                && !line.starts_with(['-', ' '])
+                && !line.ends_with(['-', ' '])
+                && (6..=12).contains(&plain.len())
+                && plain
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
+        };
+        let codes: Vec<&str> = self.text.lines().filter(|l| is_code(l)).collect();
+        assert_eq!(codes.len(), 1, "one code alone on its line: {}", self.text);
+        codes[0].to_owned()
+    }
+
     /// The first http(s) link of the text part.
     pub fn link(&self) -> String {
         let start = self.text.find("http").expect("a link");

@@ -9,7 +9,7 @@ use clap::Parser;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::{Isolation, TestApi, db::TestDb, nats_url, sink::SmtpSink};
+use crate::{CODE_KEY, Isolation, TestApi, db::TestDb, nats_url, sink::SmtpSink};
 
 /// The reset page the tests configure; its query must survive the token being added.
 pub const RESET_URL: &str = "https://app.example.com/reset?lang=en";
@@ -37,6 +37,7 @@ pub fn worker_args(iso: &Isolation, db_url: &str, smtp_url: &str) -> Vec<String>
         "--smtp-timeout=3s".into(),
         "--claim-lease=13s".into(),
         "--app-name=Example".into(),
+        format!("--reset-code-key={CODE_KEY}"),
     ]
     .into()
 }

@@ -306,6 +306,11 @@ fn the_compose_files_need_the_secrets_compose_env_makes() {
         compose::load(&root().join(file), &vars).expect("interpolates with .env");
     }
     assert!(vars["API_KEYS"].parse::<api::auth::ApiKeys>().is_ok());
+    assert!(
+        vars["RESET_CODE_KEY"]
+            .parse::<shared::code::CodeKey>()
+            .is_ok()
+    );
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(dir.join(".env"))
         .expect("meta")

@@ -128,13 +128,14 @@ fn each_container_gets_what_its_binary_needs_and_nothing_else() {
         (
             "api",
             "API_ADDR",
-            &["API_KEYS", "NATS_URL", "DATABASE_URL"][..],
+            &["API_KEYS", "RESET_CODE_KEY", "NATS_URL", "DATABASE_URL"][..],
             10,
         ),
         (
             "worker",
             "WORKER_ADDR",
             &[
+                "RESET_CODE_KEY",
                 "NATS_URL",
                 "DATABASE_URL",
                 "SMTP_URL",

@@ -19,6 +19,7 @@ const VERIFY: &str = "/auth/reset-password/verify";
 const RESET: &str = "/auth/reset-password";
 const PAGE: &str = "/reset-password";
 const NEW_LINK: &str = "/reset-password/new-link";
+const CODE: &str = "/reset-password/code";
 const FORM: &str = "application/x-www-form-urlencoded";
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -276,33 +277,40 @@ async fn every_status_the_api_answers_is_documented_for_its_operation() {
         )
         .await,
     );
-    // The page, with the same token: the link hands it to the cookie; the form; a mismatch.
+    // The page, with the same token: the link opens the form carrying it; without a link
+    // the code form; a mismatch; posts from another site.
+    let code = mail.first().expect("the reset mail").code();
     seen.push(call(api, "GET", &format!("{PAGE}?token={token}"), &[], "").await);
-    let cookie = format!("reset_token={token}");
-    seen.push(call(api, "GET", PAGE, &[("Cookie", &cookie)], "").await);
-    seen.push(call(api, "HEAD", PAGE, &[("Cookie", &cookie)], "").await);
-    let mismatch = [("Cookie", cookie.as_str()), ("Content-Type", FORM)];
+    seen.push(call(api, "GET", PAGE, &[], "").await);
+    seen.push(call(api, "HEAD", PAGE, &[], "").await);
+    let form_only = [("Content-Type", FORM)];
     seen.push(
         call(
             api,
             "POST",
             PAGE,
-            &mismatch,
-            "password=one+two&confirm=two+one",
+            &form_only,
+            &format!("token={token}&password=one+two&confirm=two+one"),
         )
         .await,
     );
-    seen.push(call(api, "POST", PAGE, &mismatch, &"x".repeat(5000)).await);
+    seen.push(call(api, "POST", PAGE, &form_only, &"x".repeat(5000)).await);
+    seen.push(call(api, "POST", PAGE, &[("Content-Type", "text/plain")], "p").await);
+    let cross = [("Content-Type", FORM), ("Sec-Fetch-Site", "cross-site")];
+    for path in [PAGE, CODE, NEW_LINK] {
+        seen.push(call(api, "POST", path, &cross, "id=ada").await);
+    }
     seen.push(
         call(
             api,
             "POST",
-            PAGE,
-            &[("Cookie", &cookie), ("Content-Type", "text/plain")],
-            "p",
+            CODE,
+            &form_only,
+            &format!("id=ada&code={code}"),
         )
         .await,
     );
+    seen.push(call(api, "POST", CODE, &form_only, "id=ada&code=wrong").await);
     seen.push(call(api, "POST", NEW_LINK, &[("Content-Type", FORM)], "id=ada").await);
     seen.push(call(api, "POST", NEW_LINK, &[("Content-Type", FORM)], "id=").await);
     let weak = json!({ "token": token, "password": "short" }).to_string();
@@ -320,8 +328,16 @@ async fn every_status_the_api_answers_is_documented_for_its_operation() {
     );
 
     // The token is used: the page's form now gets the dead-link page.
-    let used = [("Cookie", cookie.as_str()), ("Content-Type", FORM)];
-    seen.push(call(api, "POST", PAGE, &used, "password=a&confirm=a").await);
+    seen.push(
+        call(
+            api,
+            "POST",
+            PAGE,
+            &form_only,
+            &format!("token={token}&password=a&confirm=a"),
+        )
+        .await,
+    );
 
     // Operations, for GET and HEAD.
     for path in ["/healthz", "/readyz", "/metrics", "/openapi.yaml"] {
@@ -376,14 +392,15 @@ async fn every_status_the_api_answers_is_documented_for_its_operation() {
             "{method} {path} never answered 200"
         );
     }
-    let expected: [(&str, &str, &[u16]); 7] = [
+    let expected: [(&str, &str, &[u16]); 8] = [
         ("POST", FORGOT, &[200, 400, 403, 413, 415]),
         ("POST", VERIFY, &[200, 400, 403, 415]),
         ("POST", RESET, &[200, 400]),
-        ("GET", PAGE, &[200, 303]),
+        ("GET", PAGE, &[200]),
         ("HEAD", PAGE, &[200]),
-        ("POST", PAGE, &[200, 400, 413, 415]),
-        ("POST", NEW_LINK, &[200, 400]),
+        ("POST", PAGE, &[200, 400, 403, 413, 415]),
+        ("POST", CODE, &[200, 400, 403]),
+        ("POST", NEW_LINK, &[200, 400, 403]),
     ];
     for (method, path, codes) in expected {
         for &code in codes {
@@ -426,6 +443,12 @@ async fn timeouts_limits_and_outages_are_documented_too() {
         // The first request spent the budget of that endpoint's limiter.
         seen.push(post(&slow, path, "application/json", r#"{"id":"a"}"#).await);
     }
+    // The page's link checks and code form share the reset endpoints' budget, per address.
+    let link = format!("{PAGE}?token=made-up");
+    seen.push(call(&slow, "GET", &link, &[], "").await);
+    seen.push(call(&slow, "GET", &link, &[], "").await);
+    let form = [("Content-Type", FORM)];
+    seen.push(call(&slow, "POST", CODE, &form, "id=a&code=b").await);
     slow.stop().await;
 
     // NATS unreachable: not ready, and nothing accepted; PostgreSQL unreachable (the test
@@ -461,6 +484,9 @@ async fn timeouts_limits_and_outages_are_documented_too() {
             ("POST", FORGOT, 429),
             ("POST", VERIFY, 408),
             ("POST", VERIFY, 429),
+            ("GET", PAGE, 200),
+            ("GET", PAGE, 429),
+            ("POST", CODE, 429),
             ("GET", "/readyz", 503),
             ("HEAD", "/readyz", 503),
             ("POST", FORGOT, 503),

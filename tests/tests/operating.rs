@@ -566,6 +566,7 @@ async fn one_request_can_be_followed_through_the_logs_which_hold_no_secret() {
     let mut api = std::process::Command::new(binary("api"))
         .env("API_ADDR", format!("127.0.0.1:{port}"))
         .env("API_KEYS", format!("tests:{KEY}"))
+        .env("RESET_CODE_KEY", e2e::CODE_KEY)
         .env("NATS_URL", nats_url())
         .env("TEMPLATES_DIR", e2e::templates_dir())
         .env("RESET_STREAM", &iso.stream)

@@ -48,7 +48,10 @@ async fn the_cooldown_grows_with_each_mail_but_never_past_its_maximum() {
     let mailed = sent.len();
     tokio::time::sleep(Duration::from_millis(1050)).await;
     assert_eq!(system.api.forgot_id("ada").await.status, 200);
-    system.sink.wait_for(mailed + 1, Duration::from_secs(10)).await;
+    system
+        .sink
+        .wait_for(mailed + 1, Duration::from_secs(10))
+        .await;
     system.stop().await;
 }
 
@@ -56,12 +59,11 @@ async fn the_cooldown_grows_with_each_mail_but_never_past_its_maximum() {
 /// claimed, in seconds from the first.
 async fn flood_decided(system: &System) -> Vec<f64> {
     for _ in 0..200 {
-        let pending: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM reset_requests WHERE outcome = 'pending'",
-        )
-        .fetch_one(&system.db.pool)
-        .await
-        .expect("count");
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM reset_requests WHERE outcome = 'pending'")
+                .fetch_one(&system.db.pool)
+                .await
+                .expect("count");
         let decided: i64 = sqlx::query_scalar("SELECT count(*) FROM reset_requests")
             .fetch_one(&system.db.pool)
             .await

@@ -405,3 +405,151 @@ async fn a_queued_notification_is_relayed_from_the_outbox() {
     assert_eq!(mails[0].subject, "Your Example password was changed");
     system.stop().await;
 }
+
+const INVALID_CODE: &str = r#"{"code":400,"message":"invalid or expired code"}"#;
+
+/// Posts `body` to `path` with the test key, as `content_type`.
+async fn post_as(api: &TestApi, path: &str, content_type: &str, body: &str) -> RawResponse {
+    let headers = [
+        ("Authorization", format!("Bearer {}", e2e::KEY)),
+        ("Content-Type", content_type.to_owned()),
+    ];
+    e2e::post(api.addr, path, &headers, body).await
+}
+
+#[tokio::test]
+async fn the_mailed_code_stands_for_the_token_in_every_media_type() {
+    let system = System::start().await;
+    system.db.account("ada").add().await;
+    assert_eq!(system.api.forgot_id("ada").await.status, 200);
+    let mail = &system.sink.wait_for(1, WAIT).await[0];
+    let (code, token) = (mail.code(), mail.token());
+    // As people type it: lower case, a space for the hyphen, or nothing between.
+    let typed = code.to_lowercase().replace('-', " ");
+    let plain = code.replace('-', "");
+    let api = &system.api;
+    for (content_type, body) in [
+        (
+            "application/json",
+            json!({"id": "ada", "code": typed}).to_string(),
+        ),
+        (
+            "application/xml",
+            format!("<item><id>ada@example.com</id><code>{plain}</code></item>"),
+        ),
+        (
+            "application/x-www-form-urlencoded",
+            format!("id=ada&code={}", typed.replace(' ', "+")),
+        ),
+    ] {
+        let verified = post_as(api, VERIFY, content_type, &body).await;
+        assert_eq!(verified.status, 200, "{content_type}: {}", verified.body);
+    }
+    // Not both secrets at once, and not half of the second.
+    let both = json!({"token": token, "id": "ada", "code": code});
+    assert_eq!(api.post_json(VERIFY, both).await.status, 400);
+    let half = api.post_json(VERIFY, json!({"id": "ada"})).await;
+    assert_eq!(half.message(), "`code` is missing");
+
+    let done = post_as(
+        api,
+        RESET,
+        "application/xml",
+        &format!("<item><id>ada</id><code>{code}</code><password>correct horse battery staple</password></item>"),
+    )
+    .await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(
+        system
+            .db
+            .password_verifies("ada", "correct horse battery staple")
+            .await
+    );
+    // Using the code used the link.
+    assert_eq!(verify(api, &token).await.body, INVALID);
+    let again = api
+        .post_json(VERIFY, json!({"id": "ada", "code": code}))
+        .await;
+    assert_eq!(again.body, INVALID_CODE);
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn five_wrong_codes_kill_the_code_and_its_link_and_say_nothing_of_the_account() {
+    let system = System::start().await;
+    system.db.account("ada").add().await;
+    system.db.account("bob").add().await;
+    let token = mailed_token(&system, "ada", 0).await;
+    let code = system.sink.messages()[0].code();
+    let api = &system.api;
+    let wrong = if code.starts_with('2') {
+        "3333-3333"
+    } else {
+        "2222-2222"
+    };
+
+    // A wrong code for a live one, a code for an account with none, for no account at all,
+    // and something that cannot be a code: one answer, byte for byte.
+    let unknown = api
+        .post_json(VERIFY, json!({"id": "nobody@example.com", "code": code}))
+        .await;
+    let no_live = api
+        .post_json(VERIFY, json!({"id": "bob", "code": code}))
+        .await;
+    let garbled = api
+        .post_json(VERIFY, json!({"id": "ada", "code": "x"}))
+        .await;
+    let first_wrong = api
+        .post_json(VERIFY, json!({"id": "ada", "code": wrong}))
+        .await;
+    for answer in [&unknown, &no_live, &garbled, &first_wrong] {
+        assert_eq!((answer.status, answer.body.as_str()), (400, INVALID_CODE));
+    }
+    // Four more wrong ones, by verify and by reset alike; sent at once, each is counted.
+    let guesses = (0..4).map(|n| {
+        let body = if n % 2 == 0 {
+            json!({"id": "ada", "code": wrong})
+        } else {
+            json!({"id": "ada@example.com", "code": wrong, "password": "correct horse battery staple"})
+        };
+        api.post_json(if n % 2 == 0 { VERIFY } else { RESET }, body)
+    });
+    for answer in futures::future::join_all(guesses).await {
+        assert_eq!(answer.body, INVALID_CODE);
+    }
+    // The fifth wrong code killed the right one, and its link with it.
+    let right = api
+        .post_json(VERIFY, json!({"id": "ada", "code": code}))
+        .await;
+    assert_eq!(right.body, INVALID_CODE);
+    assert_eq!(verify(api, &token).await.body, INVALID);
+    assert_eq!(
+        stored_hash(&system, "ada").await,
+        None,
+        "nothing was changed"
+    );
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn a_newer_request_supersedes_the_link_and_the_code_of_the_one_before() {
+    let system = System::start_with(|s| s.policy.cooldown = Duration::ZERO).await;
+    system.db.account("ada").add().await;
+    let first = mailed_token(&system, "ada", 0).await;
+    let first_code = system.sink.messages()[0].code();
+    let second = mailed_token(&system, "ada", 1).await;
+    let second_code = system.sink.messages()[1].code();
+    assert_ne!(first_code, second_code);
+    let api = &system.api;
+    assert_eq!(verify(api, &first).await.body, INVALID);
+    let old = api
+        .post_json(VERIFY, json!({"id": "ada", "code": first_code}))
+        .await;
+    assert_eq!(old.body, INVALID_CODE);
+    assert_eq!(verify(api, &second).await.status, 200);
+    let new = api
+        .post_json(VERIFY, json!({"id": "ada", "code": second_code}))
+        .await;
+    assert_eq!(new.status, 200);
+    system.stop().await;
+}

@@ -44,7 +44,7 @@ fn output_of(name: &str, args: &[&str], env: &[(&str, String)], run_for: Duratio
 }
 
 #[test]
-fn credentials_in_urls_appear_nowhere() {
+fn credentials_and_keys_appear_nowhere() {
     let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates");
     let env = [
         ("NATS_URL", format!("nats://u:{SECRET}@127.0.0.1:1")),
@@ -54,6 +54,10 @@ fn credentials_in_urls_appear_nowhere() {
         ),
         ("SMTP_URL", format!("smtps://u:{SECRET}@127.0.0.1:1")),
         ("API_KEYS", "tests:test-key-0123456789abcdef".to_owned()),
+        (
+            "RESET_CODE_KEY",
+            format!("code-key-{SECRET}-0123456789abcdef0123456789"),
+        ),
         ("API_ADDR", "127.0.0.1:0".to_owned()),
         ("WORKER_ADDR", "127.0.0.1:0".to_owned()),
         ("TEMPLATES_DIR", templates.display().to_string()),

@@ -28,6 +28,8 @@ pub struct Settings {
     #[command(flatten)]
     pub policy: PolicySettings,
     #[command(flatten)]
+    pub code: shared::code::CodeKeySettings,
+    #[command(flatten)]
     pub mail: MailSettings,
     #[command(flatten)]
     pub nats: NatsSettings,

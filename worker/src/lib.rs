@@ -256,6 +256,7 @@ pub(crate) fn mail_parts(
         settings.mail.support_email.clone(),
         settings.policy.reset_url.clone(),
         settings.policy.token_ttl,
+        settings.code.key().map_err(ComposerSettingsError::from)?,
     )?;
     let mailer = Mailer::from_settings(&settings.mail)?;
     Ok((templates, composer, mailer))

@@ -10,6 +10,7 @@ use lettre::message::{
     Mailbox, Message, MultiPart,
     header::{Header, HeaderName, HeaderValue},
 };
+use shared::code::{CodeKey, CodeKeyError};
 use shared::event::{PasswordChanged, ResetRequested};
 use time::macros::format_description;
 
@@ -24,6 +25,8 @@ pub struct Composer {
     support_email: String,
     reset_url: url::Url,
     token_ttl: Duration,
+    /// Derives each mail's one-time code from its token (`shared::code`).
+    code_key: CodeKey,
 }
 
 /// Why an email could not be put together. Retrying cannot help with any of these.
@@ -49,6 +52,8 @@ pub enum ComposerSettingsError {
          token"
     )]
     PlainResetUrl,
+    #[error(transparent)]
+    CodeKey(#[from] CodeKeyError),
 }
 
 impl Composer {
@@ -58,6 +63,7 @@ impl Composer {
         support_email: String,
         reset_url: url::Url,
         token_ttl: Duration,
+        code_key: CodeKey,
     ) -> Result<Self, ComposerSettingsError> {
         let from: Mailbox = mail_from
             .parse()
@@ -80,6 +86,7 @@ impl Composer {
             support_email,
             reset_url,
             token_ttl,
+            code_key,
         })
     }
 
@@ -112,6 +119,11 @@ impl Composer {
                 .filter(|n| !n.trim().is_empty()),
             email: account.email.clone(),
             reset_url: self.reset_link(token),
+            code: self
+                .code_key
+                .code_for(&crate::tokens::hash(token))
+                .display(),
+            page_url: self.reset_url.to_string(),
             expires_in_minutes: self.token_ttl.as_secs().div_ceil(60),
             app_name: self.app_name.clone(),
             support_email: self.support_email.clone(),
@@ -229,8 +241,13 @@ mod tests {
             "support@example.com".into(),
             reset_url.parse().expect("url"),
             Duration::from_secs(1800),
+            test_key(),
         )
         .expect("composer")
+    }
+
+    fn test_key() -> CodeKey {
+        "a test key of thirty-two characters".parse().expect("key")
     }
 
     #[test]
@@ -254,7 +271,8 @@ mod tests {
                 "E".into(),
                 "s@e.c".into(),
                 url,
-                Duration::ZERO
+                Duration::ZERO,
+                test_key(),
             ),
             Err(ComposerSettingsError::ResetUrl)
         ));
@@ -271,6 +289,7 @@ mod tests {
                 "s@e.c".into(),
                 link.parse().expect("url"),
                 Duration::ZERO,
+                test_key(),
             );
             assert_eq!(made.is_ok(), accepted, "{link}: {made:?}");
         }
@@ -281,7 +300,8 @@ mod tests {
                 "E".into(),
                 "s@e.c".into(),
                 url,
-                Duration::ZERO
+                Duration::ZERO,
+                test_key(),
             ),
             Err(ComposerSettingsError::From(_))
         ));

@@ -21,6 +21,7 @@ fn help_lists_every_variable() {
         "TOKEN_TTL",
         "RESET_COOLDOWN",
         "RESET_COOLDOWN_MAX",
+        "RESET_CODE_KEY",
         "RESET_URL",
         "TEMPLATES_DIR",
         "APP_NAME",
@@ -66,6 +67,7 @@ fn a_broken_template_stops_the_worker_naming_the_file() {
 fn a_bad_smtp_url_is_refused_with_its_variable_named() {
     let output = worker()
         .env("SMTP_URL", "http://mail.example.com")
+        .env("RESET_CODE_KEY", "a code key of thirty-two characters")
         .env(
             "TEMPLATES_DIR",
             concat!(env!("CARGO_MANIFEST_DIR"), "/../templates"),
@@ -94,4 +96,34 @@ fn a_bad_setting_names_its_environment_variable() {
             "{variable}: {said}"
         );
     }
+}
+
+#[test]
+fn without_a_code_key_it_exits_saying_how_to_make_one() {
+    let output = worker()
+        .env_remove("RESET_CODE_KEY")
+        .env(
+            "TEMPLATES_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../templates"),
+        )
+        .output()
+        .expect("worker runs");
+    assert!(!output.status.success());
+    let log = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        log.contains("RESET_CODE_KEY is not set") && log.contains("openssl rand -hex 32"),
+        "{log}"
+    );
+    // A short one is refused by name, and not echoed.
+    let output = worker()
+        .env("RESET_CODE_KEY", "short-secret")
+        .output()
+        .expect("worker runs");
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        said.contains("RESET_CODE_KEY=\"<hidden>\" is refused"),
+        "{said}"
+    );
+    assert!(!said.contains("short-secret"), "{said}");
 }

@@ -1,118 +1,152 @@
-//! The hosted reset page: `GET /reset-password` (the link in the mail), `POST /reset-password`
-//! (the new password), `POST /reset-password/new-link` (a new mail when the link is dead).
+//! The hosted reset page: `GET /reset-password` (the link in the mail, or without one the
+//! code from the mail), `POST /reset-password/code` (the account and the code),
+//! `POST /reset-password` (the new password), `POST /reset-password/new-link` (a new mail).
 //!
-//! The token leaves the address bar at once: a GET with `?token=` that is still valid answers
-//! 303 to the bare `/reset-password` and hands the token over in a cookie (HttpOnly,
-//! SameSite=Strict, path-scoped), so it is in no later address, history entry, referrer or
-//! log line. Nothing on a GET uses a token up, so mail scanners and link previews that open
-//! the link change nothing. The POST is safe from cross-site forgery because its only
-//! credential is that cookie, which a browser never sends with a request another site
-//! started (SameSite=Strict), and the token in it is a secret no other site knows.
+//! The link must work however it is opened: clicked in webmail on another site, in a new
+//! tab without an opener, through a link-wrapping redirector, after a mail scanner fetched
+//! it, typed. A browser sends no `SameSite=Strict` cookie with a navigation another site
+//! started, so the page keeps no cookie at all: the form the link opens carries its token in
+//! a hidden field, and the code form carries the account and the code the same way
+//! (docs/decisions/reset-page-token-in-form.md). The token never reaches another site: the
+//! page loads nothing from anywhere, sends no referrer, and links nowhere with it.
+//!
+//! Nothing on a GET uses a token up, so scanners and link previews change nothing; each GET
+//! that checks a token is counted against the client's budget. Every POST must come from
+//! this site's own pages (`Sec-Fetch-Site`, else `Origin`), so that no other site can make
+//! its visitors' browsers send a form here.
 
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, Request, Response, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use shared::event::{ClientContext, ResetRequested};
 
-use super::reset_password::complete_reset;
+use super::reset_password::{complete_reset, reset_error, secret};
 use super::{AppState, MAX_USER_AGENT, Trail, content_length, read_body};
 use crate::{
     body::{self, MediaType},
     limit::{ClientKey, Limiter, client_ip},
     page::{FormError, Problem, View},
     reply::ApiError,
-    reset::ResetError,
+    reset::{ResetError, Secret},
 };
 
-const COOKIE: &str = "reset_token";
-const PATH: &str = "/reset-password";
 /// The label a page request carries in logs and events where an API client's would be.
 const LABEL: &str = "page";
+const SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
 
-/// `GET /reset-password[?token=…]`.
-pub(super) async fn show(state: &AppState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// `GET /reset-password[?token=…]`: with a live token, the form that carries it; without a
+/// token, the form for the account and the mail's code.
+pub(super) async fn show(
+    state: &AppState,
+    peer: SocketAddr,
+    trail: &mut Trail,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let headers = req.headers();
-    let from_link = query_token(req.uri().query());
-    let token = from_link.clone().or_else(|| cookie_token(headers));
-    let Some(token) = token else {
-        return page(state, headers, None, &View::Invalid { id_error: None });
+    let Some(token) = query_token(req.uri().query()) else {
+        let view = View::Code {
+            id: None,
+            wrong: false,
+        };
+        return page(state, headers, None, &view);
     };
-    match state.resets.verify(&token).await {
-        Ok(_) if from_link.is_some() => hand_over(&token, headers),
-        Ok(locale) => page(
-            state,
-            headers,
-            locale.as_deref(),
-            &View::Form { error: None },
-        ),
-        Err(ResetError::InvalidToken) => dead_link(state, headers, None),
-        Err(_) => page(state, headers, None, &View::Problem(Problem::Unavailable)),
+    // Each look-up costs a query: counted like the JSON verify endpoint's.
+    trail.client = Some(LABEL.to_owned());
+    let ip = client_ip(peer, headers, state.proxies.as_ref());
+    if let Err(wait) = state.reset_limiter.check(ClientKey::new(None, ip)) {
+        return page(state, headers, None, &View::Problem(Problem::TooMany(wait)));
+    }
+    form_for(state, trail, headers, Secret::Token(token)).await
+}
+
+/// `POST /reset-password/code`: the account and the mail's code; the password form if the
+/// code is the account's live one. A wrong code counts against it.
+pub(super) async fn enter_code(
+    state: &AppState,
+    peer: SocketAddr,
+    trail: &mut Trail,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let (headers, form) = match admit_form(state, &state.reset_limiter, peer, trail, req).await {
+        Ok(admitted) => admitted,
+        Err(refused) => return *refused,
+    };
+    let fields = body::parse_some_fields(MediaType::Form, &form, ["id", "code"]);
+    let Ok([id, code]) = fields else {
+        return code_again(state, &headers, None);
+    };
+    let secret = match secret(None, id.clone(), code) {
+        Ok(secret) => secret,
+        Err(_) => return code_again(state, &headers, id),
+    };
+    form_for(state, trail, &headers, secret).await
+}
+
+/// The password form carrying `secret` if it works now, else the page that says why.
+async fn form_for(
+    state: &AppState,
+    trail: &Trail,
+    headers: &HeaderMap,
+    secret: Secret,
+) -> Response<Full<Bytes>> {
+    match state.resets.verify(&secret).await {
+        Ok(locale) => {
+            let view = View::Form {
+                secret,
+                error: None,
+            };
+            page(state, headers, locale.as_deref(), &view)
+        }
+        Err(err) => refused(state, trail, headers, None, &secret, err),
     }
 }
 
-/// `POST /reset-password`: the form with the new password, twice.
+/// `POST /reset-password`: the new password, twice, with the secret the form carries.
 pub(super) async fn submit(
     state: &AppState,
     peer: SocketAddr,
     trail: &mut Trail,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    let headers = req.headers().clone();
-    let client = match admit(state, &state.reset_limiter, peer, trail, &headers) {
-        Ok(client) => client,
-        Err(limited) => return *limited,
+    let client = client_context(peer, state, req.headers());
+    let (headers, form) = match admit_form(state, &state.reset_limiter, peer, trail, req).await {
+        Ok(admitted) => admitted,
+        Err(refused) => return *refused,
     };
-    // The form first: a request without one is refused as such (408, 413, 415, or the form
-    // again), whatever its cookie holds.
-    let form = match read_form(state, req).await {
-        Ok(form) => form,
-        Err(err) => return problem(state, &headers, err),
+    let names = ["token", "id", "code", "password", "confirm"];
+    let Ok([token, id, code, password, confirm]) =
+        body::parse_some_fields(MediaType::Form, &form, names)
+    else {
+        return page(state, &headers, None, &View::BadForm);
     };
-    let fields = body::parse_fields(MediaType::Form, &form, ["password", "confirm"]);
-    let Ok([password, confirm]) = fields else {
-        let view = View::Form {
-            error: Some(FormError::Missing),
-        };
-        return page(state, &headers, None, &view);
+    let Ok(secret) = secret(token, id, code) else {
+        return page(state, &headers, None, &View::BadForm);
     };
-    let Some(token) = cookie_token(&headers) else {
-        return page(state, &headers, None, &View::Invalid { id_error: None });
-    };
-    // The account's locale for the answer; a dead token is told as such before anything else.
-    let locale = match state.resets.verify(&token).await {
+    // The account's locale for the answer; a dead secret is told as such before anything else.
+    let locale = match state.resets.verify(&secret).await {
         Ok(locale) => locale,
-        Err(ResetError::InvalidToken) => return dead_link(state, &headers, None),
-        Err(_) => return page(state, &headers, None, &View::Problem(Problem::Unavailable)),
+        Err(err) => return refused(state, trail, &headers, None, &secret, err),
     };
     let locale = locale.as_deref();
-    if password != confirm {
-        let view = View::Form {
-            error: Some(FormError::Mismatch),
-        };
-        return page(state, &headers, locale, &view);
-    }
-    match complete_reset(state, trail, &token, &password, client).await {
-        Ok(()) => {
-            let mut response = page(state, &headers, locale, &View::Done);
-            forget_cookie(response.headers_mut());
-            response
+    let error = match (password, confirm) {
+        (Some(password), Some(confirm)) if password == confirm => {
+            match complete_reset(state, trail, &secret, &password, client).await {
+                Ok(()) => return page(state, &headers, locale, &View::Done),
+                Err(ResetError::Policy(policy)) => FormError::Policy(policy),
+                Err(err) => return refused(state, trail, &headers, locale, &secret, err),
+            }
         }
-        Err(ResetError::Policy(policy)) => {
-            let view = View::Form {
-                error: Some(FormError::Policy(policy)),
-            };
-            page(state, &headers, locale, &view)
-        }
-        Err(ResetError::InvalidToken) => dead_link(state, &headers, locale),
-        Err(err) => problem(
-            state,
-            &headers,
-            super::reset_password::reset_error(err, trail),
-        ),
-    }
+        (Some(_), Some(_)) => FormError::Mismatch,
+        _ => FormError::Missing,
+    };
+    let view = View::Form {
+        secret,
+        error: Some(error),
+    };
+    page(state, &headers, locale, &view)
 }
 
 /// `POST /reset-password/new-link`: a new mail, through the same path and the same budget as
@@ -123,14 +157,10 @@ pub(super) async fn new_link(
     trail: &mut Trail,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    let headers = req.headers().clone();
-    let client = match admit(state, &state.limiter, peer, trail, &headers) {
-        Ok(client) => client,
-        Err(limited) => return *limited,
-    };
-    let form = match read_form(state, req).await {
-        Ok(form) => form,
-        Err(err) => return problem(state, &headers, err),
+    let client = client_context(peer, state, req.headers());
+    let (headers, form) = match admit_form(state, &state.limiter, peer, trail, req).await {
+        Ok(admitted) => admitted,
+        Err(refused) => return *refused,
     };
     let account = match body::parse(MediaType::Form, &form) {
         Ok(account) => account,
@@ -169,6 +199,33 @@ fn page(
     state.pages.response(view, &locale)
 }
 
+/// The code form again, saying the code did not work.
+fn code_again(state: &AppState, headers: &HeaderMap, id: Option<String>) -> Response<Full<Bytes>> {
+    page(state, headers, None, &View::Code { id, wrong: true })
+}
+
+/// The page for a secret that did not work, or for a failure on the way.
+fn refused(
+    state: &AppState,
+    trail: &Trail,
+    headers: &HeaderMap,
+    locale: Option<&str>,
+    secret: &Secret,
+    err: ResetError,
+) -> Response<Full<Bytes>> {
+    match err {
+        ResetError::InvalidToken => page(state, headers, locale, &View::Invalid { id_error: None }),
+        ResetError::InvalidCode => {
+            let id = match secret {
+                Secret::Code { account, .. } => Some(account.as_str().to_owned()),
+                Secret::Token(_) => None,
+            };
+            code_again(state, headers, id)
+        }
+        other => problem(state, headers, reset_error(other, trail)),
+    }
+}
+
 /// An error the JSON endpoints would answer with `{code, message}`, as a page.
 fn problem(state: &AppState, headers: &HeaderMap, err: ApiError) -> Response<Full<Bytes>> {
     match err {
@@ -183,38 +240,71 @@ fn problem(state: &AppState, headers: &HeaderMap, err: ApiError) -> Response<Ful
     }
 }
 
-/// Counts the visitor in `limiter` (as a client without an API key, by address) and says
-/// what a `PasswordChanged` or `ResetRequested` records of them; past the budget, the page
-/// that says how long to wait.
-fn admit(
+/// What every POST of the page passes before its form is read: it comes from this site's
+/// own pages, and the visitor is within `limiter`'s budget (as a client without an API key,
+/// by address). Then the form itself: declared size, media type, the body within its
+/// deadline. The refusal is the page that says why.
+async fn admit_form(
     state: &AppState,
     limiter: &Limiter,
     peer: SocketAddr,
     trail: &mut Trail,
-    headers: &HeaderMap,
-) -> Result<ClientContext, Box<Response<Full<Bytes>>>> {
+    req: Request<Incoming>,
+) -> Result<(HeaderMap, Bytes), Box<Response<Full<Bytes>>>> {
     trail.client = Some(LABEL.to_owned());
-    let ip = client_ip(peer, headers, state.proxies.as_ref());
+    let headers = req.headers().clone();
+    if !same_origin(&headers, state.pages.origin.as_deref()) {
+        let view = View::Problem(Problem::CrossOrigin);
+        return Err(Box::new(page(state, &headers, None, &view)));
+    }
+    let ip = client_ip(peer, &headers, state.proxies.as_ref());
     if let Err(wait) = limiter.check(ClientKey::new(None, ip)) {
         let view = View::Problem(Problem::TooMany(wait));
-        return Err(Box::new(page(state, headers, None, &view)));
+        return Err(Box::new(page(state, &headers, None, &view)));
     }
+    match read_form(state, req).await {
+        Ok(form) => Ok((headers, form)),
+        Err(err) => Err(Box::new(problem(state, &headers, err))),
+    }
+}
+
+/// What a `PasswordChanged` or `ResetRequested` records of the visitor.
+fn client_context(peer: SocketAddr, state: &AppState, headers: &HeaderMap) -> ClientContext {
     let user_agent = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(|ua| ua.chars().take(MAX_USER_AGENT).collect::<String>());
-    Ok(ClientContext {
-        ip: Some(ip),
+    ClientContext {
+        ip: Some(client_ip(peer, headers, state.proxies.as_ref())),
         user_agent,
         api_key_label: LABEL.to_owned(),
-    })
+    }
 }
 
-/// The dead-link page, which also drops the cookie holding the dead token.
-fn dead_link(state: &AppState, headers: &HeaderMap, locale: Option<&str>) -> Response<Full<Bytes>> {
-    let mut response = page(state, headers, locale, &View::Invalid { id_error: None });
-    forget_cookie(response.headers_mut());
-    response
+/// Whether a POST comes from this site's own pages, as Go's `http.CrossOriginProtection`
+/// decides it: a browser says where a request comes from in `Sec-Fetch-Site` (all current
+/// ones do), else in `Origin`, which must then be this site (the Host the request names, or
+/// API_PUBLIC_URL's origin behind a proxy that rewrites Host). A request with neither header
+/// is no browser's, and so no other site's visitor's: it passes, as a request made with curl
+/// does. `same-site` is refused too: a sibling subdomain is another party.
+fn same_origin(headers: &HeaderMap, public_origin: Option<&str>) -> bool {
+    if let Some(site) = headers.get(SEC_FETCH_SITE) {
+        return matches!(site.as_bytes(), b"same-origin" | b"none");
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    if public_origin.is_some_and(|public| public.eq_ignore_ascii_case(origin)) {
+        return true;
+    }
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let origin_host = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"));
+    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
 }
 
 /// A form body: declared size, media type, then the body within its deadline.
@@ -239,94 +329,73 @@ fn query_token(query: Option<&str>) -> Option<String> {
         .map(|(_, token)| token)
 }
 
-fn cookie_token(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (name, value) = pair.trim().split_once('=')?;
-            (name == COOKIE && !value.is_empty()).then(|| value.to_owned())
-        })
-}
-
-/// 303 to the token-free address, with the token in the cookie. `Secure` except on loopback,
-/// where browsers keep the page on plain http.
-fn hand_over(token: &str, headers: &HeaderMap) -> Response<Full<Bytes>> {
-    let secure = if loopback(headers) { "" } else { "; Secure" };
-    let cookie =
-        format!("{COOKIE}={token}; Path={PATH}; Max-Age=3600; HttpOnly; SameSite=Strict{secure}");
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = StatusCode::SEE_OTHER;
-    let headers = response.headers_mut();
-    headers.insert(header::LOCATION, HeaderValue::from_static(PATH));
-    if let Ok(cookie) = HeaderValue::from_str(&cookie) {
-        headers.insert(header::SET_COOKIE, cookie);
-    }
-    crate::page::secure_headers(headers);
-    response
-}
-
-fn forget_cookie(headers: &mut HeaderMap) {
-    headers.insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static(
-            "reset_token=; Path=/reset-password; Max-Age=0; HttpOnly; SameSite=Strict",
-        ),
-    );
-}
-
-fn loopback(headers: &HeaderMap) -> bool {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let name = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host.split(':').next().unwrap_or(""),
-    };
-    name == "localhost"
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     #[test]
-    fn the_token_is_read_from_the_query_or_the_cookie_only() {
+    fn the_token_is_read_from_the_query() {
         assert_eq!(query_token(Some("token=abc&x=1")).as_deref(), Some("abc"));
         assert_eq!(query_token(Some("x=1")), None);
+        assert_eq!(query_token(None), None);
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        headers.insert(
-            header::COOKIE,
-            HeaderValue::from_static("other=1; reset_token=t0k; x=2"),
-        );
-        assert_eq!(cookie_token(&headers).as_deref(), Some("t0k"));
-        headers.insert(header::COOKIE, HeaderValue::from_static("reset_token="));
-        assert_eq!(cookie_token(&headers), None);
+        for (name, value) in pairs {
+            headers.insert(*name, HeaderValue::from_static(value));
+        }
+        headers
     }
 
     #[test]
-    fn the_cookie_is_secure_except_on_loopback() {
-        let on = |host: &'static str| {
-            let mut headers = HeaderMap::new();
-            headers.insert(header::HOST, HeaderValue::from_static(host));
-            let response = hand_over("t0k", &headers);
-            assert_eq!(response.status(), StatusCode::SEE_OTHER);
-            assert_eq!(response.headers()[header::LOCATION], "/reset-password");
-            response.headers()[header::SET_COOKIE]
-                .to_str()
-                .expect("ascii")
-                .to_owned()
-        };
-        let public = on("accounts.example.com");
-        assert!(public.ends_with("; Secure") && public.contains("HttpOnly; SameSite=Strict"));
-        for local in ["localhost:8080", "127.0.0.1:8080", "[::1]:8080"] {
-            assert!(!on(local).contains("Secure"), "{local}");
+    fn only_this_sites_pages_may_post() {
+        let public = Some("https://accounts.example.com");
+        for (sent, allowed) in [
+            (&[("sec-fetch-site", "same-origin")][..], true),
+            (&[("sec-fetch-site", "none")][..], true),
+            (&[("sec-fetch-site", "same-site")][..], false),
+            (&[("sec-fetch-site", "cross-site")][..], false),
+            // Sec-Fetch-Site decides when a browser sends it, whatever Origin says.
+            (
+                &[
+                    ("sec-fetch-site", "cross-site"),
+                    ("origin", "http://127.0.0.1:8080"),
+                    ("host", "127.0.0.1:8080"),
+                ][..],
+                false,
+            ),
+            (&[][..], true),
+            (
+                &[
+                    ("origin", "http://127.0.0.1:8080"),
+                    ("host", "127.0.0.1:8080"),
+                ][..],
+                true,
+            ),
+            (
+                &[("origin", "http://evil.test"), ("host", "127.0.0.1:8080")][..],
+                false,
+            ),
+            (&[("origin", "null"), ("host", "127.0.0.1:8080")][..], false),
+            // Behind a proxy that rewrites Host: the public origin.
+            (
+                &[
+                    ("origin", "https://accounts.example.com"),
+                    ("host", "127.0.0.1:8080"),
+                ][..],
+                true,
+            ),
+            (
+                &[
+                    ("origin", "https://evil.example.com"),
+                    ("host", "127.0.0.1:8080"),
+                ][..],
+                false,
+            ),
+        ] {
+            assert_eq!(same_origin(&headers(sent), public), allowed, "{sent:?}");
         }
     }
 }

@@ -1,5 +1,5 @@
 //! `POST /auth/reset-password/verify` and `POST /auth/reset-password`: the second half, with
-//! the token from the mail.
+//! the token from the mail's link, or the account and the mail's code.
 
 use std::net::SocketAddr;
 
@@ -12,10 +12,12 @@ use shared::event::ClientContext;
 
 use super::{AppState, Trail, accept};
 use crate::{
-    body, reply,
+    body::{self, BodyError},
+    reply,
     reply::ApiError,
-    reset::{Requester, ResetError},
+    reset::{Requester, ResetError, Secret},
 };
+use shared::account::AccountRef;
 
 pub(super) async fn verify_token(
     state: &AppState,
@@ -24,10 +26,12 @@ pub(super) async fn verify_token(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let accepted = accept(state, &state.reset_limiter, peer, trail, req).await?;
-    let [token] = body::parse_fields(accepted.kind, &accepted.body, ["token"])?;
+    let [token, id, code] =
+        body::parse_some_fields(accepted.kind, &accepted.body, ["token", "id", "code"])?;
+    let secret = secret(token, id, code)?;
     state
         .resets
-        .verify(&token)
+        .verify(&secret)
         .await
         .map_err(|err| reset_error(err, trail))?;
     Ok(reply::ok())
@@ -40,19 +44,43 @@ pub(super) async fn reset_password(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let accepted = accept(state, &state.reset_limiter, peer, trail, req).await?;
-    let [token, password] =
-        body::parse_fields(accepted.kind, &accepted.body, ["token", "password"])?;
-    complete_reset(state, trail, &token, &password, accepted.into_client())
+    let [token, id, code, password] = body::parse_some_fields(
+        accepted.kind,
+        &accepted.body,
+        ["token", "id", "code", "password"],
+    )?;
+    let secret = secret(token, id, code)?;
+    let password = password.ok_or(BodyError::Missing("password"))?;
+    complete_reset(state, trail, &secret, &password, accepted.into_client())
         .await
         .map_err(|err| reset_error(err, trail))?;
     Ok(reply::ok())
+}
+
+/// The secret a body names: the link's `token`, or the account's `id` and the mail's `code`.
+pub(super) fn secret(
+    token: Option<String>,
+    id: Option<String>,
+    code: Option<String>,
+) -> Result<Secret, BodyError> {
+    match (token, id, code) {
+        (Some(token), None, None) => Ok(Secret::Token(token)),
+        (None, Some(id), Some(code)) => Ok(Secret::Code {
+            account: AccountRef::parse(&id)?,
+            code,
+        }),
+        (None, Some(_), None) => Err(BodyError::Missing("code")),
+        (None, None, Some(_)) => Err(BodyError::Missing("id")),
+        (None, None, None) => Err(BodyError::NoSecret),
+        (Some(_), _, _) => Err(BodyError::TokenAndCode),
+    }
 }
 
 /// Sets the password and publishes `PasswordChanged`: one path for this endpoint and the page.
 pub(super) async fn complete_reset(
     state: &AppState,
     trail: &mut Trail,
-    token: &str,
+    secret: &Secret,
     password: &str,
     client: ClientContext,
 ) -> Result<(), ResetError> {
@@ -60,7 +88,7 @@ pub(super) async fn complete_reset(
         request_id: trail.request_id.clone(),
         client,
     };
-    let event = state.resets.reset(token, password, requester).await?;
+    let event = state.resets.reset(secret, password, requester).await?;
     trail.event_id = Some(event.event_id);
     tracing::info!(request_id = %trail.request_id, "password changed");
     // The event is in the outbox already; publishing now only saves the relay's delay.
@@ -88,6 +116,7 @@ pub(super) fn reset_error(err: ResetError, trail: &Trail) -> ApiError {
     let request_id = &trail.request_id;
     match err {
         ResetError::InvalidToken => ApiError::InvalidToken,
+        ResetError::InvalidCode => ApiError::InvalidCode,
         ResetError::Policy(policy) => ApiError::WeakPassword(policy),
         ResetError::Database(err) => {
             tracing::warn!(%request_id, error = %err, "database unavailable for a reset endpoint");

@@ -36,6 +36,10 @@ pub struct TemplateData {
     pub display_name: Option<String>,
     pub email: String,
     pub reset_url: String,
+    /// The one-time code, as `7K3M-Q9XD`: the link's secret for people who cannot open it.
+    pub code: String,
+    /// The reset page without a token, where the code is entered.
+    pub page_url: String,
     pub expires_in_minutes: u64,
     pub app_name: String,
     pub support_email: String,
@@ -50,6 +54,8 @@ impl TemplateData {
             display_name: Some("Ada Lovelace".into()),
             email: "ada@example.com".into(),
             reset_url: "https://example.com/reset?a=1&token=SAMPLE".into(),
+            code: "7K3M-Q9XD".into(),
+            page_url: "https://example.com/reset?a=1".into(),
             expires_in_minutes: 30,
             app_name: "Example".into(),
             support_email: "support@example.com".into(),
