@@ -11,6 +11,8 @@ and for every recipient while the file <dir>/fail-451 (or <dir>/fail-550) exists
 
 Failures while a connection is set up, also switched by control files in --dir:
   fail-ehlo       every EHLO and HELO is answered "554 5.7.1 Service refused for now"
+  hold-greeting   new connections wait for their 220 greeting for as long as it exists (a
+                  server slow to take connections)
   fail-greeting   new connections are greeted with "554 5.3.2 Not accepting connections"
                   instead of 220; as RFC 5321 (3.1) asks, the server then waits for QUIT
                   and answers every other command with 503
@@ -149,6 +151,8 @@ class SinkSMTP(SMTP):
 
     async def _handle_client(self):
         # aiosmtpd 1.4.6 writes the 220 greeting at the start of this method.
+        while self.control("hold-greeting"):
+            await asyncio.sleep(0.05)
         if not self.control("fail-greeting"):
             return await super()._handle_client()
         try:

@@ -403,9 +403,13 @@ async fn existing_and_unknown_accounts_cannot_be_told_apart() {
 #[ignore = "fault suite: run with faults/run"]
 async fn sigterm_a_worker_20_times_under_load() {
     let deadline = Duration::from_secs(5);
-    let run =
-        e2e::load::sigterm_workers_under_load(50_000, 20, Duration::from_millis(1500), deadline)
-            .await;
+    let run = e2e::load::sigterm_workers_under_load(
+        50_000,
+        20,
+        Duration::from_millis(1500),
+        Some(deadline),
+    )
+    .await;
     report(
         "SIGTERM a worker every 1.5 s (2 workers, each replaced at once)",
         &format!("{} requests, 4 concurrent", run.accepted),
@@ -419,7 +423,8 @@ async fn sigterm_a_worker_20_times_under_load() {
         run.lost,
         run.duplicates,
     );
-    run.assert_clean(deadline);
+    // Ended by its work, not its deadline: the deadline is no bound a stop can hide behind.
+    run.assert_clean(Duration::from_secs(1));
 }
 
 #[tokio::test]

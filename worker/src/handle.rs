@@ -105,6 +105,7 @@ pub async fn handle(
     // Taken before the claim is asked for, so the lease counted from here ends no later than
     // the one the database counts.
     let claimed = Instant::now();
+    crate::waiting::now("PostgreSQL (the claim)");
     let resolution = deps
         .store
         .find_and_claim(event, delivery, &token.hash(), deps.limits, mode)
@@ -159,6 +160,7 @@ pub async fn handle_changed(
         return Ok(Handled::NoAccount);
     };
     let claimed = Instant::now();
+    crate::waiting::now("PostgreSQL (the claim)");
     let claim = deps
         .store
         .claim_notification(&meta, delivery, &account.id, deps.limits.lease, mode)
@@ -191,6 +193,7 @@ async fn deliver(
             .lease
             .saturating_sub(deps.mailer.longest_send() + RECORD_MARGIN);
     let started = Instant::now();
+    crate::waiting::now("an SMTP connection");
     let sent = deps
         .mailer
         .send(message, &event_id.to_string(), start_by)
@@ -208,6 +211,7 @@ async fn deliver(
 
     // The email is out: recording it must not fail lightly, or a redelivery would send it
     // again. A few quick retries (50 ms doubling, about 1.5 s in all) cover a database blip.
+    crate::waiting::now("PostgreSQL (the sent record)");
     (|| deps.store.mark_sent(event_id))
         .retry(
             ExponentialBuilder::default()

@@ -14,7 +14,7 @@
 //! - [`store`]: PostgreSQL, with claims and sent records written in batches; [`tokens`];
 //! - [`mail`]: composing the emails from the [`mail::templates`];
 //! - [`transport`]: the SMTP pool, the SMTP target and the outbox;
-//! - [`status`]: metrics and health on `WORKER_ADDR`;
+//! - [`status`]: metrics and health on `WORKER_ADDR`; [`waiting`]: what a slow event waits for;
 //! - [`ops`]: the operator commands, `replay` and `dead-letters`, a file each.
 
 pub mod cli;
@@ -27,6 +27,7 @@ pub mod status;
 pub mod store;
 pub mod tokens;
 pub mod transport;
+pub mod waiting;
 
 use std::future::Future;
 

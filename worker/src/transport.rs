@@ -46,6 +46,10 @@ pub enum SendError {
     /// and recorded (a long wait for a free connection). Nothing was said to the server.
     #[error("the claim's lease would run out before the mail is handed over")]
     TooLate,
+    /// Not started: the worker is stopping, and the mail was still waiting for a connection.
+    /// Nothing was said to the server; another worker takes the event at once.
+    #[error("the worker is stopping; handed back before the mail was handed over")]
+    Stopping,
 }
 
 impl SendError {
@@ -56,6 +60,7 @@ impl SendError {
             Self::Transient(_) => "transient",
             Self::Permanent(_) => "permanent",
             Self::TooLate => "too_late",
+            Self::Stopping => "stopping",
         }
     }
 }
@@ -109,6 +114,9 @@ impl Mailer {
 
     /// Hands `message` over unless it cannot begin by `start_by` (then [`SendError::TooLate`]);
     /// `name` identifies it in the outbox and in logs.
+    /// Hands `message` over, unless none can begin by `start_by`, or the worker begins to
+    /// stop ([`Mailer::begin_stop`]) while it still waits for a connection: a hand-over once
+    /// begun is always finished.
     pub async fn send(
         &self,
         message: &Message,
@@ -119,6 +127,14 @@ impl Mailer {
             Self::Smtp(pool) => pool.send(message, start_by).await,
             Self::Outbox(_) if Instant::now() > start_by => Err(SendError::TooLate),
             Self::Outbox(outbox) => outbox.write(message, name).await,
+        }
+    }
+
+    /// From now on, sends still waiting for a connection give up with
+    /// [`SendError::Stopping`], so that a stop waits only for hand-overs under way.
+    pub fn begin_stop(&self) {
+        if let Self::Smtp(pool) = self {
+            pool.begin_stop();
         }
     }
 

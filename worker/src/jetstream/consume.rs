@@ -120,10 +120,10 @@ pub async fn run(
             match next {
                 Some(Ok(message)) => {
                     let (js, deps, settings) = (js.clone(), deps.clone(), settings.clone());
-                    tasks.spawn(async move {
+                    tasks.spawn(crate::waiting::track(async move {
                         process(message, &js, &deps, &settings).await;
                         drop(permit);
-                    });
+                    }));
                 }
                 // async-nats can lose count of the messages it has asked for when one arrives
                 // before the request's own confirmation, most often with a batch of one; it
@@ -146,6 +146,10 @@ pub async fn run(
         }
     }
 
+    // Mails still waiting for an SMTP connection are handed back rather than waited for:
+    // a stop waits only for what is under way.
+    deps.mailer.begin_stop();
+    while tasks.try_join_next().is_some() {}
     tracing::info!(
         in_flight = tasks.len(),
         "stopped fetching; finishing in-flight events"
@@ -271,6 +275,18 @@ async fn process(
                     tracing::warn!(error = %nak, "nak not sent; JetStream redelivers after ack_wait");
                 }
             }
+            Err(HandleError::Send(SendError::Stopping)) => {
+                // Nothing was said to the SMTP server: the claim is let go and the event
+                // goes at once to a worker that is not stopping.
+                tracing::info!("the worker is stopping; handed back unsent");
+                if let Err(db) = deps.store.record_wait(&meta, delivery, "handed back unsent at a stop").await {
+                    tracing::warn!(error = %db, "recording the hand-back");
+                }
+                deps.status.metrics.event("handed_back");
+                if let Err(nak) = message.ack_with(AckKind::Nak(None)).await {
+                    tracing::warn!(error = %nak, "nak not sent; JetStream redelivers after ack_wait");
+                }
+            }
             Err(HandleError::Send(SendError::TooLate)) => {
                 let delay = settings.backoff.after(1).unwrap_or(Duration::from_secs(1));
                 tracing::warn!(retry_in = ?delay, "no SMTP connection free before the claim's lease would run out; handed back unsent");
@@ -353,18 +369,29 @@ async fn process(
     .await;
 }
 
-/// Keeps JetStream from redelivering a message while it is still being worked on.
+/// Keeps JetStream from redelivering a message while it is still being worked on, and says
+/// once, after the first `every`, that the event is taking long and what it waits for.
 async fn with_progress<F: Future>(
     message: &jetstream::Message,
     every: Duration,
     work: F,
 ) -> F::Output {
     tokio::pin!(work);
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let began = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval_at(began + every, every);
+    let mut warned = false;
     loop {
         tokio::select! {
             out = &mut work => return out,
             _ = tick.tick() => {
+                if !warned {
+                    warned = true;
+                    tracing::warn!(
+                        after = ?began.elapsed(),
+                        waiting_for = crate::waiting::current(),
+                        "event still being worked on"
+                    );
+                }
                 let _ = message.ack_with(AckKind::Progress).await;
             }
         }

@@ -17,6 +17,7 @@ use prometheus_client::metrics::{counter::Counter, family::Family};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, Semaphore};
 use tokio_rustls::rustls;
+use tokio_util::sync::CancellationToken;
 
 use super::{Security, SendError, SmtpTarget};
 
@@ -88,6 +89,8 @@ pub struct SmtpPool {
     permits: Semaphore,
     idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
     pub(super) health: Arc<SmtpHealth>,
+    /// Cancelled when the worker begins to stop.
+    stopping: CancellationToken,
 }
 
 impl std::fmt::Debug for SmtpPool {
@@ -108,28 +111,45 @@ impl SmtpPool {
             permits: Semaphore::new(size.max(1)),
             idle: Mutex::new(Vec::new()),
             health: Arc::new(SmtpHealth::default()),
+            stopping: CancellationToken::new(),
         }
+    }
+
+    /// Sends waiting for a connection give up from now on; hand-overs under way go on.
+    pub(super) fn begin_stop(&self) {
+        self.stopping.cancel();
     }
 
     pub(super) fn timeout(&self) -> Duration {
         self.timeout
     }
 
-    /// Sends `message` on a pooled connection, unless none is in hand by `start_by`.
+    /// Sends `message` on a pooled connection, unless none is in hand by `start_by`, or the
+    /// worker begins to stop ([`SmtpPool::begin_stop`]) before one is: the wait for a
+    /// connection, which a slow server can stretch to SMTP_TIMEOUT, never holds a stop up.
     pub(super) async fn send(&self, message: &Message, start_by: Instant) -> Result<(), SendError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| SendError::Transient("the SMTP pool is closed".into()))?;
-        let mut connection = match self.take_idle().await {
-            Some(connection) => connection,
-            None => self.open().await?,
+        let ready = async {
+            let permit = self
+                .permits
+                .acquire()
+                .await
+                .map_err(|_| SendError::Transient("the SMTP pool is closed".into()))?;
+            let connection = match self.take_idle().await {
+                Some(connection) => connection,
+                None => self.open().await?,
+            };
+            Ok::<_, SendError>((permit, connection))
+        };
+        let (_permit, mut connection) = tokio::select! {
+            biased;
+            ready = ready => ready?,
+            () = self.stopping.cancelled() => return Err(SendError::Stopping),
         };
         if Instant::now() > start_by {
             self.idle.lock().await.push((connection, Instant::now()));
             return Err(SendError::TooLate);
         }
+        crate::waiting::now("the SMTP server's answer");
         let sent = tokio::time::timeout(
             self.timeout,
             connection.send(message.envelope(), &message.formatted()),
@@ -159,7 +179,12 @@ impl SmtpPool {
             if connection.has_broken() {
                 continue;
             }
-            if since.elapsed() < CHECK_AFTER_IDLE || connection.test_connected().await {
+            if since.elapsed() < CHECK_AFTER_IDLE {
+                return Some(connection);
+            }
+            // A NOOP that gets no answer is a dead connection, not a wait without end.
+            let alive = tokio::time::timeout(QUIT_WAIT, connection.test_connected()).await;
+            if alive.unwrap_or(false) {
                 return Some(connection);
             }
         }
