@@ -13,6 +13,8 @@ Failures while a connection is set up, also switched by control files in --dir:
   fail-ehlo       every EHLO and HELO is answered "554 5.7.1 Service refused for now"
   hold-greeting   new connections wait for their 220 greeting for as long as it exists (a
                   server slow to take connections)
+  hold-every      holding N: every N-th new connection gets no greeting for a minute (what a
+                  full listen backlog does to some connections of a burst)
   fail-greeting   new connections are greeted with "554 5.3.2 Not accepting connections"
                   instead of 220; as RFC 5321 (3.1) asks, the server then waits for QUIT
                   and answers every other command with 503
@@ -53,6 +55,7 @@ class Sink:
         self.pipelining = pipelining
         self.strict = strict
         self.seq = itertools.count()
+        self.connections = itertools.count(1)
         self.tempfails = {}
         self.lock = threading.Lock()
 
@@ -119,6 +122,13 @@ class SinkSMTP(SMTP):
     def control(self, name):
         return os.path.exists(os.path.join(self.event_handler.out, name))
 
+    def hold_every(self):
+        try:
+            with open(os.path.join(self.event_handler.out, "hold-every")) as f:
+                return int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
     def log_ehlo(self, code):
         with open(os.path.join(self.event_handler.out, "ehlo.log"), "a") as log:
             log.write(f"{time.time_ns()} {code}\n")
@@ -153,6 +163,9 @@ class SinkSMTP(SMTP):
         # aiosmtpd 1.4.6 writes the 220 greeting at the start of this method.
         while self.control("hold-greeting"):
             await asyncio.sleep(0.05)
+        every = self.hold_every()
+        if every and next(self.event_handler.connections) % every == 0:
+            await asyncio.sleep(60)
         if not self.control("fail-greeting"):
             return await super()._handle_client()
         try:

@@ -103,10 +103,21 @@ impl SmtpSink {
         Self::spawn(SinkTls::None, true)
     }
 
+    /// Python's stdlib `smtpd` (`tests/smtpd_sink.py`): strict, single-threaded, with a
+    /// listen backlog of 5, so that a burst of new connections leaves some of them waiting
+    /// many seconds for their greeting.
+    pub fn start_smtpd() -> Self {
+        Self::spawn_script("smtpd_sink.py", SinkTls::None, false)
+    }
+
     fn spawn(tls: SinkTls, strict: bool) -> Self {
+        Self::spawn_script("smtp_sink.py", tls, strict)
+    }
+
+    fn spawn_script(script: &str, tls: SinkTls, strict: bool) -> Self {
         let port = crate::free_port();
         let dir = std::env::temp_dir().join(format!("smtp-sink-{}", uuid::Uuid::now_v7().simple()));
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("smtp_sink.py");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
         let mut command = Command::new(python());
         command
             .arg(script)

@@ -15,7 +15,7 @@ use lettre::transport::smtp::{
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::{counter::Counter, family::Family};
 use tokio::net::TcpStream;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Mutex, Notify, Semaphore};
 use tokio_rustls::rustls;
 use tokio_util::sync::CancellationToken;
 
@@ -91,6 +91,8 @@ pub struct SmtpPool {
     pub(super) health: Arc<SmtpHealth>,
     /// Cancelled when the worker begins to stop.
     stopping: CancellationToken,
+    /// Told each time a connection goes back to `idle`.
+    returned: Notify,
 }
 
 impl std::fmt::Debug for SmtpPool {
@@ -112,6 +114,7 @@ impl SmtpPool {
             idle: Mutex::new(Vec::new()),
             health: Arc::new(SmtpHealth::default()),
             stopping: CancellationToken::new(),
+            returned: Notify::new(),
         }
     }
 
@@ -134,11 +137,7 @@ impl SmtpPool {
                 .acquire()
                 .await
                 .map_err(|_| SendError::Transient("the SMTP pool is closed".into()))?;
-            let connection = match self.take_idle().await {
-                Some(connection) => connection,
-                None => self.open().await?,
-            };
-            Ok::<_, SendError>((permit, connection))
+            Ok::<_, SendError>((permit, self.connection().await?))
         };
         let (_permit, mut connection) = tokio::select! {
             biased;
@@ -146,7 +145,7 @@ impl SmtpPool {
             () = self.stopping.cancelled() => return Err(SendError::Stopping),
         };
         if Instant::now() > start_by {
-            self.idle.lock().await.push((connection, Instant::now()));
+            self.give_back(connection).await;
             return Err(SendError::TooLate);
         }
         crate::waiting::now("the SMTP server's answer");
@@ -157,7 +156,7 @@ impl SmtpPool {
         .await;
         match sent {
             Ok(Ok(_)) => {
-                self.idle.lock().await.push((connection, Instant::now()));
+                self.give_back(connection).await;
                 Ok(())
             }
             Ok(Err(err)) => {
@@ -171,6 +170,38 @@ impl SmtpPool {
                 self.timeout
             ))),
         }
+    }
+
+    /// An idle connection, else a new one, else whichever comes first: the new one, or one
+    /// that another send gives back meanwhile. A server slow to take connections (a full
+    /// listen backlog leaves a connection without its greeting for many seconds) then costs
+    /// no mail more than the time until some other connection is free; the set-up it waited
+    /// on is dropped.
+    async fn connection(&self) -> Result<AsyncSmtpConnection, SendError> {
+        if let Some(connection) = self.take_idle().await {
+            return Ok(connection);
+        }
+        let opening = self.open();
+        tokio::pin!(opening);
+        loop {
+            // Asked for before the idle list is looked at again, so that a connection given
+            // back in between is not missed (Notify keeps one wake-up for a later waiter).
+            let returned = self.returned.notified();
+            tokio::select! {
+                opened = &mut opening => return opened,
+                () = returned => {
+                    if let Some(connection) = self.take_idle().await {
+                        return Ok(connection);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Puts a connection that finished its send back for the next one.
+    async fn give_back(&self, connection: AsyncSmtpConnection) {
+        self.idle.lock().await.push((connection, Instant::now()));
+        self.returned.notify_one();
     }
 
     async fn take_idle(&self) -> Option<AsyncSmtpConnection> {
