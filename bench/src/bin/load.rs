@@ -142,6 +142,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut duplicates = 0;
     let mut last_ns = 0u64;
     let mut first_ns = u64::MAX;
+    // The account of the mail that took longest, for its own timeline from the database.
+    let mut slowest = (f64::MIN, 0usize);
     for (i, at) in &received {
         if *i >= n {
             continue;
@@ -156,7 +158,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Both times come from this process's clock; a mail cannot arrive before its
         // request was sent, so a negative difference would be a bug worth seeing.
         let sent = sent_at[*i].load(Ordering::Relaxed);
-        latencies.push((*at as f64 - sent as f64) / 1e6);
+        let latency = (*at as f64 - sent as f64) / 1e6;
+        if latency > slowest.0 {
+            slowest = (latency, *i);
+        }
+        latencies.push(latency);
     }
     latencies.sort_by(|a, b| a.total_cmp(b));
     let mailed = latencies.len();
@@ -176,6 +182,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "latency_ms_p50": percentile(&latencies, 50.0),
             "latency_ms_p99": percentile(&latencies, 99.0),
             "latency_ms_max": latencies.last().copied().unwrap_or(f64::NAN),
+            "slowest_account": format!("{prefix}{}", slowest.1),
             // This process's CPU (it is the SMTP sink too), in clock ticks.
             "cpu_ticks": own_cpu_ticks(),
         })
