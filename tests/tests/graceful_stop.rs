@@ -66,6 +66,7 @@ async fn a_stop_while_mails_wait_for_an_smtp_connection_ends_at_once_and_loses_n
             .await
             .expect("stopping");
         let took = began.elapsed();
+        println!("stop {stop}: SIGTERM to exit {took:?}");
         assert!(status.success(), "stop {stop}: {status}");
         assert!(
             took <= BEYOND_THE_WORK,
