@@ -993,3 +993,16 @@ async fn claims_keep_using_the_indexes_after_the_tables_grow() {
     assert_eq!(sent, 21);
     db.drop_db().await;
 }
+
+/// A statement that waits (on a lock, say) is cut off rather than left to hang an event.
+#[tokio::test]
+async fn the_workers_statements_have_a_time_limit() {
+    let db = TestDb::migrated().await;
+    let store = Store::connect(&db.url, 1).await.expect("store");
+    let limit: String = sqlx::query_scalar("SHOW statement_timeout")
+        .fetch_one(store.pool())
+        .await
+        .expect("setting");
+    assert_eq!(limit, "30s");
+    db.drop_db().await;
+}

@@ -7,7 +7,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use shared::event::ResetRequested;
-use sqlx::{PgPool, postgres::PgPoolOptions};
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
 use uuid::Uuid;
 
 use batch::Batcher;
@@ -219,6 +222,10 @@ pub struct Store {
 
 /// Most claims and sent records written by one statement.
 const WRITE_BATCH: usize = 256;
+
+/// The longest a statement of the worker's may run, as PostgreSQL's `statement_timeout`
+/// (an operator's replay of many events included): far above any claim's milliseconds.
+const STATEMENT_TIMEOUT: &str = "30s";
 
 /// A write queued for the next batch statement.
 #[derive(Debug)]
@@ -444,6 +451,11 @@ async fn record_sent(pool: &PgPool, ids: &[Uuid]) -> Result<(), BatchError> {
 
 impl Store {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, sqlx::Error> {
+        // Every wait on the database has a bound: for a connection (5 s, below), and for a
+        // statement, a lock it waits on included (a claim waits on its accounts' locks).
+        let options = url
+            .parse::<PgConnectOptions>()?
+            .options([("statement_timeout", STATEMENT_TIMEOUT)]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
@@ -451,7 +463,7 @@ impl Store {
             // on the way out would add a round trip to every query. A connection that died
             // while idle fails its query, which is retried like any other database error.
             .test_before_acquire(false)
-            .connect(url)
+            .connect_with(options)
             .await?;
         Ok(Self::from_pool(pool))
     }
