@@ -54,10 +54,8 @@ pub(super) async fn show(
         return page(state, headers, None, &view);
     };
     // Each look-up costs a query: counted like the JSON verify endpoint's.
-    trail.client = Some(LABEL.to_owned());
-    let ip = client_ip(peer, headers, state.proxies.as_ref());
-    if let Err(wait) = state.reset_limiter.check(ClientKey::new(None, ip)) {
-        return page(state, headers, None, &View::Problem(Problem::TooMany(wait)));
+    if let Err(limited) = within_budget(state, &state.reset_limiter, peer, trail, headers) {
+        return *limited;
     }
     form_for(state, trail, headers, Secret::Token(token)).await
 }
@@ -70,10 +68,11 @@ pub(super) async fn enter_code(
     trail: &mut Trail,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    let (headers, form) = match admit_form(state, &state.reset_limiter, peer, trail, req).await {
-        Ok(admitted) => admitted,
-        Err(refused) => return *refused,
-    };
+    let Admitted { headers, form, .. } =
+        match admit_form(state, &state.reset_limiter, peer, trail, req).await {
+            Ok(admitted) => admitted,
+            Err(refused) => return *refused,
+        };
     let fields = body::parse_some_fields(MediaType::Form, &form, ["id", "code"]);
     let Ok([id, code]) = fields else {
         return code_again(state, &headers, None);
@@ -111,8 +110,11 @@ pub(super) async fn submit(
     trail: &mut Trail,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    let client = client_context(peer, state, req.headers());
-    let (headers, form) = match admit_form(state, &state.reset_limiter, peer, trail, req).await {
+    let Admitted {
+        headers,
+        form,
+        client,
+    } = match admit_form(state, &state.reset_limiter, peer, trail, req).await {
         Ok(admitted) => admitted,
         Err(refused) => return *refused,
     };
@@ -157,8 +159,11 @@ pub(super) async fn new_link(
     trail: &mut Trail,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    let client = client_context(peer, state, req.headers());
-    let (headers, form) = match admit_form(state, &state.limiter, peer, trail, req).await {
+    let Admitted {
+        headers,
+        form,
+        client,
+    } = match admit_form(state, &state.limiter, peer, trail, req).await {
         Ok(admitted) => admitted,
         Err(refused) => return *refused,
     };
@@ -240,44 +245,67 @@ fn problem(state: &AppState, headers: &HeaderMap, err: ApiError) -> Response<Ful
     }
 }
 
+/// A POST of the page that may be served, with its form read.
+struct Admitted {
+    headers: HeaderMap,
+    form: Bytes,
+    /// What a `PasswordChanged` or `ResetRequested` records of the visitor.
+    client: ClientContext,
+}
+
 /// What every POST of the page passes before its form is read: it comes from this site's
-/// own pages, and the visitor is within `limiter`'s budget (as a client without an API key,
-/// by address). Then the form itself: declared size, media type, the body within its
-/// deadline. The refusal is the page that says why.
+/// own pages, and the visitor is within `limiter`'s budget. Then the form itself: declared
+/// size, media type, the body within its deadline. The refusal is the page that says why.
 async fn admit_form(
     state: &AppState,
     limiter: &Limiter,
     peer: SocketAddr,
     trail: &mut Trail,
     req: Request<Incoming>,
-) -> Result<(HeaderMap, Bytes), Box<Response<Full<Bytes>>>> {
+) -> Result<Admitted, Box<Response<Full<Bytes>>>> {
     trail.client = Some(LABEL.to_owned());
     let headers = req.headers().clone();
     if !same_origin(&headers, state.pages.origin.as_deref()) {
         let view = View::Problem(Problem::CrossOrigin);
         return Err(Box::new(page(state, &headers, None, &view)));
     }
-    let ip = client_ip(peer, &headers, state.proxies.as_ref());
-    if let Err(wait) = limiter.check(ClientKey::new(None, ip)) {
-        let view = View::Problem(Problem::TooMany(wait));
-        return Err(Box::new(page(state, &headers, None, &view)));
-    }
-    match read_form(state, req).await {
-        Ok(form) => Ok((headers, form)),
-        Err(err) => Err(Box::new(problem(state, &headers, err))),
-    }
-}
-
-/// What a `PasswordChanged` or `ResetRequested` records of the visitor.
-fn client_context(peer: SocketAddr, state: &AppState, headers: &HeaderMap) -> ClientContext {
+    let ip = within_budget(state, limiter, peer, trail, &headers)?;
     let user_agent = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(|ua| ua.chars().take(MAX_USER_AGENT).collect::<String>());
-    ClientContext {
-        ip: Some(client_ip(peer, headers, state.proxies.as_ref())),
+    let client = ClientContext {
+        ip: Some(ip),
         user_agent,
         api_key_label: LABEL.to_owned(),
+    };
+    match read_form(state, req).await {
+        Ok(form) => Ok(Admitted {
+            headers,
+            form,
+            client,
+        }),
+        Err(err) => Err(Box::new(problem(state, &headers, err))),
+    }
+}
+
+/// Counts the visitor in `limiter`, as a client without an API key, by address; past the
+/// budget, the page that says how long to wait. The address is the visitor's.
+fn within_budget(
+    state: &AppState,
+    limiter: &Limiter,
+    peer: SocketAddr,
+    trail: &mut Trail,
+    headers: &HeaderMap,
+) -> Result<std::net::IpAddr, Box<Response<Full<Bytes>>>> {
+    trail.client = Some(LABEL.to_owned());
+    let ip = client_ip(peer, headers, state.proxies.as_ref());
+    match limiter.check(ClientKey::new(None, ip)) {
+        Ok(()) => Ok(ip),
+        Err(wait) => {
+            let view = View::Problem(Problem::TooMany(wait));
+            Err(Box::new(page(state, headers, None, &view)))
+        }
     }
 }
 
