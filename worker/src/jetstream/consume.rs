@@ -276,27 +276,17 @@ async fn process(
                 }
             }
             Err(HandleError::Send(SendError::Stopping)) => {
-                // Nothing was said to the SMTP server: the claim is let go and the event
-                // goes at once to a worker that is not stopping.
+                // Nothing was said to the SMTP server: the event goes at once to a worker
+                // that is not stopping.
                 tracing::info!("the worker is stopping; handed back unsent");
-                if let Err(db) = deps.store.record_wait(&meta, delivery, "handed back unsent at a stop").await {
-                    tracing::warn!(error = %db, "recording the hand-back");
-                }
-                deps.status.metrics.event("handed_back");
-                if let Err(nak) = message.ack_with(AckKind::Nak(None)).await {
-                    tracing::warn!(error = %nak, "nak not sent; JetStream redelivers after ack_wait");
-                }
+                let why = "handed back unsent at a stop";
+                hand_back(&message, deps, &meta, delivery, why, "handed_back", None).await;
             }
             Err(HandleError::Send(SendError::TooLate)) => {
                 let delay = settings.backoff.after(1).unwrap_or(Duration::from_secs(1));
                 tracing::warn!(retry_in = ?delay, "no SMTP connection free before the claim's lease would run out; handed back unsent");
-                if let Err(db) = deps.store.record_wait(&meta, delivery, "no SMTP connection free in time").await {
-                    tracing::warn!(error = %db, "recording the wait");
-                }
-                deps.status.metrics.event("retried");
-                if let Err(nak) = message.ack_with(AckKind::Nak(Some(delay))).await {
-                    tracing::warn!(error = %nak, "nak not sent; JetStream redelivers after ack_wait");
-                }
+                let why = "no SMTP connection free in time";
+                hand_back(&message, deps, &meta, delivery, why, "retried", Some(delay)).await;
             }
             Err(err) if err.is_permanent() => {
                 give_up(js, deps, settings, &message, &meta, "permanent", delivery, &err.to_string()).await;
@@ -367,6 +357,27 @@ async fn process(
     }
     .instrument(span)
     .await;
+}
+
+/// Gives back an event that was not sent and is not at fault: the wait is recorded (which
+/// lets its claim go, so the next delivery need not wait for the lease), counted under
+/// `outcome`, and the message naked to come again after `delay` (at once with `None`).
+async fn hand_back(
+    message: &jetstream::Message,
+    deps: &Deps,
+    meta: &EventMeta,
+    delivery: Delivery,
+    why: &str,
+    outcome: &'static str,
+    delay: Option<Duration>,
+) {
+    if let Err(db) = deps.store.record_wait(meta, delivery, why).await {
+        tracing::warn!(error = %db, "recording the wait");
+    }
+    deps.status.metrics.event(outcome);
+    if let Err(nak) = message.ack_with(AckKind::Nak(delay)).await {
+        tracing::warn!(error = %nak, "nak not sent; JetStream redelivers after ack_wait");
+    }
 }
 
 /// Keeps JetStream from redelivering a message while it is still being worked on, and says
