@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use tracing::{Instrument, field::Empty};
 
 use super::dead_letter::{HEADER_RETRY_OF, dead_letter, give_up};
+use super::reply::reply;
 use crate::config::Backoff;
 use crate::handle::{Deps, HandleError, Handled, handle, handle_changed};
 use crate::store::{Delivery, EventMeta, Mode};
@@ -170,7 +171,9 @@ pub async fn run(
 /// Hands messages already pulled but not started back to JetStream for another worker.
 async fn release_prefetched(messages: &mut pull::Stream) {
     while let Some(Some(Ok(message))) = messages.next().now_or_never() {
-        let _ = message.ack_with(AckKind::Nak(None)).await;
+        if let Err(err) = reply(&message, AckKind::Nak(None)).await {
+            tracing::warn!(error = %err, "prefetched message not handed back; JetStream redelivers it after ack_wait");
+        }
     }
 }
 
@@ -254,7 +257,7 @@ async fn process(
                 // A plain ack, not a confirmed one: the outcome is already recorded, so an ack
                 // that gets lost only brings a redelivery that finds the event done and sends
                 // nothing. Confirming would cost a subscription and a round trip per email.
-                if let Err(err) = message.ack().await {
+                if let Err(err) = reply(&message, AckKind::Ack).await {
                     tracing::warn!(error = %err, "ack not sent; the redelivery will find the event done");
                 }
                 tracing::info!(outcome = handled.as_str(), "event handled");
@@ -271,9 +274,7 @@ async fn process(
                 let delay = left + Duration::from_millis(100);
                 tracing::info!(retry_in = ?delay, "another delivery holds the event's claim");
                 deps.status.metrics.event("busy");
-                if let Err(nak) = message.ack_with(AckKind::Nak(Some(delay))).await {
-                    tracing::warn!(error = %nak, "nak not sent; JetStream redelivers after ack_wait");
-                }
+                nak(&message, Some(delay)).await;
             }
             Err(HandleError::Send(SendError::Stopping)) => {
                 // Nothing was said to the SMTP server: the event goes at once to a worker
@@ -339,9 +340,7 @@ async fn process(
                             tracing::warn!(error = %db, "recording the failed attempt");
                         }
                         deps.status.metrics.event("retried");
-                        if let Err(nak) = message.ack_with(AckKind::Nak(Some(delay))).await {
-                            tracing::warn!(error = %nak, "nak not sent; JetStream redelivers after ack_wait");
-                        }
+                        nak(&message, Some(delay)).await;
                     }
                     None => {
                         let reason = if scheduled.is_some() {
@@ -375,8 +374,13 @@ async fn hand_back(
         tracing::warn!(error = %db, "recording the wait");
     }
     deps.status.metrics.event(outcome);
-    if let Err(nak) = message.ack_with(AckKind::Nak(delay)).await {
-        tracing::warn!(error = %nak, "nak not sent; JetStream redelivers after ack_wait");
+    nak(message, delay).await;
+}
+
+/// Asks for the message again after `delay` (at once with `None`).
+async fn nak(message: &jetstream::Message, delay: Option<Duration>) {
+    if let Err(err) = reply(message, AckKind::Nak(delay)).await {
+        tracing::warn!(error = %err, "nak not sent; JetStream redelivers after ack_wait");
     }
 }
 
@@ -403,7 +407,9 @@ async fn with_progress<F: Future>(
                         "event still being worked on"
                     );
                 }
-                let _ = message.ack_with(AckKind::Progress).await;
+                // Not `reply`: the work goes on meanwhile, and what it waits for stays on
+                // record. A note that cannot leave is dropped; the next tick sends another.
+                let _ = tokio::time::timeout(every, message.ack_with(AckKind::Progress)).await;
             }
         }
     }

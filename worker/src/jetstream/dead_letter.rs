@@ -9,6 +9,7 @@ use shared::event::HEADER_REQUEST_ID;
 use shared::logging::mask_addresses;
 
 use super::consume::LoopSettings;
+use super::reply::{REPLY_WITHIN, reply};
 use crate::handle::Deps;
 use crate::status::ReasonLabels;
 use crate::store::{Delivery, EventMeta};
@@ -75,18 +76,27 @@ pub(super) async fn dead_letter(
     headers.insert(HEADER_DEAD_SUBJECT, message.subject.as_str());
     // Dead-lettering the same delivery twice stores one letter.
     headers.insert("Nats-Msg-Id", format!("dead-{seq}-{attempt}").as_str());
+    // The store's acknowledgement is bounded by the JetStream context's own timeout; the
+    // hand-over to the connection, by ours.
+    crate::waiting::now("NATS to store the dead letter");
     let published = async {
-        js.publish_with_headers(
-            settings.dead_subject.clone(),
-            headers,
-            message.payload.clone(),
+        tokio::time::timeout(
+            REPLY_WITHIN,
+            js.publish_with_headers(
+                settings.dead_subject.clone(),
+                headers,
+                message.payload.clone(),
+            ),
         )
-        .await?
         .await
+        .map_err(|_| format!("NATS did not take it within {REPLY_WITHIN:?}"))?
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())
     };
     match published.await {
         Ok(_) => {
-            if let Err(err) = message.ack_with(AckKind::Term).await {
+            if let Err(err) = reply(message, AckKind::Term).await {
                 tracing::warn!(error = %err, "terminating the dead-lettered message");
             }
             tracing::warn!(reason, "event moved to the dead letters");
@@ -100,9 +110,9 @@ pub(super) async fn dead_letter(
         }
         Err(err) => {
             tracing::error!(error = %err, "dead letter not stored; the event stays in the consumer");
-            let _ = message
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-                .await;
+            if let Err(err) = reply(message, AckKind::Nak(Some(Duration::from_secs(5)))).await {
+                tracing::warn!(error = %err, "nak not sent; JetStream redelivers after ack_wait");
+            }
         }
     }
 }
