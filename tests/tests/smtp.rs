@@ -207,6 +207,45 @@ async fn a_strict_server_that_refuses_a_second_ehlo_gets_every_mail() {
     system.stop().await;
 }
 
+/// A worker opens its SMTP sessions as it starts, before any mail: one that joins just
+/// before a burst does not set them up while the burst waits. The mail then goes on them.
+#[tokio::test]
+async fn a_starting_worker_has_its_smtp_sessions_open_before_the_first_mail() {
+    const POOL: u16 = 4;
+    let system = System::start_with_sink(SmtpSink::start_strict(), |s| {
+        s.mail.smtp_pool_size = POOL;
+    })
+    .await;
+    let mut opened = system.sink.ehlo_log();
+    for _ in 0..200 {
+        if opened.len() >= usize::from(POOL) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        opened = system.sink.ehlo_log();
+    }
+    assert_eq!(
+        opened, [250; POOL as usize],
+        "sessions open with no mail asked for"
+    );
+    assert!(system.sink.messages().is_empty());
+
+    system
+        .db
+        .add_numbered_accounts("warm", i32::from(POOL))
+        .await;
+    for n in 0..POOL {
+        assert_eq!(system.api.forgot_id(format!("warm{n}")).await.status, 200);
+    }
+    every_account_gets_one_mail(&system, i32::from(POOL)).await;
+    assert_eq!(
+        system.sink.ehlo_log().len(),
+        usize::from(POOL),
+        "the mail went on the sessions opened at the start"
+    );
+    system.stop().await;
+}
+
 /// Postfix from Debian's packages as the relay in front of a strict server: every mail is
 /// accepted by Postfix and arrives at the server behind it, once.
 #[tokio::test]

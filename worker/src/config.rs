@@ -139,7 +139,7 @@ pub struct DatabaseSettings {
     #[command(flatten)]
     pub url: shared::db::DatabaseUrl,
 
-    /// Largest number of database connections. Claims and sent records go through one at a
+    /// Database connections, opened as the worker starts and kept. Claims and sent records go through one at a
     /// time whatever the concurrency; the others serve the queries of single events
     /// (notifications, failures, replays) and the health check.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
@@ -206,7 +206,7 @@ pub struct MailSettings {
     #[arg(long, env = "SMTP_CA_FILE")]
     pub smtp_ca_file: Option<PathBuf>,
 
-    /// SMTP connections kept open and used at once. At the default concurrency, 16 send as
+    /// SMTP connections opened as the worker starts, kept open and used at once. At the default concurrency, 16 send as
     /// many mails per second as 64 on the benchmark machine and stay under common relays'
     /// per-client connection limits (Postfix's 50, for one).
     #[arg(long, env = "SMTP_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]

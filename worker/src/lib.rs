@@ -187,6 +187,12 @@ async fn consume_until(
         limits: Limits::new(&settings.policy, settings.consume.claim_lease),
         status,
     });
+    // The SMTP sessions open beside the first events rather than before them: a server
+    // slow to greet must not hold the start. Warming ends when the stop begins.
+    let warming = tokio::spawn({
+        let deps = deps.clone();
+        async move { deps.mailer.warm().await }
+    });
     let (drain_for, close_for) = split_stop(settings.consume.shutdown_timeout);
     let loop_settings = LoopSettings {
         concurrency,
@@ -219,6 +225,7 @@ async fn consume_until(
         ),
     );
 
+    warming.abort();
     // Every step of the stop is bounded: what is not closed by the deadline is left to the
     // other side's timeouts (SMTP sessions, database connections), which lose nothing.
     let closing = async {

@@ -458,6 +458,10 @@ impl Store {
             .options([("statement_timeout", STATEMENT_TIMEOUT)]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
+            // Opened at start and kept: a worker that joins just before a burst would
+            // otherwise set up its connections, a process each on the server, while the
+            // burst waits.
+            .min_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
             // sqlx already pings every connection when it returns to the pool; a second ping
             // on the way out would add a round trip to every query. A connection that died

@@ -112,11 +112,10 @@ impl Mailer {
         }
     }
 
-    /// Hands `message` over unless it cannot begin by `start_by` (then [`SendError::TooLate`]);
-    /// `name` identifies it in the outbox and in logs.
-    /// Hands `message` over, unless none can begin by `start_by`, or the worker begins to
-    /// stop ([`Mailer::begin_stop`]) while it still waits for a connection: a hand-over once
-    /// begun is always finished.
+    /// Hands `message` over, unless none can begin by `start_by` (then
+    /// [`SendError::TooLate`]), or the worker begins to stop ([`Mailer::begin_stop`]) while it
+    /// still waits for a connection: a hand-over once begun is always finished. `name`
+    /// identifies it in the outbox.
     pub async fn send(
         &self,
         message: &Message,
@@ -162,6 +161,13 @@ impl Mailer {
         match self {
             Self::Smtp(pool) => Some(pool.health.clone()),
             Self::Outbox(_) => None,
+        }
+    }
+
+    /// Opens the SMTP connections before the first mail needs them (see [`SmtpPool::warm`]).
+    pub async fn warm(&self) {
+        if let Self::Smtp(pool) = self {
+            pool.warm().await;
         }
     }
 

@@ -198,6 +198,52 @@ impl SmtpPool {
         }
     }
 
+    /// Opens the pool's connections ahead of the first mail, so that a worker that joins
+    /// just before a burst has its sessions ready rather than setting them up while the
+    /// burst waits. Runs beside the sends: each opening holds one of the pool's places, so
+    /// the pool never holds more than its size, and a send finds the connection when it is
+    /// ready. One first, then the rest at once, so that a server that is away costs one try.
+    /// Ends when the worker begins to stop.
+    pub(super) async fn warm(&self) {
+        let warming = async {
+            let Some(first) = self.open_ahead().await else {
+                return;
+            };
+            self.give_back(first).await;
+            let rest = self.permits.available_permits().saturating_sub(1);
+            let opened = futures::future::join_all((0..rest).map(|_| self.open_ahead())).await;
+            for connection in opened.into_iter().flatten() {
+                self.give_back(connection).await;
+            }
+        };
+        tokio::select! {
+            () = warming => {}
+            () = self.stopping.cancelled() => {}
+        }
+    }
+
+    /// A head start, not a send: a failure is logged for the operator but not taken as an
+    /// outage, as the server may be up by the first mail, which then opens its own session
+    /// without waiting out a retry.
+    async fn open_ahead(&self) -> Option<AsyncSmtpConnection> {
+        let _place = self.permits.try_acquire().ok()?;
+        match tokio::time::timeout(self.timeout, self.connect()).await {
+            Ok(Ok(connection)) => {
+                self.health.connected();
+                Some(connection)
+            }
+            Ok(Err(err)) => {
+                tracing::info!(
+                    stage = err.stage.as_str(),
+                    error = %err.detail,
+                    "no SMTP session opened ahead of the first mail"
+                );
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
     /// Puts a connection that finished its send back for the next one.
     async fn give_back(&self, connection: AsyncSmtpConnection) {
         self.idle.lock().await.push((connection, Instant::now()));
