@@ -5,6 +5,7 @@
 
 pub mod consume;
 pub mod dead_letter;
+pub mod policy;
 pub mod reply;
 
 use std::time::Duration;

@@ -19,7 +19,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{Instrument, field::Empty};
 
-use super::dead_letter::{HEADER_RETRY_OF, dead_letter, give_up};
+use super::dead_letter::{Answer, HEADER_RETRY_OF};
+use super::policy::{self, Ended, Facts, Note, Verdict};
 use super::reply::reply;
 use crate::config::Backoff;
 use crate::handle::{Deps, HandleError, Handled, handle, handle_changed};
@@ -74,53 +75,96 @@ pub async fn run(
     settings: LoopSettings,
     shutdown: impl Future<Output = ()>,
 ) {
-    let settings = Arc::new(settings);
-    let permits = Arc::new(Semaphore::new(settings.concurrency));
+    let taker = Taker {
+        js,
+        deps,
+        permits: Arc::new(Semaphore::new(settings.concurrency)),
+        settings: Arc::new(settings),
+    };
     let mut tasks = JoinSet::new();
     tokio::pin!(shutdown);
-
-    'outer: loop {
-        let mut messages = tokio::select! {
-            started = consumer
-                .stream()
-                .max_messages_per_batch(settings.concurrency)
-                .heartbeat(PULL_HEARTBEAT)
-                .expires(Duration::from_secs(30))
-                .messages() => match started {
-                    Ok(messages) => messages,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "cannot pull from the consumer; retrying");
-                        tokio::select! {
-                            () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                            () = &mut shutdown => break 'outer,
-                        }
-                    }
-                },
-            () = &mut shutdown => break 'outer,
+    loop {
+        let Some(mut messages) = taker.pull(&consumer, &mut shutdown).await else {
+            break;
         };
+        if taker.take(&mut messages, &mut tasks, &mut shutdown).await == Taken::Stop {
+            break;
+        }
+    }
+    taker.drain(tasks).await;
+}
+
+/// What taking messages off one pull ended with.
+#[derive(Debug, PartialEq, Eq)]
+enum Taken {
+    Stop,
+    PullAgain,
+}
+
+/// What the loop hands each event's task.
+struct Taker {
+    js: jetstream::Context,
+    deps: Arc<Deps>,
+    settings: Arc<LoopSettings>,
+    permits: Arc<Semaphore>,
+}
+
+impl Taker {
+    /// Starts a pull, retrying each second while the consumer cannot be reached; `None` once
+    /// `shutdown` resolves.
+    async fn pull(
+        &self,
+        consumer: &PullConsumer,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Option<pull::Stream> {
+        loop {
+            let started = tokio::select! {
+                started = consumer
+                    .stream()
+                    .max_messages_per_batch(self.settings.concurrency)
+                    .heartbeat(PULL_HEARTBEAT)
+                    .expires(Duration::from_secs(30))
+                    .messages() => started,
+                () = shutdown.as_mut() => return None,
+            };
+            match started {
+                Ok(messages) => return Some(messages),
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot pull from the consumer; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        () = shutdown.as_mut() => return None,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes messages off `messages` while slots are free, each on a task of its own.
+    async fn take(
+        &self,
+        messages: &mut pull::Stream,
+        tasks: &mut JoinSet<()>,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Taken {
         loop {
             // Take a message only with a free slot, so none waits in memory while its
             // ack_wait runs out.
-            let permit = tokio::select! {
-                permit = permits.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break 'outer,
-                },
-                () = &mut shutdown => {
-                    release_prefetched(&mut messages).await;
-                    break 'outer;
-                }
-            };
             let next = tokio::select! {
-                next = messages.next() => next,
-                () = &mut shutdown => {
-                    release_prefetched(&mut messages).await;
-                    break 'outer;
+                next = async {
+                    let permit = self.permits.clone().acquire_owned().await;
+                    (permit, messages.next().await)
+                } => next,
+                () = shutdown.as_mut() => {
+                    release_prefetched(messages).await;
+                    return Taken::Stop;
                 }
             };
             match next {
-                Some(Ok(message)) => {
-                    let (js, deps, settings) = (js.clone(), deps.clone(), settings.clone());
+                (Err(_), _) => return Taken::Stop,
+                (Ok(permit), Some(Ok(message))) => {
+                    let (js, deps, settings) =
+                        (self.js.clone(), self.deps.clone(), self.settings.clone());
                     tasks.spawn(crate::waiting::track(async move {
                         process(message, &js, &deps, &settings).await;
                         drop(permit);
@@ -130,41 +174,42 @@ pub async fn run(
                 // before the request's own confirmation, most often with a batch of one; it
                 // then waits for the request to expire (35 s) before asking again. A missed
                 // heartbeat is the sign: start a new pull at once.
-                Some(Err(err)) if err.kind() == MessagesErrorKind::MissingHeartbeat => {
+                (_, Some(Err(err))) if err.kind() == MessagesErrorKind::MissingHeartbeat => {
                     tracing::warn!("no heartbeat from the pending pull; pulling anew");
-                    release_prefetched(&mut messages).await;
-                    continue 'outer;
+                    release_prefetched(messages).await;
+                    return Taken::PullAgain;
                 }
-                Some(Err(err)) => {
-                    tracing::warn!(error = %err, "pulling messages");
-                }
-                None => {
+                (_, Some(Err(err))) => tracing::warn!(error = %err, "pulling messages"),
+                (_, None) => {
                     tracing::warn!("the message stream ended; pulling again");
-                    continue 'outer;
+                    return Taken::PullAgain;
                 }
             }
             while tasks.try_join_next().is_some() {}
         }
     }
 
-    // Mails still waiting for an SMTP connection are handed back rather than waited for:
-    // a stop waits only for what is under way.
-    deps.mailer.begin_stop();
-    while tasks.try_join_next().is_some() {}
-    tracing::info!(
-        in_flight = tasks.len(),
-        "stopped fetching; finishing in-flight events"
-    );
-    let drained = tokio::time::timeout(settings.drain_for, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            left = tasks.len(),
-            "in-flight events still running at the shutdown deadline; JetStream will redeliver them"
+    /// Lets the events under way finish, within `drain_for`; mails still waiting for an SMTP
+    /// connection are handed back rather than waited for, so a stop waits only for what is
+    /// under way.
+    async fn drain(&self, mut tasks: JoinSet<()>) {
+        self.deps.mailer.begin_stop();
+        while tasks.try_join_next().is_some() {}
+        tracing::info!(
+            in_flight = tasks.len(),
+            "stopped fetching; finishing in-flight events"
         );
-        tasks.abort_all();
+        let drained = tokio::time::timeout(self.settings.drain_for, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                left = tasks.len(),
+                "in-flight events still running at the shutdown deadline; JetStream will redeliver them"
+            );
+            tasks.abort_all();
+        }
     }
 }
 
@@ -188,6 +233,9 @@ async fn process(
         .as_ref()
         .map_or(1, |i| u32::try_from(i.delivered.max(1)).unwrap_or(u32::MAX));
     let seq = info.as_ref().map_or(0, |i| i.stream_sequence);
+    let published = info
+        .as_ref()
+        .map_or_else(time::OffsetDateTime::now_utc, |i| i.published);
     let span = tracing::info_span!(
         "event",
         seq,
@@ -196,185 +244,209 @@ async fn process(
         request_id = Empty,
         account = Empty,
     );
-    async {
-        let changed = message.subject.as_str() == settings.changed_subject;
-        let decoded = if changed {
-            PasswordChanged::decode(&message.payload).map(Incoming::Changed)
-        } else {
-            ResetRequested::decode(&message.payload).map(Incoming::Reset)
-        };
-        let event = match decoded {
-            Ok(event) => event,
-            Err(err) => {
-                let reason = match err {
-                    DecodeError::UnsupportedVersion(_) => "unsupported_version",
-                    DecodeError::Malformed(_) => "poison",
-                };
-                tracing::error!(error = %err, "event cannot be read");
-                dead_letter(js, deps, settings, &message, reason, attempt, &err.to_string()).await;
-                return;
-            }
-        };
-        let meta = event.meta();
-        let span = tracing::Span::current();
-        span.record("event_id", tracing::field::display(meta.event_id));
-        span.record("request_id", meta.request_id.as_str());
-        span.record("account", event.masked_account());
-
-        let retried = message
-            .headers
-            .as_ref()
-            .is_some_and(|h| h.get(HEADER_RETRY_OF).is_some());
-        let mode = if retried { Mode::Again } else { Mode::Normal };
-        // An operator's retry counts its time from when it was republished, not from the
-        // original request; a notification carries no link, so it has a year. Both count
-        // from the message's own time in the stream, which every redelivery keeps.
-        let ttl = time::Duration::try_from(settings.token_ttl).unwrap_or(time::Duration::MAX);
-        let published = info
-            .as_ref()
-            .map_or_else(time::OffsetDateTime::now_utc, |i| i.published);
-        let deadline = match &event {
-            Incoming::Changed(_) => published + time::Duration::days(365),
-            Incoming::Reset(_) if retried => published + ttl,
-            Incoming::Reset(event) => event.requested_at + ttl,
-        };
-        if time::OffsetDateTime::now_utc() > deadline {
-            let why = "the request is older than TOKEN_TTL; a link sent now would outlive it";
-            give_up(js, deps, settings, &message, &meta, "expired", Delivery::new(attempt), why).await;
-            return;
-        }
-
-        let progress_every = (settings.ack_wait / 3).max(Duration::from_millis(100));
-        let delivery = Delivery::new(attempt);
-        let work = async {
-            match &event {
-                Incoming::Reset(event) => handle(event, delivery, mode, deps).await,
-                Incoming::Changed(event) => handle_changed(event, delivery, mode, deps).await,
-            }
-        };
-        match with_progress(&message, progress_every, work).await {
-            Ok(handled) => {
-                // A plain ack, not a confirmed one: the outcome is already recorded, so an ack
-                // that gets lost only brings a redelivery that finds the event done and sends
-                // nothing. Confirming would cost a subscription and a round trip per email.
-                if let Err(err) = reply(&message, AckKind::Ack).await {
-                    tracing::warn!(error = %err, "ack not sent; the redelivery will find the event done");
-                }
-                tracing::info!(outcome = handled.as_str(), "event handled");
-                deps.status.metrics.event(handled.as_str());
-                deps.status.metrics.attempts.observe(f64::from(attempt));
-                if let Handled::AlreadyDone(outcome) = handled {
-                    tracing::info!(previous = outcome.as_str(), "event had been handled before");
-                }
-            }
-            Err(HandleError::Busy(left)) => {
-                // Another delivery may be sending this very mail: come back once its lease
-                // has run out (by then it has recorded the mail, or failed and let go).
-                // The claim counted this delivery as a wait, not a failure.
-                let delay = left + Duration::from_millis(100);
-                tracing::info!(retry_in = ?delay, "another delivery holds the event's claim");
-                deps.status.metrics.event("busy");
-                nak(&message, Some(delay)).await;
-            }
-            Err(HandleError::Send(SendError::Stopping)) => {
-                // Nothing was said to the SMTP server: the event goes at once to a worker
-                // that is not stopping.
-                tracing::info!("the worker is stopping; handed back unsent");
-                let why = "handed back unsent at a stop";
-                hand_back(&message, deps, &meta, delivery, why, "handed_back", None).await;
-            }
-            Err(HandleError::Send(SendError::TooLate)) => {
-                let delay = settings.backoff.after(1).unwrap_or(Duration::from_secs(1));
-                tracing::warn!(retry_in = ?delay, "no SMTP connection free before the claim's lease would run out; handed back unsent");
-                let why = "no SMTP connection free in time";
-                hand_back(&message, deps, &meta, delivery, why, "retried", Some(delay)).await;
-            }
-            Err(err) if err.is_permanent() => {
-                give_up(js, deps, settings, &message, &meta, "permanent", delivery, &err.to_string()).await;
-            }
-            Err(err) => {
-                // An SMTP outage or a wrong SMTP setting is not the event's fault: it waits
-                // on the schedule (its last step once that runs out) for as long as its link
-                // may still be sent, and is never dead-lettered for running out of retries.
-                // Deliveries that found no SMTP session do not use up the message's retries.
-                let waits = if err.is_connection() {
-                    0
-                } else {
-                    deps.store.waits(meta.event_id).await.unwrap_or(0)
-                };
-                let scheduled = settings
-                    .backoff
-                    .after(attempt.saturating_sub(waits).max(1));
-                let scheduled = if err.is_connection() {
-                    scheduled.or(Some(settings.backoff.longest()))
-                } else {
-                    scheduled
-                };
-                let now = time::OffsetDateTime::now_utc();
-                let retry = if err.is_connection() {
-                    // Tried once more just before the link expires, not given up a whole
-                    // delay early.
-                    let left = Duration::try_from(deadline - now).ok().filter(|l| !l.is_zero());
-                    scheduled.zip(left).map(|(delay, left)| delay.min(left))
-                } else {
-                    scheduled.filter(|delay| now + *delay < deadline)
-                };
-                match retry {
-                    Some(delay) => {
-                        if err.is_connection() {
-                            // The pool has logged the failed set-up once; not again per mail.
-                            tracing::debug!(retry_in = ?delay, "no SMTP session; will retry");
-                        } else {
-                            tracing::warn!(
-                                error = %mask_addresses(&err.to_string()),
-                                retry_in = ?delay,
-                                "attempt failed; will retry"
-                            );
-                        }
-                        let recorded = if err.is_connection() {
-                            deps.store.record_wait(&meta, delivery, &err.to_string()).await
-                        } else {
-                            deps.store.record_failure(&meta, delivery, &err.to_string(), false).await
-                        };
-                        if let Err(db) = recorded {
-                            tracing::warn!(error = %db, "recording the failed attempt");
-                        }
-                        deps.status.metrics.event("retried");
-                        nak(&message, Some(delay)).await;
-                    }
-                    None => {
-                        let reason = if scheduled.is_some() {
-                            "expired"
-                        } else {
-                            "retries_exhausted"
-                        };
-                        give_up(js, deps, settings, &message, &meta, reason, delivery, &err.to_string()).await;
-                    }
-                }
-            }
-        }
-    }
-    .instrument(span)
-    .await;
+    let answer = Answer {
+        message: &message,
+        js,
+        deps,
+        dead_subject: &settings.dead_subject,
+    };
+    deliver(&answer, settings, attempt, published)
+        .instrument(span)
+        .await;
 }
 
-/// Gives back an event that was not sent and is not at fault: the wait is recorded (which
-/// lets its claim go, so the next delivery need not wait for the lease), counted under
-/// `outcome`, and the message naked to come again after `delay` (at once with `None`).
-async fn hand_back(
-    message: &jetstream::Message,
-    deps: &Deps,
+/// Reads the event, works on it, and answers JetStream as the policy decides.
+async fn deliver(
+    answer: &Answer<'_>,
+    settings: &LoopSettings,
+    attempt: u32,
+    published: time::OffsetDateTime,
+) {
+    let Some(event) = decode(answer, settings, attempt).await else {
+        return;
+    };
+    let meta = event.meta();
+    let span = tracing::Span::current();
+    span.record("event_id", tracing::field::display(meta.event_id));
+    span.record("request_id", meta.request_id.as_str());
+    span.record("account", event.masked_account());
+
+    let retried = answer
+        .message
+        .headers
+        .as_ref()
+        .is_some_and(|h| h.get(HEADER_RETRY_OF).is_some());
+    let deadline = deadline(&event, retried, published, settings.token_ttl);
+    let delivery = Delivery::new(attempt);
+    if let Some(verdict) = policy::too_late(time::OffsetDateTime::now_utc(), deadline) {
+        let why = "the request is older than TOKEN_TTL; a link sent now would outlive it";
+        apply(answer, verdict, &meta, delivery, why).await;
+        return;
+    }
+
+    let mode = if retried { Mode::Again } else { Mode::Normal };
+    let work = async {
+        match &event {
+            Incoming::Reset(event) => handle(event, delivery, mode, answer.deps).await,
+            Incoming::Changed(event) => handle_changed(event, delivery, mode, answer.deps).await,
+        }
+    };
+    let progress_every = (settings.ack_wait / 3).max(Duration::from_millis(100));
+    let result = with_progress(answer.message, progress_every, work).await;
+    let ended = ended(&result);
+    let waits = if ended.needs_waits() {
+        answer.deps.store.waits(meta.event_id).await.unwrap_or(0)
+    } else {
+        0
+    };
+    let facts = Facts {
+        attempt,
+        waits,
+        now: time::OffsetDateTime::now_utc(),
+        deadline,
+    };
+    let verdict = policy::decide(ended, facts, &settings.backoff);
+    let why = match &result {
+        Ok(handled) => {
+            log_handled(*handled, attempt, answer.deps);
+            String::new()
+        }
+        Err(err) => {
+            log_failed(ended, err, verdict);
+            err.to_string()
+        }
+    };
+    apply(answer, verdict, &meta, delivery, &why).await;
+}
+
+/// Reads the message as the event its subject carries; one that cannot be read goes to the
+/// dead letters at once.
+async fn decode(answer: &Answer<'_>, settings: &LoopSettings, attempt: u32) -> Option<Incoming> {
+    let message = answer.message;
+    let decoded = if message.subject.as_str() == settings.changed_subject {
+        PasswordChanged::decode(&message.payload).map(Incoming::Changed)
+    } else {
+        ResetRequested::decode(&message.payload).map(Incoming::Reset)
+    };
+    match decoded {
+        Ok(event) => Some(event),
+        Err(err) => {
+            let reason = match err {
+                DecodeError::UnsupportedVersion(_) => "unsupported_version",
+                DecodeError::Malformed(_) => "poison",
+            };
+            tracing::error!(error = %err, "event cannot be read");
+            answer.dead_letter(reason, attempt, &err.to_string()).await;
+            None
+        }
+    }
+}
+
+/// When a mail for the event would come too late. An operator's retry counts its time from
+/// when it was republished, not from the original request; a notification carries no link,
+/// so it has a year. Both count from the message's own time in the stream, which every
+/// redelivery keeps.
+fn deadline(
+    event: &Incoming,
+    retried: bool,
+    published: time::OffsetDateTime,
+    token_ttl: Duration,
+) -> time::OffsetDateTime {
+    let ttl = time::Duration::try_from(token_ttl).unwrap_or(time::Duration::MAX);
+    match event {
+        Incoming::Changed(_) => published + time::Duration::days(365),
+        Incoming::Reset(_) if retried => published + ttl,
+        Incoming::Reset(event) => event.requested_at + ttl,
+    }
+}
+
+/// How the work ended, in the policy's terms.
+fn ended(result: &Result<Handled, HandleError>) -> Ended {
+    match result {
+        Ok(_) => Ended::Done,
+        Err(HandleError::Busy(left)) => Ended::Busy { left: *left },
+        Err(HandleError::Send(SendError::Stopping)) => Ended::Stopping,
+        Err(HandleError::Send(SendError::TooLate)) => Ended::TooLate,
+        Err(HandleError::Send(SendError::Connection(_))) => Ended::NoSession,
+        Err(HandleError::Send(SendError::Permanent(_)) | HandleError::Compose(_)) => {
+            Ended::Permanent
+        }
+        Err(_) => Ended::Failed,
+    }
+}
+
+fn log_handled(handled: Handled, attempt: u32, deps: &Deps) {
+    tracing::info!(outcome = handled.as_str(), "event handled");
+    deps.status.metrics.event(handled.as_str());
+    deps.status.metrics.attempts.observe(f64::from(attempt));
+    if let Handled::AlreadyDone(outcome) = handled {
+        tracing::info!(previous = outcome.as_str(), "event had been handled before");
+    }
+}
+
+fn log_failed(ended: Ended, err: &HandleError, verdict: Verdict) {
+    let Verdict::Again { after, .. } = verdict else {
+        return; // giving up logs for itself
+    };
+    match ended {
+        Ended::Busy { .. } => {
+            tracing::info!(retry_in = ?after, "another delivery holds the event's claim");
+        }
+        // Nothing was said to the SMTP server: the event goes at once to a worker that is
+        // not stopping.
+        Ended::Stopping => tracing::info!("the worker is stopping; handed back unsent"),
+        Ended::TooLate => tracing::warn!(
+            retry_in = ?after,
+            "no SMTP connection free before the claim's lease would run out; handed back unsent"
+        ),
+        // The pool has logged the failed set-up once; not again per mail.
+        Ended::NoSession => tracing::debug!(retry_in = ?after, "no SMTP session; will retry"),
+        _ => tracing::warn!(
+            error = %mask_addresses(&err.to_string()),
+            retry_in = ?after,
+            "attempt failed; will retry"
+        ),
+    }
+}
+
+/// Does what the policy decided: records, counts, and answers JetStream.
+async fn apply(
+    answer: &Answer<'_>,
+    verdict: Verdict,
     meta: &EventMeta,
     delivery: Delivery,
     why: &str,
-    outcome: &'static str,
-    delay: Option<Duration>,
 ) {
-    if let Err(db) = deps.store.record_wait(meta, delivery, why).await {
-        tracing::warn!(error = %db, "recording the wait");
+    let deps = answer.deps;
+    match verdict {
+        // A plain ack, not a confirmed one: the outcome is already recorded, so an ack that
+        // gets lost only brings a redelivery that finds the event done and sends nothing.
+        // Confirming would cost a subscription and a round trip per email.
+        Verdict::Ack => {
+            if let Err(err) = reply(answer.message, AckKind::Ack).await {
+                tracing::warn!(error = %err, "ack not sent; the redelivery will find the event done");
+            }
+        }
+        Verdict::Again {
+            note,
+            counted,
+            after,
+        } => {
+            // A wait lets the event's claim go, so the next delivery need not wait out the
+            // lease; a failure spends one of its retries.
+            let recorded = match note {
+                Note::Nothing => Ok(()),
+                Note::Wait => deps.store.record_wait(meta, delivery, why).await,
+                Note::Failure => deps.store.record_failure(meta, delivery, why, false).await,
+            };
+            if let Err(db) = recorded {
+                tracing::warn!(error = %db, "recording the attempt");
+            }
+            deps.status.metrics.event(counted);
+            nak(answer.message, after).await;
+        }
+        Verdict::GiveUp { reason } => answer.give_up(meta, delivery, reason, why).await,
     }
-    deps.status.metrics.event(outcome);
-    nak(message, delay).await;
 }
 
 /// Asks for the message again after `delay` (at once with `None`).

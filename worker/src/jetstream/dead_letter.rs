@@ -8,7 +8,6 @@ use async_nats::jetstream::{self, AckKind};
 use shared::event::HEADER_REQUEST_ID;
 use shared::logging::mask_addresses;
 
-use super::consume::LoopSettings;
 use super::reply::{REPLY_WITHIN, reply};
 use crate::handle::Deps;
 use crate::status::ReasonLabels;
@@ -25,41 +24,99 @@ pub const HEADER_DEAD_SUBJECT: &str = "Dead-Subject";
 /// an event is processed even if it failed before, and even if it is older than TOKEN_TTL.
 pub const HEADER_RETRY_OF: &str = "Retry-Of";
 
-/// Records the event as failed and moves it to the dead letters.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn give_up(
-    js: &jetstream::Context,
-    deps: &Deps,
-    settings: &LoopSettings,
-    message: &jetstream::Message,
-    event: &EventMeta,
-    reason: &'static str,
-    delivery: Delivery,
-    error: &str,
-) {
-    tracing::error!(reason, error = %mask_addresses(error), "giving up on the event");
-    if let Err(db) = deps
-        .store
-        .record_failure(event, delivery, error, true)
-        .await
-    {
-        tracing::warn!(error = %db, "recording the failure");
-    }
-    dead_letter(js, deps, settings, message, reason, delivery.attempt, error).await;
+/// A message being worked on, with what answering JetStream for it takes.
+pub(super) struct Answer<'a> {
+    pub message: &'a jetstream::Message,
+    pub js: &'a jetstream::Context,
+    pub deps: &'a Deps,
+    /// Where dead letters go (`{prefix}.dead`).
+    pub dead_subject: &'a str,
 }
 
-/// Republishes the original event to `{prefix}.dead` with why, then terminates the message.
-/// If the dead letter cannot be stored, the message is nak'd instead so nothing is lost.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn dead_letter(
-    js: &jetstream::Context,
-    deps: &Deps,
-    settings: &LoopSettings,
+impl Answer<'_> {
+    /// Records the event as failed and moves it to the dead letters.
+    pub async fn give_up(
+        &self,
+        event: &EventMeta,
+        delivery: Delivery,
+        reason: &'static str,
+        error: &str,
+    ) {
+        tracing::error!(reason, error = %mask_addresses(error), "giving up on the event");
+        if let Err(db) = self
+            .deps
+            .store
+            .record_failure(event, delivery, error, true)
+            .await
+        {
+            tracing::warn!(error = %db, "recording the failure");
+        }
+        self.dead_letter(reason, delivery.attempt, error).await;
+    }
+
+    /// Republishes the original event to the dead letters with why, then terminates the
+    /// message. If the dead letter cannot be stored, the message is nak'd instead so nothing
+    /// is lost.
+    pub async fn dead_letter(&self, reason: &'static str, attempt: u32, error: &str) {
+        let message = self.message;
+        let headers = letter_headers(message, reason, attempt, error);
+        // The store's acknowledgement is bounded by the JetStream context's own timeout; the
+        // hand-over to the connection, by ours.
+        crate::waiting::now("NATS to store the dead letter");
+        let published = async {
+            tokio::time::timeout(
+                REPLY_WITHIN,
+                self.js.publish_with_headers(
+                    self.dead_subject.to_owned(),
+                    headers,
+                    message.payload.clone(),
+                ),
+            )
+            .await
+            .map_err(|_| NotStored::TimedOut)??
+            .await
+            .map_err(NotStored::from)
+        };
+        match published.await {
+            Ok(_) => {
+                if let Err(err) = reply(message, AckKind::Term).await {
+                    tracing::warn!(error = %err, "terminating the dead-lettered message");
+                }
+                tracing::warn!(reason, "event moved to the dead letters");
+                let metrics = &self.deps.status.metrics;
+                metrics.event("dead_lettered");
+                metrics
+                    .dead_letters
+                    .get_or_create(&ReasonLabels { reason })
+                    .inc();
+                metrics.attempts.observe(f64::from(attempt));
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "dead letter not stored; the event stays in the consumer");
+                if let Err(err) = reply(message, AckKind::Nak(Some(Duration::from_secs(5)))).await {
+                    tracing::warn!(error = %err, "nak not sent; JetStream redelivers after ack_wait");
+                }
+            }
+        }
+    }
+}
+
+/// Why a dead letter was not stored.
+#[derive(Debug, thiserror::Error)]
+enum NotStored {
+    #[error("NATS did not take it within {REPLY_WITHIN:?}")]
+    TimedOut,
+    #[error(transparent)]
+    Publish(#[from] jetstream::context::PublishError),
+}
+
+/// The dead letter's headers: the original event's own, and why it died.
+fn letter_headers(
     message: &jetstream::Message,
     reason: &'static str,
     attempt: u32,
     error: &str,
-) {
+) -> HeaderMap {
     let seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
     let mut headers = HeaderMap::new();
     if let Some(original) = &message.headers {
@@ -76,45 +133,7 @@ pub(super) async fn dead_letter(
     headers.insert(HEADER_DEAD_SUBJECT, message.subject.as_str());
     // Dead-lettering the same delivery twice stores one letter.
     headers.insert("Nats-Msg-Id", format!("dead-{seq}-{attempt}").as_str());
-    // The store's acknowledgement is bounded by the JetStream context's own timeout; the
-    // hand-over to the connection, by ours.
-    crate::waiting::now("NATS to store the dead letter");
-    let published = async {
-        tokio::time::timeout(
-            REPLY_WITHIN,
-            js.publish_with_headers(
-                settings.dead_subject.clone(),
-                headers,
-                message.payload.clone(),
-            ),
-        )
-        .await
-        .map_err(|_| format!("NATS did not take it within {REPLY_WITHIN:?}"))?
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| e.to_string())
-    };
-    match published.await {
-        Ok(_) => {
-            if let Err(err) = reply(message, AckKind::Term).await {
-                tracing::warn!(error = %err, "terminating the dead-lettered message");
-            }
-            tracing::warn!(reason, "event moved to the dead letters");
-            deps.status.metrics.event("dead_lettered");
-            deps.status
-                .metrics
-                .dead_letters
-                .get_or_create(&ReasonLabels { reason })
-                .inc();
-            deps.status.metrics.attempts.observe(f64::from(attempt));
-        }
-        Err(err) => {
-            tracing::error!(error = %err, "dead letter not stored; the event stays in the consumer");
-            if let Err(err) = reply(message, AckKind::Nak(Some(Duration::from_secs(5)))).await {
-                tracing::warn!(error = %err, "nak not sent; JetStream redelivers after ack_wait");
-            }
-        }
-    }
+    headers
 }
 
 /// Header values are one line, and not endless.
