@@ -134,7 +134,7 @@ impl SubjectReader {
 
 /// What handling needs, for the operator tools (no listener, no consumer).
 async fn deps_for(settings: &Settings) -> Result<Deps, OpsError> {
-    let (templates, composer, mailer) = crate::mail_parts(settings)?;
+    let (templates, composer, mailer) = crate::startup::mail_parts(settings)?;
     let store = Store::connect(&settings.database.url.database_url, 4).await?;
     Ok(Deps {
         store,
