@@ -13,6 +13,8 @@
 //! and the tests), [`routes`] (the request pipeline, one file per endpoint), [`body`], [`auth`], [`limit`],
 //! [`publish`], [`reply`] (the response shape and every error status), [`metrics`].
 
+#![warn(clippy::too_many_lines)]
+
 pub mod auth;
 pub mod body;
 pub mod config;

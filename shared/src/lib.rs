@@ -15,6 +15,8 @@
 //! - [`db`]: the PostgreSQL schema (migrations) both binaries use;
 //! - [`logging`]: `tracing` set-up (`LOG_FORMAT`) and masking of personal data in logs.
 
+#![warn(clippy::too_many_lines)]
+
 pub mod account;
 pub mod code;
 pub mod db;

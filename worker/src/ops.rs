@@ -38,10 +38,14 @@ pub enum OpsError {
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Setup(#[from] crate::WorkerError),
+    #[error("rendering the mail: {0}")]
+    Render(#[from] crate::mail::ComposeError),
     #[error("no dead letter at sequence {0}")]
     NoDeadLetter(u64),
     #[error("republishing: {0}")]
-    Publish(String),
+    Publish(#[from] jetstream::context::PublishError),
+    #[error("removing the retried dead letter: {0}")]
+    Delete(#[from] jetstream::stream::DeleteMessageError),
     #[error("writing the output: {0}")]
     Output(#[from] std::io::Error),
     #[error(

@@ -4,10 +4,11 @@ use std::io::Write;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer::DeliverPolicy};
+use async_nats::jetstream::{self, consumer::DeliverPolicy, stream::Stream};
 use serde_json::json;
 use shared::event::ResetRequested;
 use shared::logging::mask_id;
+use shared::stream::Subjects;
 
 use crate::cli::DeadLetterCommand;
 use crate::config::Settings;
@@ -25,115 +26,146 @@ pub async fn dead_letters(
     out: &mut (dyn Write + Send),
 ) -> Result<(), OpsError> {
     let (js, stream) = open_stream(settings).await?;
-    let subjects = settings.stream.subjects();
+    let letters = Letters {
+        js,
+        stream,
+        subjects: settings.stream.subjects(),
+    };
     match command {
-        DeadLetterCommand::List { json } => {
-            let mut reader =
-                SubjectReader::open(&stream, subjects.dead(), DeliverPolicy::All).await?;
-            let mut any = false;
-            while let Some(message) = reader.next().await? {
-                writeln!(out, "{}", summarize(&message, *json))?;
-                any = true;
-            }
-            if !any && !json {
-                writeln!(out, "no dead letters")?;
-            }
-        }
-        DeadLetterCommand::Show { seq } => {
-            let message = stream
-                .get_raw_message(*seq)
-                .await
-                .map_err(|_| OpsError::NoDeadLetter(*seq))?;
-            if message.subject.as_str() != subjects.dead() {
-                return Err(OpsError::NoDeadLetter(*seq));
-            }
-            writeln!(out, "dead letter #{seq} ({})", message.subject)?;
-            for (name, values) in message.headers.iter() {
-                for value in values {
-                    writeln!(out, "{name}: {}", value.as_str())?;
-                }
-            }
-            let event: serde_json::Value = serde_json::from_slice(&message.payload)
-                .unwrap_or_else(|_| json!(String::from_utf8_lossy(&message.payload)));
-            writeln!(
-                out,
-                "{}",
-                serde_json::to_string_pretty(&event).unwrap_or_default()
-            )?;
-        }
+        DeadLetterCommand::List { json } => letters.list(*json, out).await,
+        DeadLetterCommand::Show { seq } => letters.show(*seq, out).await,
         DeadLetterCommand::Retry { seq, all, force } => {
-            let mut targets = Vec::new();
-            if *all {
-                let mut reader =
-                    SubjectReader::open(&stream, subjects.dead(), DeliverPolicy::All).await?;
-                while let Some(message) = reader.next().await? {
-                    let Ok(info) = message.info() else { continue };
-                    let reason = message
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get(HEADER_DEAD_REASON));
-                    // A retried letter is mailed with a fresh TOKEN_TTL: for a request that was
-                    // already too old to mail, that takes an operator naming it, or --force.
-                    if !force && reason.is_some_and(|r| r.as_str() == "expired") {
-                        writeln!(
-                            out,
-                            "skipped dead letter #{} (expired: the request is older than TOKEN_TTL; retry it by its number, or --all --force)",
-                            info.stream_sequence
-                        )?;
-                        continue;
-                    }
-                    targets.push(info.stream_sequence);
-                }
-            } else if let Some(seq) = seq {
-                targets.push(*seq);
-            }
+            let targets = match seq {
+                Some(seq) if !*all => vec![*seq],
+                _ => letters.retriable(*force, out).await?,
+            };
             let mut retried = 0;
             for seq in targets {
-                let message = stream
-                    .get_raw_message(seq)
-                    .await
-                    .map_err(|_| OpsError::NoDeadLetter(seq))?;
-                if message.subject.as_str() != subjects.dead() {
-                    return Err(OpsError::NoDeadLetter(seq));
-                }
-                let mut headers = HeaderMap::new();
-                for name in [
-                    "Event-Type",
-                    "Event-Version",
-                    shared::event::HEADER_REQUEST_ID,
-                ] {
-                    if let Some(value) = message.headers.get(name) {
-                        headers.insert(name, value.as_str());
-                    }
-                }
-                headers.insert(HEADER_RETRY_OF, seq.to_string().as_str());
-                headers.insert("Nats-Msg-Id", format!("retry-{seq}").as_str());
-                // Back where it came from: reset requests and notifications alike.
-                let subject = message
-                    .headers
-                    .get(HEADER_DEAD_SUBJECT)
-                    .map(|v| v.as_str().to_owned())
-                    .filter(|s| *s == subjects.changed())
-                    .unwrap_or_else(|| subjects.requested());
-                js.publish_with_headers(subject, headers, message.payload.clone())
-                    .await
-                    .map_err(|e| OpsError::Publish(e.to_string()))?
-                    .await
-                    .map_err(|e| OpsError::Publish(e.to_string()))?;
-                // Retried, so no longer dead: the event itself stays in the stream.
-                stream
-                    .delete_message(seq)
-                    .await
-                    .map_err(|e| OpsError::Publish(e.to_string()))?;
+                letters.retry(seq).await?;
                 writeln!(out, "retried dead letter #{seq}")?;
                 retried += 1;
             }
             writeln!(out, "{retried} dead letter(s) republished for processing")?;
+            Ok(())
         }
     }
-    Ok(())
 }
 
+/// The dead letters of one stream.
+struct Letters {
+    js: jetstream::Context,
+    stream: Stream,
+    subjects: Subjects,
+}
+
+impl Letters {
+    async fn list(&self, json: bool, out: &mut (dyn Write + Send)) -> Result<(), OpsError> {
+        let mut reader =
+            SubjectReader::open(&self.stream, self.subjects.dead(), DeliverPolicy::All).await?;
+        let mut any = false;
+        while let Some(message) = reader.next().await? {
+            writeln!(out, "{}", summarize(&message, json))?;
+            any = true;
+        }
+        if !any && !json {
+            writeln!(out, "no dead letters")?;
+        }
+        Ok(())
+    }
+
+    async fn show(&self, seq: u64, out: &mut (dyn Write + Send)) -> Result<(), OpsError> {
+        let message = self.get(seq).await?;
+        writeln!(out, "dead letter #{seq} ({})", message.subject)?;
+        for (name, values) in message.headers.iter() {
+            for value in values {
+                writeln!(out, "{name}: {}", value.as_str())?;
+            }
+        }
+        let event: serde_json::Value = serde_json::from_slice(&message.payload)
+            .unwrap_or_else(|_| json!(String::from_utf8_lossy(&message.payload)));
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&event).unwrap_or_default()
+        )?;
+        Ok(())
+    }
+
+    /// Every dead letter for `--all`. A retried letter is mailed with a fresh TOKEN_TTL: for
+    /// a request that was already too old to mail, that takes an operator naming it, or
+    /// `--force`.
+    async fn retriable(
+        &self,
+        force: bool,
+        out: &mut (dyn Write + Send),
+    ) -> Result<Vec<u64>, OpsError> {
+        let mut reader =
+            SubjectReader::open(&self.stream, self.subjects.dead(), DeliverPolicy::All).await?;
+        let mut targets = Vec::new();
+        while let Some(message) = reader.next().await? {
+            let Ok(info) = message.info() else { continue };
+            let reason = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(HEADER_DEAD_REASON));
+            if !force && reason.is_some_and(|r| r.as_str() == "expired") {
+                writeln!(
+                    out,
+                    "skipped dead letter #{} (expired: the request is older than TOKEN_TTL; retry it by its number, or --all --force)",
+                    info.stream_sequence
+                )?;
+                continue;
+            }
+            targets.push(info.stream_sequence);
+        }
+        Ok(targets)
+    }
+
+    /// Republishes dead letter `seq` where it came from, marked as an operator's retry, and
+    /// removes the letter (the event itself stays in the stream).
+    async fn retry(&self, seq: u64) -> Result<(), OpsError> {
+        let message = self.get(seq).await?;
+        let mut headers = HeaderMap::new();
+        for name in [
+            "Event-Type",
+            "Event-Version",
+            shared::event::HEADER_REQUEST_ID,
+        ] {
+            if let Some(value) = message.headers.get(name) {
+                headers.insert(name, value.as_str());
+            }
+        }
+        headers.insert(HEADER_RETRY_OF, seq.to_string().as_str());
+        headers.insert("Nats-Msg-Id", format!("retry-{seq}").as_str());
+        // Back where it came from: reset requests and notifications alike.
+        let subject = message
+            .headers
+            .get(HEADER_DEAD_SUBJECT)
+            .map(|v| v.as_str().to_owned())
+            .filter(|s| *s == self.subjects.changed())
+            .unwrap_or_else(|| self.subjects.requested());
+        self.js
+            .publish_with_headers(subject, headers, message.payload.clone())
+            .await?
+            .await?;
+        self.stream.delete_message(seq).await?;
+        Ok(())
+    }
+
+    async fn get(&self, seq: u64) -> Result<jetstream::message::StreamMessage, OpsError> {
+        let message = self
+            .stream
+            .get_raw_message(seq)
+            .await
+            .map_err(|_| OpsError::NoDeadLetter(seq))?;
+        if message.subject.as_str() != self.subjects.dead() {
+            return Err(OpsError::NoDeadLetter(seq));
+        }
+        Ok(message)
+    }
+}
+
+/// One dead letter's line for `list`: its number, reason, attempts and event.
 fn summarize(message: &jetstream::Message, as_json: bool) -> String {
     let header = |name: &str| {
         message

@@ -11,7 +11,7 @@ use shared::logging::mask_id;
 use crate::cli::ReplayArgs;
 use crate::config::Settings;
 use crate::handle::{Deps, handle};
-use crate::store::{Delivery, Lookup, Mode, Outcome, Record};
+use crate::store::{Account, Delivery, Lookup, Mode, Outcome, Record};
 
 use super::{OpsError, SubjectReader, deps_for, open_stream};
 
@@ -106,6 +106,21 @@ fn held_back(
     None
 }
 
+/// What the replay found for one readable event.
+struct Found {
+    seq: u64,
+    time: String,
+    event: ResetRequested,
+    record: Option<Record>,
+    action: &'static str,
+    reason: Option<String>,
+    /// The masked address a mail would go to.
+    to: Option<String>,
+    locale: Option<String>,
+    rendered: Option<(String, String)>,
+    executed: Option<String>,
+}
+
 /// One event's line (text or JSON): what happened then, what would happen now, and, with
 /// --execute, what happened this time.
 async fn describe(
@@ -120,16 +135,53 @@ async fn describe(
         .unwrap_or_default();
     let event = match event {
         Ok(event) => event,
-        Err(err) => {
-            return Ok(if args.json {
-                json!({ "seq": seq, "time": time, "decision": { "action": "unreadable", "reason": err.to_string() } }).to_string()
-            } else {
-                format!("#{seq}  {time}  unreadable: {err}")
-            });
+        Err(err) if args.json => {
+            return Ok(json!({ "seq": seq, "time": time, "decision": { "action": "unreadable", "reason": err.to_string() } }).to_string());
         }
+        Err(err) => return Ok(format!("#{seq}  {time}  unreadable: {err}")),
     };
     let record = deps.store.record(event.event_id).await?;
-    let (action, reason, account) = match deps.store.find_account(&event.id).await? {
+    let (action, reason, account) = decide_now(deps, &event, record.as_ref()).await?;
+    let locale = account.as_ref().map(|a| {
+        deps.templates
+            .locale_for("reset_password", a.locale.as_deref())
+    });
+    let rendered = match (&account, args.render) {
+        (Some(account), true) => Some(deps.composer.render_reset(
+            &deps.templates,
+            &event,
+            account,
+            "TOKEN-PLACEHOLDER",
+        )?),
+        _ => None,
+    };
+    let executed = execute(deps, args, &event, record.as_ref()).await;
+    let found = Found {
+        seq,
+        time,
+        to: account.as_ref().map(|a| mask_id(&a.email)),
+        event,
+        record,
+        action,
+        reason,
+        locale,
+        rendered,
+        executed,
+    };
+    Ok(if args.json {
+        found.as_json()
+    } else {
+        found.as_text()
+    })
+}
+
+/// What a live delivery would do with the event now, and why, with the account it found.
+async fn decide_now(
+    deps: &Deps,
+    event: &ResetRequested,
+    record: Option<&Record>,
+) -> Result<(&'static str, Option<String>, Option<Account>), OpsError> {
+    Ok(match deps.store.find_account(&event.id).await? {
         Lookup::NotFound => (
             "no_account",
             Some("no account has this id or email".to_owned()),
@@ -142,120 +194,119 @@ async fn describe(
             )),
             None,
         ),
+        Lookup::Found(account) if record.is_some_and(|r| r.outcome == Outcome::Sent) => (
+            "already_sent",
+            Some("sent before; it is never sent twice".to_owned()),
+            Some(account),
+        ),
         Lookup::Found(account) => {
-            if record.as_ref().is_some_and(|r| r.outcome == Outcome::Sent) {
-                (
-                    "already_sent",
-                    Some("sent before; it is never sent twice".to_owned()),
-                    Some(account),
-                )
-            } else {
-                match deps
-                    .store
-                    .throttle_reason(&account.id, event.event_id, deps.limits)
-                    .await?
-                {
-                    Some(why) => ("throttled", Some(why.to_owned()), Some(account)),
-                    None => ("would_send", None, Some(account)),
-                }
+            let why = deps
+                .store
+                .throttle_reason(&account.id, event.event_id, deps.limits)
+                .await?;
+            match why {
+                Some(why) => ("throttled", Some(why.to_owned()), Some(account)),
+                None => ("would_send", None, Some(account)),
             }
         }
-    };
-    let locale = account.as_ref().map(|a| {
-        deps.templates
-            .locale_for("reset_password", a.locale.as_deref())
-    });
-    let rendered = match (&account, args.render) {
-        (Some(account), true) => Some(
-            deps.composer
-                .render_reset(&deps.templates, &event, account, "TOKEN-PLACEHOLDER")
-                .map_err(|e| OpsError::Read(e.to_string()))?,
-        ),
-        _ => None,
-    };
-    let held = args
-        .execute
-        .then(|| held_back(&event, record.as_ref(), deps.limits.token_ttl, args.force))
-        .flatten();
-    let executed = if let Some(why) = held {
-        Some(format!("skipped: {why}"))
-    } else if args.execute {
-        let attempt = record
-            .as_ref()
-            .map_or(1, |r| u32::try_from(r.attempts).unwrap_or(0) + 1);
-        let delivery = Delivery::new(attempt);
-        Some(match handle(&event, delivery, Mode::Again, deps).await {
-            Ok(handled) => handled.as_str().to_owned(),
-            Err(err) => {
-                let give_up = err.is_permanent();
-                let _ = deps
-                    .store
-                    .record_failure(&(&event).into(), delivery, &err.to_string(), give_up)
-                    .await;
-                format!(
-                    "error: {}",
-                    shared::logging::mask_addresses(&err.to_string())
-                )
-            }
-        })
-    } else {
-        None
-    };
+    })
+}
 
-    let to = account.as_ref().map(|a| mask_id(&a.email));
-    if args.json {
+/// With --execute, handles the event again (unless held back) and says how that went.
+async fn execute(
+    deps: &Deps,
+    args: &ReplayArgs,
+    event: &ResetRequested,
+    record: Option<&Record>,
+) -> Option<String> {
+    if !args.execute {
+        return None;
+    }
+    if let Some(why) = held_back(event, record, deps.limits.token_ttl, args.force) {
+        return Some(format!("skipped: {why}"));
+    }
+    let attempt = record.map_or(1, |r| u32::try_from(r.attempts).unwrap_or(0) + 1);
+    let delivery = Delivery::new(attempt);
+    Some(match handle(event, delivery, Mode::Again, deps).await {
+        Ok(handled) => handled.as_str().to_owned(),
+        Err(err) => {
+            let give_up = err.is_permanent();
+            let _ = deps
+                .store
+                .record_failure(&event.into(), delivery, &err.to_string(), give_up)
+                .await;
+            format!(
+                "error: {}",
+                shared::logging::mask_addresses(&err.to_string())
+            )
+        }
+    })
+}
+
+impl Found {
+    fn as_json(&self) -> String {
         let mut line = json!({
-            "seq": seq,
-            "time": time,
-            "event_id": event.event_id,
-            "request_id": event.request_id,
-            "id": mask_id(&event.id),
-            "record": record,
-            "decision": { "action": action, "reason": reason, "to": to, "locale": locale, "template": "reset_password" },
+            "seq": self.seq,
+            "time": self.time,
+            "event_id": self.event.event_id,
+            "request_id": self.event.request_id,
+            "id": mask_id(&self.event.id),
+            "record": self.record,
+            "decision": {
+                "action": self.action,
+                "reason": self.reason,
+                "to": self.to,
+                "locale": self.locale,
+                "template": "reset_password",
+            },
         });
-        if let Some((subject, text)) = &rendered {
+        if let Some((subject, text)) = &self.rendered {
             line["rendered"] = json!({ "subject": subject, "text": text });
         }
-        if let Some(executed) = &executed {
+        if let Some(executed) = &self.executed {
             line["executed"] = json!(executed);
         }
-        return Ok(line.to_string());
+        line.to_string()
     }
-    let mut text = format!(
-        "#{seq}  {time}  {}  event {}  request {}\n",
-        mask_id(&event.id),
-        event.event_id,
-        event.request_id
-    );
-    match &record {
-        Some(r) => text.push_str(&format!(
-            "    then: {} after {} attempt(s){}\n",
-            r.outcome.as_str(),
-            r.attempts,
-            r.last_error
-                .as_deref()
-                .map(|e| format!(", last error: {}", shared::logging::mask_addresses(e)))
-                .unwrap_or_default()
-        )),
-        None => text.push_str("    then: no processing record (not handled yet)\n"),
-    }
-    let now = match (action, &to, &locale) {
-        ("would_send", Some(to), Some(locale)) => {
-            format!("would send to {to}, locale {locale}, template reset_password")
+
+    fn as_text(&self) -> String {
+        let (seq, time, event) = (self.seq, &self.time, &self.event);
+        let mut text = format!(
+            "#{seq}  {time}  {}  event {}  request {}\n",
+            mask_id(&event.id),
+            event.event_id,
+            event.request_id
+        );
+        match &self.record {
+            Some(r) => text.push_str(&format!(
+                "    then: {} after {} attempt(s){}\n",
+                r.outcome.as_str(),
+                r.attempts,
+                r.last_error
+                    .as_deref()
+                    .map(|e| format!(", last error: {}", shared::logging::mask_addresses(e)))
+                    .unwrap_or_default()
+            )),
+            None => text.push_str("    then: no processing record (not handled yet)\n"),
         }
-        _ => format!("{action}: {}", reason.unwrap_or_default()),
-    };
-    text.push_str(&format!("    now:  {now}"));
-    if let Some((subject, body)) = &rendered {
-        text.push_str(&format!("\n    subject: {subject}\n"));
-        for line in body.lines() {
-            text.push_str(&format!("    | {line}\n"));
+        let now = match (self.action, &self.to, &self.locale) {
+            ("would_send", Some(to), Some(locale)) => {
+                format!("would send to {to}, locale {locale}, template reset_password")
+            }
+            (action, ..) => format!("{action}: {}", self.reason.as_deref().unwrap_or_default()),
+        };
+        text.push_str(&format!("    now:  {now}"));
+        if let Some((subject, body)) = &self.rendered {
+            text.push_str(&format!("\n    subject: {subject}\n"));
+            for line in body.lines() {
+                text.push_str(&format!("    | {line}\n"));
+            }
         }
+        if let Some(executed) = &self.executed {
+            text.push_str(&format!("\n    executed: {executed}"));
+        }
+        text
     }
-    if let Some(executed) = &executed {
-        text.push_str(&format!("\n    executed: {executed}"));
-    }
-    Ok(text)
 }
 
 #[cfg(test)]
