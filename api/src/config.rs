@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use shared::{logging::LogSettings, nats::NatsSettings, stream::StreamSettings};
 
-use crate::limit::{RateLimit, TrustedProxies};
+use crate::http::limit::{RateLimit, TrustedProxies};
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(

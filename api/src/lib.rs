@@ -9,20 +9,19 @@
 //! JetStream has acknowledged the event. The api never looks the account up, so neither its
 //! answer nor its timing tells whether the account exists.
 //!
-//! Layout: [`config`] (settings), [`startup`] (building and running the server, shared by `main`
-//! and the tests), [`routes`] (the request pipeline, one file per endpoint), [`body`], [`auth`], [`limit`],
-//! [`publish`], [`reply`] (the response shape and every error status), [`metrics`].
+//! Layout: [`config`] (settings), [`startup`] (building and running the server, shared by
+//! `main` and the tests), [`routes`] (the request pipeline, one file per endpoint),
+//! [`http`] (body, auth, limits, replies), [`reset`] (completing a reset: policy, hashing,
+//! the outbox relay), [`page`] (the hosted reset page and its routes), [`publish`],
+//! [`metrics`].
 
 #![warn(clippy::too_many_lines)]
 
-pub mod auth;
-pub mod body;
 pub mod config;
-pub mod limit;
+pub mod http;
 pub mod metrics;
 pub mod page;
 pub mod publish;
-pub mod reply;
 pub mod reset;
 pub mod routes;
 pub mod startup;

@@ -15,6 +15,8 @@ use http_body_util::Full;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+pub mod routes;
+
 use crate::config::PageSettings;
 use crate::reset::{PolicyError, Secret};
 
@@ -226,7 +228,7 @@ impl Pages {
             View::Problem(Problem::Unavailable) => {
                 headers.insert(
                     header::RETRY_AFTER,
-                    HeaderValue::from(crate::reply::RETRY_AFTER_UNAVAILABLE),
+                    HeaderValue::from(crate::http::reply::RETRY_AFTER_UNAVAILABLE),
                 );
             }
             _ => {}

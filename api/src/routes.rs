@@ -17,21 +17,20 @@ use shared::event::ClientContext;
 
 mod forgot_password;
 mod health;
-mod page;
-mod reset_password;
+pub(crate) mod reset_password;
 
 use forgot_password::forgot_password;
 use health::ready;
 use reset_password::{reset_password, verify_token};
 
 use crate::{
-    auth::ApiKeys,
-    body,
-    limit::{ClientKey, Limiter, TrustedProxies, client_ip},
+    http::auth::ApiKeys,
+    http::body,
+    http::limit::{ClientKey, Limiter, TrustedProxies, client_ip},
+    http::reply::{self, ApiError},
     metrics::{ApiMetrics, RequestLabels, route_label},
     page::Pages,
     publish::Publisher,
-    reply::{self, ApiError},
     reset::Resets,
 };
 
@@ -64,7 +63,7 @@ const OPENAPI_CONTENT_TYPE: &str = "application/yaml";
 // Names, not strings: a lookup by `&str` parses and hashes the name on every request.
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
-const MAX_USER_AGENT: usize = 512;
+pub(crate) const MAX_USER_AGENT: usize = 512;
 /// Largest request head the api reads (target and headers, names and values): 32 KiB, room
 /// for any browser's cookies. hyper's own buffer goes to [`HEAD_BUFFER`], so that a larger
 /// head still gets the `{code, message}` 431 from here and not a bare one from hyper.
@@ -78,12 +77,12 @@ pub const HEAD_BUFFER: usize = 1024 * 1024;
 /// Not a span: entering and leaving one on every poll of the request, and recording fields
 /// into it, cost about a sixth of the api's CPU per request.
 #[derive(Debug)]
-struct Trail {
-    request_id: String,
-    client: Option<String>,
-    account: Option<String>,
-    event_id: Option<uuid::Uuid>,
-    seq: Option<u64>,
+pub(crate) struct Trail {
+    pub(crate) request_id: String,
+    pub(crate) client: Option<String>,
+    pub(crate) account: Option<String>,
+    pub(crate) event_id: Option<uuid::Uuid>,
+    pub(crate) seq: Option<u64>,
 }
 
 /// Serves one request. Never fails: every outcome is a `{code, message}` response carrying
@@ -197,11 +196,17 @@ async fn page_route(
     let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
     let post = req.method() == Method::POST;
     match req.uri().path() {
-        "/reset-password" if read_only => Ok(page::show(state, peer, trail, req).await),
-        "/reset-password" if post => Ok(page::submit(state, peer, trail, req).await),
+        "/reset-password" if read_only => {
+            Ok(crate::page::routes::show(state, peer, trail, req).await)
+        }
+        "/reset-password" if post => Ok(crate::page::routes::submit(state, peer, trail, req).await),
         "/reset-password" => Err(ApiError::MethodNotAllowed("GET, HEAD, POST")),
-        "/reset-password/code" if post => Ok(page::enter_code(state, peer, trail, req).await),
-        "/reset-password/new-link" if post => Ok(page::new_link(state, peer, trail, req).await),
+        "/reset-password/code" if post => {
+            Ok(crate::page::routes::enter_code(state, peer, trail, req).await)
+        }
+        "/reset-password/new-link" if post => {
+            Ok(crate::page::routes::new_link(state, peer, trail, req).await)
+        }
         "/reset-password/code" | "/reset-password/new-link" => {
             Err(ApiError::MethodNotAllowed("POST"))
         }
@@ -310,7 +315,7 @@ fn request_id(headers: &HeaderMap) -> String {
         )
 }
 
-fn content_length(headers: &HeaderMap) -> Option<u64> {
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)?
         .to_str()
@@ -337,7 +342,11 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 
 /// Reads at most `max` bytes within `deadline`: a body longer than its Content-Length claimed
 /// (or chunked without one) is cut off at the limit, and a slow one cannot hold a worker.
-async fn read_body(body: Incoming, max: usize, deadline: Duration) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(
+    body: Incoming,
+    max: usize,
+    deadline: Duration,
+) -> Result<Bytes, ApiError> {
     match tokio::time::timeout(deadline, Limited::new(body, max).collect()).await {
         Err(_) => Err(ApiError::BodyTimeout(deadline.as_secs().max(1))),
         Ok(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => {

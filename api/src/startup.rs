@@ -11,9 +11,9 @@ use shared::stream::{StreamSettings, ensure_stream};
 use tokio::net::TcpListener;
 
 use crate::{
-    auth::{ApiKeys, ApiKeysError, PLACEHOLDER_KEY},
     config::{HttpSettings, Settings},
-    limit::Limiter,
+    http::auth::{ApiKeys, ApiKeysError, PLACEHOLDER_KEY},
+    http::limit::Limiter,
     page::{PageError, Pages},
     publish::Publisher,
     reset::{ResetSettingsError, Resets},

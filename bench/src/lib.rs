@@ -23,7 +23,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 
-use api::reply::ApiError;
+use api::http::reply::ApiError;
 use bytes::Bytes;
 use http::{Request, Response, header};
 use http_body_util::{BodyExt, Full};
@@ -39,7 +39,7 @@ pub async fn parse(req: Request<Incoming>) -> Result<String, Response<Full<Bytes
 
 /// [`parse`], keeping the account as the api's own type, for a server that builds its event.
 pub async fn parse_account(req: Request<Incoming>) -> Result<AccountRef, Response<Full<Bytes>>> {
-    let kind = api::body::media_type(req.headers().get(header::CONTENT_TYPE))
+    let kind = api::http::body::media_type(req.headers().get(header::CONTENT_TYPE))
         .map_err(|e| ApiError::from(e).into_response())?;
     let body = req
         .into_body()
@@ -47,7 +47,7 @@ pub async fn parse_account(req: Request<Incoming>) -> Result<AccountRef, Respons
         .await
         .map_err(|_| ApiError::BodyIncomplete.into_response())?
         .to_bytes();
-    api::body::parse(kind, &body).map_err(|e| ApiError::from(e).into_response())
+    api::http::body::parse(kind, &body).map_err(|e| ApiError::from(e).into_response())
 }
 
 /// What the publish-event ceilings do per request, on whichever HTTP stack: build the event
@@ -103,7 +103,7 @@ impl EventPublisher {
                 .await
         };
         match stored.await {
-            Ok(_) => api::reply::ok(),
+            Ok(_) => api::http::reply::ok(),
             Err(_) => ApiError::Unavailable.into_response(),
         }
     }

@@ -3,4 +3,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| fuzz::check_body(api::body::MediaType::Json, data));
+fuzz_target!(|data: &[u8]| fuzz::check_body(api::http::body::MediaType::Json, data));

@@ -1,7 +1,7 @@
 //! What every body-parser target checks: parsing any bytes returns Ok or a BodyError, never
 //! panics, and an accepted id satisfies the id rules.
 
-use api::body::{MediaType, parse, parse_fields};
+use api::http::body::{MediaType, parse, parse_fields};
 
 pub fn check_body(kind: MediaType, data: &[u8]) {
     if let Ok(id) = parse(kind, data) {

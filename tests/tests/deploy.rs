@@ -305,7 +305,7 @@ fn the_compose_files_need_the_secrets_compose_env_makes() {
     for file in ["docker-compose.yml", "deploy/cluster/docker-compose.yml"] {
         compose::load(&root().join(file), &vars).expect("interpolates with .env");
     }
-    assert!(vars["API_KEYS"].parse::<api::auth::ApiKeys>().is_ok());
+    assert!(vars["API_KEYS"].parse::<api::http::auth::ApiKeys>().is_ok());
     assert!(
         vars["RESET_CODE_KEY"]
             .parse::<shared::code::CodeKey>()

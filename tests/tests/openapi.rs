@@ -4,7 +4,7 @@
 //! media type and body shape.
 //!
 //! Not driven: 500, which only a panic in a handler produces (its shape is a unit test in
-//! `api::reply`).
+//! `api::http::reply`).
 
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;

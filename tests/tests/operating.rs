@@ -463,6 +463,8 @@ async fn the_api_counts_requests_and_publish_latency() {
     let api = TestApi::spawn().await;
     assert_eq!(api.forgot_id("ada").await.status, 200);
     assert_eq!(get(api.addr, "/nope").await.status, 404);
+    // The page's routes are counted by their own names, not as `other`.
+    assert_eq!(get(api.addr, "/reset-password").await.status, 200);
     let metrics = get(api.addr, "/metrics").await;
     assert_eq!(metrics.status, 200);
     assert!(
@@ -480,6 +482,13 @@ async fn the_api_counts_requests_and_publish_latency() {
     );
     assert_eq!(
         metric(body, r#"api_requests_total{route="other",status="404"}"#),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            body,
+            r#"api_requests_total{route="/reset-password",status="200"}"#
+        ),
         1.0
     );
     assert_eq!(

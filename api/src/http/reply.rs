@@ -4,7 +4,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
-use crate::body::{BodyError, MediaTypeError};
+use crate::http::body::{BodyError, MediaTypeError};
 
 /// Everything that ends a request with something other than 200.
 /// The `Display` text is what the client reads, so it never carries internal detail.

@@ -23,13 +23,13 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use shared::event::{ClientContext, ResetRequested};
 
-use super::reset_password::{complete_reset, reset_error, secret};
-use super::{AppState, MAX_USER_AGENT, Trail, content_length, read_body};
+use super::{FormError, Problem, View};
+use crate::routes::reset_password::{complete_reset, reset_error, secret};
+use crate::routes::{AppState, MAX_USER_AGENT, Trail, content_length, read_body};
 use crate::{
-    body::{self, MediaType},
-    limit::{ClientKey, Limiter, client_ip},
-    page::{FormError, Problem, View},
-    reply::ApiError,
+    http::body::{self, MediaType},
+    http::limit::{ClientKey, Limiter, client_ip},
+    http::reply::ApiError,
     reset::{ResetError, Secret},
 };
 
@@ -39,7 +39,7 @@ const SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
 
 /// `GET /reset-password[?token=…]`: with a live token, the form that carries it; without a
 /// token, the form for the account and the mail's code.
-pub(super) async fn show(
+pub(crate) async fn show(
     state: &AppState,
     peer: SocketAddr,
     trail: &mut Trail,
@@ -62,7 +62,7 @@ pub(super) async fn show(
 
 /// `POST /reset-password/code`: the account and the mail's code; the password form if the
 /// code is the account's live one. A wrong code counts against it.
-pub(super) async fn enter_code(
+pub(crate) async fn enter_code(
     state: &AppState,
     peer: SocketAddr,
     trail: &mut Trail,
@@ -104,7 +104,7 @@ async fn form_for(
 }
 
 /// `POST /reset-password`: the new password, twice, with the secret the form carries.
-pub(super) async fn submit(
+pub(crate) async fn submit(
     state: &AppState,
     peer: SocketAddr,
     trail: &mut Trail,
@@ -153,7 +153,7 @@ pub(super) async fn submit(
 
 /// `POST /reset-password/new-link`: a new mail, through the same path and the same budget as
 /// `POST /auth/forgot-password`, with the same answer whether or not the account exists.
-pub(super) async fn new_link(
+pub(crate) async fn new_link(
     state: &AppState,
     peer: SocketAddr,
     trail: &mut Trail,
@@ -343,7 +343,7 @@ async fn read_form(state: &AppState, req: Request<Incoming>) -> Result<Bytes, Ap
     }
     if body::media_type(headers.get(header::CONTENT_TYPE))? != MediaType::Form {
         return Err(ApiError::UnsupportedMediaType(
-            crate::body::MediaTypeError::Unsupported("not a form".into()),
+            crate::http::body::MediaTypeError::Unsupported("not a form".into()),
         ));
     }
     read_body(req.into_body(), state.max_body, state.body_timeout).await

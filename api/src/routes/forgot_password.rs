@@ -14,10 +14,10 @@ use super::{AppState, Trail, accept};
 use shared::metrics::ResultLabels;
 
 use crate::{
-    body,
+    http::body,
+    http::reply,
+    http::reply::ApiError,
     publish::{PublishFailure, message_id},
-    reply,
-    reply::ApiError,
 };
 
 pub(super) async fn forgot_password(

@@ -7,7 +7,7 @@ use http::Response;
 use http_body_util::Full;
 
 use super::AppState;
-use crate::{reply, reply::ApiError};
+use crate::http::{reply, reply::ApiError};
 
 pub(super) async fn ready(state: &AppState) -> Result<Response<Full<Bytes>>, ApiError> {
     if !state.publisher.is_connected() {

@@ -12,9 +12,9 @@ use shared::event::ClientContext;
 
 use super::{AppState, Trail, accept};
 use crate::{
-    body::{self, BodyError},
-    reply,
-    reply::ApiError,
+    http::body::{self, BodyError},
+    http::reply,
+    http::reply::ApiError,
     reset::{Requester, ResetError, Secret},
 };
 use shared::account::AccountRef;
@@ -58,7 +58,7 @@ pub(super) async fn reset_password(
 }
 
 /// The secret a body names: the link's `token`, or the account's `id` and the mail's `code`.
-pub(super) fn secret(
+pub(crate) fn secret(
     token: Option<String>,
     id: Option<String>,
     code: Option<String>,
@@ -77,7 +77,7 @@ pub(super) fn secret(
 }
 
 /// Sets the password and publishes `PasswordChanged`: one path for this endpoint and the page.
-pub(super) async fn complete_reset(
+pub(crate) async fn complete_reset(
     state: &AppState,
     trail: &mut Trail,
     secret: &Secret,
@@ -112,7 +112,7 @@ pub(super) async fn complete_reset(
     Ok(())
 }
 
-pub(super) fn reset_error(err: ResetError, trail: &Trail) -> ApiError {
+pub(crate) fn reset_error(err: ResetError, trail: &Trail) -> ApiError {
     let request_id = &trail.request_id;
     match err {
         ResetError::InvalidToken => ApiError::InvalidToken,

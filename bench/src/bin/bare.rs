@@ -10,7 +10,7 @@ async fn main() -> std::io::Result<()> {
         .map_err(std::io::Error::other)?;
     bench::serve(addr, |req| async move {
         match bench::parse(req).await {
-            Ok(_) => api::reply::ok(),
+            Ok(_) => api::http::reply::ok(),
             Err(response) => response,
         }
     })

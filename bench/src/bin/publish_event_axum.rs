@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use api::reply::ApiError;
+use api::http::reply::ApiError;
 use axum::serve::ListenerExt;
 use axum::{Router, body::Bytes, extract::State, http::HeaderMap, routing::post};
 use bench::EventPublisher;
@@ -44,9 +44,9 @@ async fn forgot(
     headers: HeaderMap,
     body: Bytes,
 ) -> axum::response::Response {
-    let parsed = api::body::media_type(headers.get(axum::http::header::CONTENT_TYPE))
+    let parsed = api::http::body::media_type(headers.get(axum::http::header::CONTENT_TYPE))
         .map_err(ApiError::from)
-        .and_then(|kind| api::body::parse(kind, &body).map_err(ApiError::from));
+        .and_then(|kind| api::http::body::parse(kind, &body).map_err(ApiError::from));
     let response = match parsed {
         Ok(account) => publisher.publish(account).await,
         Err(err) => err.into_response(),

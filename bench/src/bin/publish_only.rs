@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use api::reply::ApiError;
+use api::http::reply::ApiError;
 use async_nats::jetstream;
 
 #[tokio::main]
@@ -30,7 +30,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let payload = serde_json::json!({ "version": 1, "id": id }).to_string();
             match js.publish(subject.clone(), payload.into()).await {
                 Ok(ack) => match ack.await {
-                    Ok(_) => api::reply::ok(),
+                    Ok(_) => api::http::reply::ok(),
                     Err(_) => ApiError::Unavailable.into_response(),
                 },
                 Err(_) => ApiError::Unavailable.into_response(),
