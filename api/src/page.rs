@@ -28,15 +28,21 @@ const LAYOUT: &str = "page";
 #[derive(Debug, thiserror::Error)]
 pub enum PageError {
     #[error("page template {0}: {1}")]
-    Layout(PathBuf, String),
+    Layout(PathBuf, std::io::Error),
+    #[error("page template {0}: {1}")]
+    Template(PathBuf, Box<handlebars::TemplateError>),
     #[error("page words {0}: {1}")]
-    Words(PathBuf, String),
+    Words(PathBuf, std::io::Error),
+    #[error("page words {0}: {1}")]
+    WordsJson(PathBuf, serde_json::Error),
+    #[error("page words {0}: expected a JSON object")]
+    WordsNotObject(PathBuf),
     #[error("templates folder {0} (TEMPLATES_DIR) has no {FALLBACK_LOCALE}/page.json")]
     NoFallback(PathBuf),
     #[error("PAGE_ACCENT_COLOR must be a hex colour like #1d4ed8, not `{0}`")]
     Colour(String),
     #[error("page template {0} does not render: {1}")]
-    Render(PathBuf, String),
+    Render(PathBuf, handlebars::RenderError),
 }
 
 /// What a page shows.
@@ -111,11 +117,11 @@ impl Pages {
         }
         let layout_file = dir.join("page.hbs");
         let layout = std::fs::read_to_string(&layout_file)
-            .map_err(|e| PageError::Layout(layout_file.clone(), e.to_string()))?;
+            .map_err(|e| PageError::Layout(layout_file.clone(), e))?;
         let mut registry = Handlebars::new();
         registry
             .register_template_string(LAYOUT, layout)
-            .map_err(|e| PageError::Layout(layout_file.clone(), e.to_string()))?;
+            .map_err(|e| PageError::Template(layout_file.clone(), Box::new(e)))?;
         let mut words = load_words(dir)?;
         // `{min}` is a setting: filled in once here, not on every page.
         for value in words.values_mut().filter_map(Value::as_object_mut) {
@@ -236,7 +242,7 @@ impl Pages {
         response
     }
 
-    fn render(&self, view: &View, locale: &str) -> Result<String, String> {
+    fn render(&self, view: &View, locale: &str) -> Result<String, handlebars::RenderError> {
         let fallback = &self.words[FALLBACK_LOCALE];
         let words = self.words.get(locale).unwrap_or(fallback);
         let word = |key: &str| -> String {
@@ -294,9 +300,7 @@ impl Pages {
             t: words,
             view: data,
         };
-        self.registry
-            .render(LAYOUT, &page)
-            .map_err(|e| e.to_string())
+        self.registry.render(LAYOUT, &page)
     }
 }
 
@@ -325,19 +329,17 @@ fn policy_text(policy: &PolicyError, word: &dyn Fn(&str) -> String, min: u16) ->
 
 fn load_words(dir: &Path) -> Result<BTreeMap<String, Value>, PageError> {
     let mut words = BTreeMap::new();
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| PageError::Words(dir.to_owned(), e.to_string()))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| PageError::Words(dir.to_owned(), e))?;
     for entry in entries.flatten() {
         let file = entry.path().join("page.json");
         if !file.is_file() {
             continue;
         }
-        let text = std::fs::read_to_string(&file)
-            .map_err(|e| PageError::Words(file.clone(), e.to_string()))?;
-        let value: Value = serde_json::from_str(&text)
-            .map_err(|e| PageError::Words(file.clone(), e.to_string()))?;
+        let text = std::fs::read_to_string(&file).map_err(|e| PageError::Words(file.clone(), e))?;
+        let value: Value =
+            serde_json::from_str(&text).map_err(|e| PageError::WordsJson(file.clone(), e))?;
         if !value.is_object() {
-            return Err(PageError::Words(file, "expected a JSON object".into()));
+            return Err(PageError::WordsNotObject(file));
         }
         words.insert(entry.file_name().to_string_lossy().to_lowercase(), value);
     }

@@ -62,6 +62,19 @@ pub enum PublishFailure {
     Refused(jetstream::context::PublishError),
 }
 
+/// Why a stored event could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum StoredError {
+    #[error("opening the stream: {0}")]
+    Stream(#[from] jetstream::context::GetStreamError),
+    #[error("reading the event: {0}")]
+    Read(#[from] jetstream::stream::RawMessageError),
+    #[error(transparent)]
+    Decode(#[from] shared::event::DecodeError),
+    #[error("no answer within {0:?}")]
+    TimedOut(Duration),
+}
+
 impl Publisher {
     pub fn new(client: async_nats::Client, subject: String, timeout: Duration) -> Self {
         let js = jetstream::ContextBuilder::new()
@@ -102,22 +115,15 @@ impl Publisher {
 
     /// The `ResetRequested` JetStream holds at `stored`: the earlier event a duplicate
     /// `Idempotency-Key` stands for.
-    pub async fn stored_request(&self, stored: &Stored) -> Result<ResetRequested, String> {
+    pub async fn stored_request(&self, stored: &Stored) -> Result<ResetRequested, StoredError> {
         let read = async {
-            let stream = self
-                .js
-                .get_stream_no_info(&stored.stream)
-                .await
-                .map_err(|e| e.to_string())?;
-            let message = stream
-                .get_raw_message(stored.sequence)
-                .await
-                .map_err(|e| e.to_string())?;
-            ResetRequested::decode(&message.payload).map_err(|e| e.to_string())
+            let stream = self.js.get_stream_no_info(&stored.stream).await?;
+            let message = stream.get_raw_message(stored.sequence).await?;
+            Ok(ResetRequested::decode(&message.payload)?)
         };
         tokio::time::timeout(self.timeout, read)
             .await
-            .map_err(|_| format!("no answer within {:?}", self.timeout))?
+            .map_err(|_| StoredError::TimedOut(self.timeout))?
     }
 
     /// Publishes any event and waits for its PubAck, within the publish deadline.

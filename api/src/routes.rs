@@ -302,17 +302,7 @@ fn request_id(headers: &HeaderMap) -> String {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
         })
-        .map_or_else(
-            || {
-                // Encoded directly: `to_string` went through `core::fmt`.
-                let mut text = uuid::Uuid::encode_buffer();
-                uuid::Uuid::now_v7()
-                    .hyphenated()
-                    .encode_lower(&mut text)
-                    .to_owned()
-            },
-            str::to_owned,
-        )
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
 }
 
 pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {

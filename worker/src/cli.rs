@@ -105,17 +105,29 @@ pub enum DeadLetterCommand {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PointInTime(pub OffsetDateTime);
 
+/// Why a `--since` or `--until` is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PointInTimeError {
+    #[error("`{0}` is neither an RFC 3339 time nor a duration like 2h")]
+    Unreadable(String),
+    #[error("`{0}` is too long ago")]
+    TooLong(String),
+}
+
 impl FromStr for PointInTime {
-    type Err = String;
+    type Err = PointInTimeError;
 
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
         if let Ok(at) = OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339) {
             return Ok(Self(at));
         }
         let ago = humantime::parse_duration(raw)
-            .map_err(|_| format!("`{raw}` is neither an RFC 3339 time nor a duration like 2h"))?;
-        let ago = time::Duration::try_from(ago).map_err(|e| e.to_string())?;
-        Ok(Self(OffsetDateTime::now_utc() - ago))
+            .map_err(|_| PointInTimeError::Unreadable(raw.to_owned()))?;
+        let ago = time::Duration::try_from(ago)
+            .ok()
+            .and_then(|ago| OffsetDateTime::now_utc().checked_sub(ago))
+            .ok_or_else(|| PointInTimeError::TooLong(raw.to_owned()))?;
+        Ok(Self(ago))
     }
 }
 
@@ -131,5 +143,15 @@ mod tests {
         let expected = OffsetDateTime::now_utc() - time::Duration::hours(2);
         assert!((ago.0 - expected).abs() < time::Duration::seconds(5));
         assert!("yesterday-ish".parse::<PointInTime>().is_err());
+        assert!("100000000years".parse::<PointInTime>().is_err());
     }
+}
+
+/// Why a command (the worker itself, or an operator command) ended in failure.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Worker(#[from] crate::WorkerError),
+    #[error(transparent)]
+    Ops(#[from] crate::ops::OpsError),
 }

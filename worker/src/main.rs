@@ -2,7 +2,7 @@
 // (malloc_consolidate, unlink_chunk); mimalloc's thread-local heaps avoid most of it.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use worker::cli::{Cli, Command};
+use worker::cli::{Cli, Command, CommandError};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -12,19 +12,19 @@ async fn main() -> std::process::ExitCode {
     } else {
         shared::logging::init(&cli.settings.log)
     };
-    let result = match &cli.command {
+    let result: Result<(), CommandError> = match &cli.command {
         None => worker::run(cli.settings, shared::shutdown_signal())
             .await
-            .map_err(|e| e.to_string()),
+            .map_err(CommandError::from),
         Some(Command::Replay(args)) => {
             worker::ops::replay(&cli.settings, args, &mut std::io::stdout())
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(CommandError::from)
         }
         Some(Command::DeadLetters(command)) => {
             worker::ops::dead_letters(&cli.settings, command, &mut std::io::stdout())
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(CommandError::from)
         }
     };
     match result {

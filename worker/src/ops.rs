@@ -31,9 +31,9 @@ pub enum OpsError {
     #[error("NATS at {0} (NATS_URL) is not reachable")]
     NatsUnreachable(String),
     #[error("stream {0} (RESET_STREAM): {1}")]
-    Stream(String, String),
+    Stream(String, jetstream::context::GetStreamError),
     #[error("reading the stream: {0}")]
-    Read(String),
+    Read(async_nats::Error),
     #[error("database (DATABASE_URL): {0}")]
     Database(#[from] sqlx::Error),
     #[error(transparent)]
@@ -75,7 +75,7 @@ async fn open_stream(settings: &Settings) -> Result<(jetstream::Context, Stream)
     let stream = js
         .get_stream(&settings.stream.stream)
         .await
-        .map_err(|e| OpsError::Stream(settings.stream.stream.clone(), e.to_string()))?;
+        .map_err(|e| OpsError::Stream(settings.stream.stream.clone(), e))?;
     Ok((js, stream))
 }
 
@@ -99,11 +99,11 @@ impl SubjectReader {
                 ..Default::default()
             })
             .await
-            .map_err(|e| OpsError::Read(e.to_string()))?;
+            .map_err(|e| OpsError::Read(e.into()))?;
         let pending = consumer
             .get_info()
             .await
-            .map_err(|e| OpsError::Read(e.to_string()))?
+            .map_err(|e| OpsError::Read(e.into()))?
             .num_pending;
         let messages = if pending == 0 {
             None
@@ -112,7 +112,7 @@ impl SubjectReader {
                 consumer
                     .messages()
                     .await
-                    .map_err(|e| OpsError::Read(e.to_string()))?,
+                    .map_err(|e| OpsError::Read(e.into()))?,
             )
         };
         Ok(Self { messages, pending })
@@ -130,7 +130,7 @@ impl SubjectReader {
                 self.pending -= 1;
                 Ok(Some(message))
             }
-            Ok(Some(Err(err))) => Err(OpsError::Read(err.to_string())),
+            Ok(Some(Err(err))) => Err(OpsError::Read(err.into())),
             Ok(None) | Err(_) => Ok(None),
         }
     }

@@ -224,13 +224,21 @@ fn check_lease(settings: &Settings, mailer: &Mailer) -> Result<(), WorkerError> 
 }
 
 /// Ensures the stream (creating it, or bringing its limits up to the settings) and opens it.
-async fn open_stream(js: &jetstream::Context, settings: &Settings) -> Result<Stream, String> {
-    ensure_stream(js, &settings.stream)
-        .await
-        .map_err(|e| e.to_string())?;
-    js.get_stream(&settings.stream.stream)
-        .await
-        .map_err(|e| e.to_string())
+async fn open_stream(
+    js: &jetstream::Context,
+    settings: &Settings,
+) -> Result<Stream, StreamNotReady> {
+    ensure_stream(js, &settings.stream).await?;
+    Ok(js.get_stream(&settings.stream.stream).await?)
+}
+
+/// Why the stream is not there yet.
+#[derive(Debug, thiserror::Error)]
+enum StreamNotReady {
+    #[error(transparent)]
+    Ensure(#[from] shared::stream::StreamError),
+    #[error("opening the stream: {0}")]
+    Open(#[from] jetstream::context::GetStreamError),
 }
 
 /// The consumer of reset requests and that of password-changed notifications.

@@ -82,7 +82,9 @@ pub enum TransportSettingsError {
     #[error("SMTP_URL `tls` must be `none`, `required` or `opportunistic`, not `{0}`")]
     TlsMode(String),
     #[error("SMTP_CA_FILE {0}: {1}")]
-    CaFile(PathBuf, String),
+    CaFile(PathBuf, target::TlsError),
+    #[error("SMTP_CA_FILE {0}: {1}")]
+    CaFileUnread(PathBuf, io::Error),
     #[error("MAIL_OUTBOX {0} cannot be created: {1}")]
     Outbox(PathBuf, io::Error),
 }

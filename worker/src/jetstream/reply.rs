@@ -16,7 +16,7 @@ pub const REPLY_WITHIN: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum ReplyError {
     #[error("NATS refused it: {0}")]
-    Refused(String),
+    Refused(async_nats::Error),
     #[error("NATS did not take it within {REPLY_WITHIN:?}")]
     TimedOut,
 }
@@ -27,13 +27,13 @@ pub async fn reply(message: &jetstream::Message, kind: AckKind) -> Result<(), Re
     within(REPLY_WITHIN, message.ack_with(kind)).await
 }
 
-async fn within<E: std::fmt::Display>(
+async fn within(
     bound: Duration,
-    sent: impl std::future::Future<Output = Result<(), E>>,
+    sent: impl std::future::Future<Output = Result<(), async_nats::Error>>,
 ) -> Result<(), ReplyError> {
     match tokio::time::timeout(bound, sent).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(err)) => Err(ReplyError::Refused(err.to_string())),
+        Ok(Err(err)) => Err(ReplyError::Refused(err)),
         Err(_) => Err(ReplyError::TimedOut),
     }
 }
@@ -44,7 +44,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_answer_that_cannot_leave_gives_up_at_the_bound() {
-        let never = std::future::pending::<Result<(), String>>();
+        let never = std::future::pending::<Result<(), async_nats::Error>>();
         let started = tokio::time::Instant::now();
         let out = within(REPLY_WITHIN, never).await;
         assert!(matches!(out, Err(ReplyError::TimedOut)), "{out:?}");
@@ -53,7 +53,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refusal_says_why() {
-        let out = within(REPLY_WITHIN, async { Err::<(), _>("connection closed") }).await;
+        let out = within(REPLY_WITHIN, async { Err("connection closed".into()) }).await;
         assert_eq!(
             out.map_err(|e| e.to_string()),
             Err("NATS refused it: connection closed".to_owned())

@@ -95,7 +95,7 @@ impl SmtpTarget {
         let extra_ca = ca_file
             .map(|path| {
                 std::fs::read(path)
-                    .map_err(|e| TransportSettingsError::CaFile(path.to_owned(), e.to_string()))
+                    .map_err(|e| TransportSettingsError::CaFileUnread(path.to_owned(), e))
             })
             .transpose()?;
         let target = Self {
@@ -107,19 +107,14 @@ impl SmtpTarget {
         };
         // Fail at start-up, not at the first email, if the TLS settings are unusable.
         if target.security != Security::Plain {
-            target.tls_parameters().map_err(|e| {
-                TransportSettingsError::CaFile(
-                    ca_file.map(PathBuf::from).unwrap_or_default(),
-                    e.to_string(),
-                )
-            })?;
+            let unusable = |e: TlsError| {
+                TransportSettingsError::CaFile(ca_file.map(PathBuf::from).unwrap_or_default(), e)
+            };
+            target
+                .tls_parameters()
+                .map_err(|e| unusable(TlsError::Lettre(e)))?;
             if target.security == Security::Implicit {
-                target.rustls_config().map_err(|e| {
-                    TransportSettingsError::CaFile(
-                        ca_file.map(PathBuf::from).unwrap_or_default(),
-                        e,
-                    )
-                })?;
+                target.rustls_config().map_err(unusable)?;
             }
         }
         Ok(target)
@@ -133,25 +128,34 @@ impl SmtpTarget {
         builder.build_rustls()
     }
 
-    pub(super) fn rustls_config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+    pub(super) fn rustls_config(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
         use rustls::pki_types::{CertificateDer, pem::PemObject};
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(pem) = &self.extra_ca {
             for cert in CertificateDer::pem_slice_iter(pem) {
-                let cert = cert.map_err(|e| e.to_string())?;
-                roots.add(cert).map_err(|e| e.to_string())?;
+                roots.add(cert?)?;
             }
         }
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
         Ok(Arc::new(config))
     }
+}
+
+/// Why the TLS settings for SMTP cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error(transparent)]
+    Lettre(lettre::transport::smtp::Error),
+    #[error("reading the PEM: {0}")]
+    Pem(#[from] rustls::pki_types::pem::Error),
+    #[error(transparent)]
+    Rustls(#[from] rustls::Error),
 }
 
 fn percent_decode(s: &str) -> String {
