@@ -358,7 +358,6 @@ fn clip(s: &str) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::time::{Duration, Instant};
 
     fn id(kind: MediaType, body: &str) -> Result<String, BodyError> {
         parse(kind, body.as_bytes()).map(|a| a.as_str().to_owned())
@@ -622,10 +621,9 @@ mod tests {
             ));
         }
         laughs.push_str("]><item><id>&lol9;</id></item>");
+        // Refused at the DOCTYPE, before any entity could be declared, let alone expanded.
         for body in [xxe, laughs.as_str()] {
-            let started = Instant::now();
             assert_eq!(id(MediaType::Xml, body), Err(BodyError::XmlDoctype));
-            assert!(started.elapsed() < Duration::from_millis(50));
         }
         // Without a DOCTYPE an undeclared entity is simply unknown.
         assert_eq!(

@@ -275,7 +275,7 @@ async fn every_mail_relayed_through_postfix_arrives() {
 async fn every_account_gets_one_mail(system: &System, accounts: i32) {
     let count = usize::try_from(accounts).expect("count");
     let mails = system.sink.wait_for(count, Duration::from_secs(60)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    system.db.wait_for_outcomes(i64::from(accounts)).await;
     let mut to: Vec<String> = system.sink.messages().into_iter().map(|m| m.to).collect();
     assert_eq!(to.len(), count, "{} mails, then {}", mails.len(), to.len());
     to.sort();

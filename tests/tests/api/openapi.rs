@@ -13,7 +13,7 @@ use e2e::system::System;
 use e2e::{KEY, RawResponse, TestApi, free_port, read_response, request, send_raw};
 use serde_json::{Value, json};
 
-const DOCUMENT: &str = include_str!("../../openapi.yaml");
+const DOCUMENT: &str = include_str!("../../../openapi.yaml");
 const FORGOT: &str = "/auth/forgot-password";
 const VERIFY: &str = "/auth/reset-password/verify";
 const RESET: &str = "/auth/reset-password";

@@ -144,8 +144,8 @@ async fn an_unknown_account_gets_the_same_answer_and_no_mail() {
     );
 
     let mails = system.sink.wait_for(1, WAIT).await;
-    // Give a stray second mail the time to show up before asserting there is none.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Both events decided: no other mail can come from them.
+    system.db.wait_for_outcomes(2).await;
     let mails_after = system.sink.messages();
     assert_eq!(mails.len(), 1);
     assert_eq!(mails_after.len(), 1);
@@ -408,7 +408,7 @@ async fn two_workers_and_200_requests_give_exactly_200_mails() {
     assert!(statuses.iter().all(|s| *s == 200));
 
     let mails = sink.wait_for(200, Duration::from_secs(60)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    db.wait_for_outcomes(200).await;
     let mails_after = sink.messages();
     assert_eq!(mails.len(), 200);
     assert_eq!(mails_after.len(), 200, "no extra mail");

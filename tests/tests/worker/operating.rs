@@ -321,7 +321,7 @@ async fn replay_execute_mails_nothing_that_is_too_old_or_was_throttled() {
             "skipped: throttled then; shown, not decided again (--force decides it again)",
         ]
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A replay mails, if at all, before it prints its line.
     assert_eq!(system.sink.messages().len(), 1, "no new mail");
     assert_eq!(
         system.db.outcomes().await,
@@ -528,7 +528,7 @@ async fn three_workers_share_1000_requests_and_each_mail_goes_out_once() {
         }
     }
     let mails = sink.wait_for(REQUESTS, Duration::from_secs(120)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    db.wait_for_outcomes(REQUESTS as i64).await;
     let mails_after = sink.messages();
     assert_eq!(mails.len(), REQUESTS);
     assert_eq!(mails_after.len(), REQUESTS, "no extra mail");
