@@ -26,6 +26,7 @@ use shared::account::AccountRef;
 use shared::code::{CodeKey, ResetCode};
 use shared::event::{ClientContext, PasswordChanged};
 use sqlx::{PgPool, postgres::PgPoolOptions};
+use tokio::sync::Semaphore;
 
 use crate::config::ResetSettings;
 
@@ -43,6 +44,8 @@ pub enum ResetError {
     Database(#[from] sqlx::Error),
     #[error("hashing the password: {0}")]
     Hash(#[from] HashError),
+    #[error("checking the password: {0}")]
+    Check(tokio::task::JoinError),
 }
 
 /// Why the reset settings are unusable.
@@ -96,10 +99,15 @@ pub struct Requester {
 pub struct Resets {
     pool: PgPool,
     policy: PasswordPolicy,
+    /// zxcvbn takes milliseconds of CPU: bound how many estimates run at once.
+    estimating: Semaphore,
     hasher: Hasher,
     changed_subject: String,
     code_key: CodeKey,
 }
+
+/// zxcvbn estimates running at once; more wait their turn.
+const ESTIMATES_AT_ONCE: usize = 2;
 
 /// Tokens as mailed: 43 characters of base64url. Anything else cannot be one.
 fn plausible_token(token: &str) -> bool {
@@ -148,6 +156,7 @@ impl Resets {
                 min_chars: usize::from(settings.password_min_length),
                 min_strength: settings.password_min_strength,
             },
+            estimating: Semaphore::new(ESTIMATES_AT_ONCE),
             hasher,
             changed_subject,
             code_key,
@@ -231,8 +240,10 @@ impl Resets {
         {
             return Err(ResetError::InvalidToken);
         }
+        // The token before the password's strength: an estimate costs CPU, and only someone
+        // holding a live token may spend it.
         let password = &normalise(password);
-        self.policy.check(password)?;
+        self.policy.check_length(password)?;
         let hash = self.resolve(secret).await?;
         let account: Option<(String, String)> =
             sqlx::query_as(&format!("SELECT t.account_id, a.email {}", valid_token()))
@@ -240,7 +251,7 @@ impl Resets {
                 .fetch_optional(&self.pool)
                 .await?;
         let (account_id, email) = account.ok_or_else(|| secret.invalid())?;
-        self.policy.check_account(password, &account_id, &email)?;
+        self.check_password(password, &account_id, &email).await?;
         let phc = self.hasher.hash(password).await?;
 
         let mut tx = self.pool.begin().await?;
@@ -281,6 +292,24 @@ impl Resets {
             .await?;
         tx.commit().await?;
         Ok(event)
+    }
+
+    /// The account's own rules and zxcvbn's estimate, off the async threads and a few at a
+    /// time, so that estimates never hold up the requests around them.
+    async fn check_password(
+        &self,
+        password: &str,
+        id: &str,
+        email: &str,
+    ) -> Result<(), ResetError> {
+        // The semaphore is never closed.
+        let _turn = self.estimating.acquire().await;
+        let policy = self.policy;
+        let (password, id, email) = (password.to_owned(), id.to_owned(), email.to_owned());
+        tokio::task::spawn_blocking(move || policy.check_account(&password, &id, &email))
+            .await
+            .map_err(ResetError::Check)??;
+        Ok(())
     }
 }
 

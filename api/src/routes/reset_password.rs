@@ -126,5 +126,9 @@ pub(crate) fn reset_error(err: ResetError, trail: &Trail) -> ApiError {
             tracing::error!(%request_id, error = %err, "password hashing failed");
             ApiError::Internal
         }
+        ResetError::Check(err) => {
+            tracing::error!(%request_id, error = %err, "password check failed");
+            ApiError::Internal
+        }
     }
 }
