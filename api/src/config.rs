@@ -71,6 +71,11 @@ pub struct HttpSettings {
     #[arg(long, env = "API_BODY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub body_timeout: Duration,
 
+    /// Connections served at once; more wait in the kernel's backlog until one ends. Each may
+    /// hold a 64 KiB read buffer, so this bounds the memory idle or slow clients can take.
+    #[arg(long, env = "API_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
     /// On SIGTERM/SIGINT, how long in-flight requests get to finish before the api exits.
     #[arg(long, env = "API_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
@@ -84,8 +89,9 @@ pub struct ResetSettings {
     #[command(flatten)]
     pub database: shared::db::DatabaseUrl,
 
-    /// Shortest accepted new password, in characters (Unicode code points).
-    #[arg(long, env = "PASSWORD_MIN_LENGTH", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=128))]
+    /// Shortest accepted new password, in characters (Unicode code points): 8 to 128 (NIST
+    /// SP 800-63B's floor is 8).
+    #[arg(long, env = "PASSWORD_MIN_LENGTH", default_value_t = 8, value_parser = clap::value_parser!(u16).range(8..=128))]
     pub password_min_length: u16,
 
     /// Least strength a new password must have, as zxcvbn's score: 0 accepts anything, 1 a

@@ -151,6 +151,7 @@ impl Application {
         let drained = shared::http::serve(
             self.listener,
             builder,
+            usize::try_from(self.http.max_connections).unwrap_or(usize::MAX),
             make_service,
             async {
                 shutdown.await;

@@ -20,6 +20,7 @@ fn help_lists_every_variable() {
         "API_HEADER_TIMEOUT",
         "API_BODY_TIMEOUT",
         "API_SHUTDOWN_TIMEOUT",
+        "API_MAX_CONNECTIONS",
         "NATS_URL",
         "RESET_STREAM",
         "RESET_SUBJECT_PREFIX",
@@ -64,6 +65,8 @@ fn a_bad_setting_names_its_environment_variable() {
         ("API_PUBLISH_TIMEOUT", "soon"),
         ("API_TRUST_PROXY", "perhaps"),
         ("API_TRUSTED_PROXIES", "proxy.internal"),
+        // Below NIST SP 800-63B's floor of 8.
+        ("PASSWORD_MIN_LENGTH", "4"),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_api"))
             .env(variable, value)

@@ -14,7 +14,10 @@ use hyper_util::{
     rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
 };
+use std::sync::Arc;
+
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 /// An HTTP/1.1 connection builder with a deadline for the request head.
 pub fn http1_builder(header_timeout: Duration) -> http1::Builder {
@@ -28,11 +31,15 @@ pub fn http1_builder(header_timeout: Duration) -> http1::Builder {
 }
 
 /// Serves every connection `listener` accepts with the service `make_service` builds for its
-/// peer, until `shutdown` resolves; then stops accepting and gives the requests in flight up
-/// to `drain` to finish. Returns whether they all did.
+/// peer, at most `max_connections` at once, until `shutdown` resolves; then stops accepting
+/// and gives the requests in flight up to `drain` to finish. Returns whether they all did.
+///
+/// Past `max_connections` a new connection waits in the kernel's backlog until another ends:
+/// each open connection may hold a read buffer, so their number bounds the memory.
 pub async fn serve<M, S>(
     listener: TcpListener,
     builder: http1::Builder,
+    max_connections: usize,
     make_service: M,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
@@ -45,8 +52,15 @@ where
     S::Future: Send + 'static,
 {
     let graceful = GracefulShutdown::new();
+    let places = Arc::new(Semaphore::new(max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
+        let place = tokio::select! {
+            place = places.clone().acquire_owned() => place,
+            () = &mut shutdown => break,
+        };
+        // Never closed.
+        let Ok(place) = place else { break };
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
@@ -58,6 +72,7 @@ where
                         if let Err(err) = connection.await {
                             tracing::debug!(error = %err, "connection closed with an error");
                         }
+                        drop(place);
                     });
                 }
                 Err(err) => {

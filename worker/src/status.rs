@@ -204,6 +204,9 @@ impl Status {
     }
 }
 
+/// Connections the status listener serves at once.
+const STATUS_CONNECTIONS: usize = 32;
+
 /// Binds `addr`; the listener serves until the returned task is aborted.
 pub async fn serve(
     addr: SocketAddr,
@@ -216,9 +219,11 @@ pub async fn serve(
         service_fn(move |req| respond(status.clone(), req))
     };
     let builder = shared::http::http1_builder(Duration::from_secs(10));
+    // Probes and a scraper or two: a handful of connections is plenty.
     let serving = shared::http::serve(
         listener,
         builder,
+        STATUS_CONNECTIONS,
         make_service,
         std::future::pending(),
         Duration::ZERO,

@@ -7,6 +7,7 @@ mod deploy;
 mod forgot_password;
 mod kubernetes;
 mod openapi;
+mod outsiders;
 mod reset_page;
 mod reset_password;
 mod secrets;
