@@ -1,5 +1,5 @@
-# One image, two binaries: `api` (the default command) and `worker`.
 # syntax=docker/dockerfile:1
+# One image, two binaries: `api` (the default command) and `worker`.
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
@@ -20,9 +20,11 @@ RUN apt-get update \
 COPY --from=build /out/api /out/worker /usr/local/bin/
 COPY templates /app/templates
 WORKDIR /app
+# The worker's status port stays on loopback unless its deployment opens it (compose and
+# the Kubernetes manifest do, for probes and metrics, behind a network policy): its metrics
+# count outcomes per account lookup, which must not be readable wherever the image runs.
 ENV TEMPLATES_DIR=/app/templates \
     API_ADDR=0.0.0.0:8080 \
-    WORKER_ADDR=0.0.0.0:9090 \
     LOG_FORMAT=json
 USER reset
 EXPOSE 8080 9090

@@ -270,6 +270,32 @@ fn the_dockerfile_builds_both_binaries_and_ships_the_templates() {
     assert!(dockerfile.contains("COPY templates /app/templates"));
     assert!(dockerfile.contains("TEMPLATES_DIR=/app/templates"));
     assert!(dockerfile.contains("USER reset"), "runs unprivileged");
+    assert!(
+        dockerfile.starts_with("# syntax="),
+        "the parser directive is read only on the first line"
+    );
+    assert!(
+        !dockerfile.contains("WORKER_ADDR"),
+        "the image opens no worker status port; deployments that need it say so"
+    );
+}
+
+/// `COPY . .` copies the build context: the secrets the compose files read (`.env`) and the
+/// local build outputs stay out of it.
+#[test]
+fn the_build_context_leaves_the_secrets_out() {
+    let ignore = std::fs::read_to_string(root().join(".dockerignore")).expect(".dockerignore");
+    let patterns: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    for kept_out in [".env", ".env.*", "target", ".git", ".venv"] {
+        assert!(
+            patterns.contains(&kept_out),
+            "{kept_out} is in the build context"
+        );
+    }
 }
 
 /// Without `.env` the compose files stop at the first secret with what to run; with the
