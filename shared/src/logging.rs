@@ -81,8 +81,11 @@ fn install<W: std::io::Write + Send + 'static>(
 /// Masks an account id or email for logs: enough to tell two requests apart, not enough to
 /// recover the address. `ada.lovelace@example.com` becomes `a***@e***.com`.
 pub fn mask_id(id: &str) -> String {
-    // One string built in place: the api masks an id for every request's log line.
-    let first = |s: &str| s.chars().next();
+    // One string built in place: the api masks an id for every request's log line. Only
+    // letters and digits of the id are shown, and a top-level domain only when it looks
+    // like one, so that an id cannot write log fields or lines of its own
+    // (`a@b.com status=200`).
+    let first = |s: &str| s.chars().next().filter(|c| c.is_alphanumeric());
     let mut out = String::with_capacity(24);
     match id.rsplit_once('@') {
         Some((local, domain)) => {
@@ -90,7 +93,10 @@ pub fn mask_id(id: &str) -> String {
             out.push_str("***@");
             out.extend(first(domain));
             out.push_str("***");
-            if let Some((_, tld)) = domain.rsplit_once('.') {
+            if let Some((_, tld)) = domain.rsplit_once('.')
+                && (1..=24).contains(&tld.len())
+                && tld.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
                 out.push('.');
                 out.push_str(tld);
             }
@@ -154,6 +160,14 @@ mod tests {
         assert_eq!(mask_id("@b.c"), "***@b***.c");
         assert_eq!(mask_id("a@"), "a***@***");
         assert_eq!(mask_id("Ünï@çà.de"), "Ü***@ç***.de");
+    }
+
+    #[test]
+    fn an_id_cannot_write_log_fields_or_lines() {
+        assert_eq!(mask_id("a@b.com status=200"), "a***@b***");
+        assert_eq!(mask_id("a@b.com\nlevel=ERROR"), "a***@b***");
+        assert_eq!(mask_id("\n@\t.com"), "***@***.com");
+        assert_eq!(mask_id(" x y z"), "***");
     }
 
     #[test]
