@@ -98,6 +98,9 @@ pub enum DeadLetterCommand {
         /// With --all: `expired` letters too.
         #[arg(long, requires = "all")]
         force: bool,
+        /// With --all: go ahead with more than ten letters (each becomes a mail).
+        #[arg(long, requires = "all")]
+        yes: bool,
     },
 }
 

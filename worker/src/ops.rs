@@ -56,6 +56,10 @@ pub enum OpsError {
         "{0} events match: add --yes to process them all again, or narrow them with --id, --since, --until or --limit"
     )]
     Unconfirmed(usize),
+    #[error(
+        "{0} dead letters would be retried, each a mail: add --yes to retry them all, or retry them one by one by number"
+    )]
+    UnconfirmedRetry(usize),
 }
 
 async fn open_stream(settings: &Settings) -> Result<(jetstream::Context, Stream), OpsError> {

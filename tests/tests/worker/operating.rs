@@ -387,6 +387,7 @@ async fn retrying_all_dead_letters_skips_expired_ones_unless_forced() {
         seq: None,
         all: true,
         force,
+        yes: false,
     };
     let skipped = dead_letters(&settings, retry_all(false)).await;
     assert!(
@@ -405,6 +406,52 @@ async fn retrying_all_dead_letters_skips_expired_ones_unless_forced() {
         "{forced}"
     );
     assert!(system.sink.messages().is_empty());
+    system.stop().await;
+}
+
+/// Each retried letter is a mail to someone: more than ten at once take `--yes`, and without
+/// it nothing is republished.
+#[tokio::test]
+async fn retrying_more_than_ten_dead_letters_at_once_takes_a_yes() {
+    let system = System::start().await;
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.expect("nats"));
+    let subject = format!("{}.requested", system.api.iso.prefix);
+    for _ in 0..11 {
+        js.publish(subject.clone(), "not an event".into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
+    assert_eq!(
+        e2e::wait_for_dead_letters(&system.api.iso, 11).await.len(),
+        11
+    );
+    let settings = ops_settings(&system);
+    let retry_all = |yes| DeadLetterCommand::Retry {
+        seq: None,
+        all: true,
+        force: false,
+        yes,
+    };
+    let mut out = Vec::new();
+    let refused = worker::ops::dead_letters(&settings, &retry_all(false), &mut out).await;
+    let err = refused.expect_err("eleven letters without --yes");
+    assert!(err.to_string().contains("add --yes"), "{err}");
+    assert!(
+        out.is_empty(),
+        "nothing republished: {}",
+        String::from_utf8_lossy(&out)
+    );
+    assert_eq!(
+        e2e::wait_for_dead_letters(&system.api.iso, 11).await.len(),
+        11
+    );
+    let retried = dead_letters(&settings, retry_all(true)).await;
+    assert!(
+        retried.contains("11 dead letter(s) republished"),
+        "{retried}"
+    );
     system.stop().await;
 }
 
@@ -439,6 +486,7 @@ async fn dead_letters_are_listed_shown_and_retried_into_a_mail() {
             seq: None,
             all: true,
             force: false,
+            yes: false,
         },
     )
     .await;

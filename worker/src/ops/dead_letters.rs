@@ -17,6 +17,7 @@ use crate::jetstream::{
     HEADER_DEAD_SUBJECT, HEADER_RETRY_OF,
 };
 
+use super::replay::CONFIRM_ABOVE;
 use super::{OpsError, SubjectReader, open_stream};
 
 /// `worker dead-letters …`.
@@ -34,11 +35,20 @@ pub async fn dead_letters(
     match command {
         DeadLetterCommand::List { json } => letters.list(*json, out).await,
         DeadLetterCommand::Show { seq } => letters.show(*seq, out).await,
-        DeadLetterCommand::Retry { seq, all, force } => {
+        DeadLetterCommand::Retry {
+            seq,
+            all,
+            force,
+            yes,
+        } => {
             let targets = match seq {
                 Some(seq) if !*all => vec![*seq],
                 _ => letters.retriable(*force, out).await?,
             };
+            // Each retried letter is a mail to someone: many at once take a yes.
+            if targets.len() > CONFIRM_ABOVE && !*yes {
+                return Err(OpsError::UnconfirmedRetry(targets.len()));
+            }
             let mut retried = 0;
             for seq in targets {
                 letters.retry(seq).await?;
