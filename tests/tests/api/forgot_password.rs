@@ -279,14 +279,29 @@ async fn unknown_paths_get_404_and_other_methods_405_with_allow() {
 #[tokio::test]
 async fn oversized_headers_get_431_with_the_json_body() {
     let api = TestApi::spawn().await;
-    for size in [40 * 1024, 500 * 1024] {
+    let padded = |size: usize| {
         let padding = format!("X-Padding: {}\r\nContent-Length: 10\r\n", "a".repeat(size));
-        let request = format!("{}{{\"id\":\"a\"}}", forgot_head(&padding));
-        let response = send_raw(api.addr, request.as_bytes()).await;
-        assert_eq!(response.status, 431, "{size} bytes");
-        assert!(response.message().contains("32768 bytes"), "{size} bytes");
-        assert!(response.header("x-request-id").is_some(), "{size} bytes");
-    }
+        format!("{}{{\"id\":\"a\"}}", forgot_head(&padding))
+    };
+    let response = send_raw(api.addr, padded(40 * 1024).as_bytes()).await;
+    assert_eq!(response.status, 431);
+    assert!(response.message().contains("32768 bytes"));
+    assert!(response.header("x-request-id").is_some());
+    // Past the 64 KiB read buffer hyper stops reading and answers 431 itself, without a
+    // body: a head that size is no client's mistake, and reading on would cost memory.
+    // The api may close before the client has written it all: what matters is what it read.
+    let mut stream = tokio::net::TcpStream::connect(api.addr)
+        .await
+        .expect("connect");
+    let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, padded(500 * 1024).as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut answer),
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
     assert!(api.events().await.is_empty());
     api.stop().await;
 }
