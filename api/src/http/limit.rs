@@ -68,6 +68,12 @@ pub struct ClientKey {
 }
 
 impl ClientKey {
+    /// The one bucket every request shares while the limiter has no room for more clients.
+    const EVERYONE_ELSE: Self = Self {
+        key: None,
+        ip: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+
     /// `key` is the position of the presented API key, `None` when it presented none that
     /// is configured.
     pub fn new(key: Option<usize>, ip: IpAddr) -> Self {
@@ -78,14 +84,25 @@ impl ClientKey {
     }
 }
 
+/// Clients a limiter keeps a bucket for (a few dozen bytes each). Past it, until idle ones
+/// are forgotten, every request counts against one shared bucket: an IPv6 /48 holds 65,536
+/// /64s, and one bucket each for whoever rotates through them would have no end.
+pub const MAX_CLIENTS: usize = 100_000;
+
 /// Counts requests per client and says when one has had too many.
 #[derive(Debug)]
 pub struct Limiter {
     inner: Option<DefaultKeyedRateLimiter<ClientKey>>,
+    max_clients: usize,
 }
 
 impl Limiter {
     pub fn new(limit: RateLimit) -> Self {
+        Self::with_room_for(limit, MAX_CLIENTS)
+    }
+
+    /// A limiter that keeps at most `max_clients` buckets.
+    pub fn with_room_for(limit: RateLimit, max_clients: usize) -> Self {
         let inner = match limit {
             RateLimit::Off => None,
             RateLimit::Every {
@@ -98,13 +115,18 @@ impl Limiter {
                     .map(|q| DefaultKeyedRateLimiter::keyed(q.allow_burst(burst)))
             }
         };
-        Self { inner }
+        Self { inner, max_clients }
     }
 
     /// `Err(seconds)` to wait when the client is over its limit.
     pub fn check(&self, client: ClientKey) -> Result<(), u64> {
         let Some(limiter) = &self.inner else {
             return Ok(());
+        };
+        let client = if limiter.len() < self.max_clients {
+            client
+        } else {
+            ClientKey::EVERYONE_ELSE
         };
         limiter.check_key(&client).map_err(|not_until| {
             let wait = not_until.wait_time_from(limiter.clock().now());
@@ -177,22 +199,40 @@ pub fn client_ip(
     let Some(proxies) = proxies else {
         return client;
     };
+    // Split as bytes: a byte that is not ASCII in an entry the client wrote (on the left)
+    // must not cost the entries the proxies wrote (on the right).
     let hops = headers
         .get_all("x-forwarded-for")
         .iter()
         .rev()
-        .flat_map(|v| v.to_str().unwrap_or("").rsplit(','));
+        .flat_map(|v| v.as_bytes().rsplit(|b| *b == b','));
     for hop in hops {
         if !proxies.contains(client) {
             break;
         }
         // An entry that is not an address ends the walk at the last hop known good.
-        match hop.trim().parse::<IpAddr>() {
-            Ok(ip) => client = ip.to_canonical(),
-            Err(_) => break,
+        match hop_address(hop) {
+            Some(ip) => client = ip.to_canonical(),
+            None => break,
         }
     }
     client
+}
+
+/// One `X-Forwarded-For` entry's address: `203.0.113.9`, `2001:db8::1`, and as proxies
+/// also write them, with a port (`203.0.113.9:4711`, `[2001:db8::1]:4711`) or in brackets.
+fn hop_address(entry: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(entry).ok()?.trim();
+    text.parse::<IpAddr>()
+        .ok()
+        .or_else(|| text.parse::<SocketAddr>().ok().map(|s| s.ip()))
+        .or_else(|| {
+            text.strip_prefix('[')?
+                .strip_suffix(']')?
+                .parse::<Ipv6Addr>()
+                .ok()
+                .map(IpAddr::V6)
+        })
 }
 
 #[cfg(test)]
@@ -249,6 +289,32 @@ mod tests {
     }
 
     #[test]
+    fn past_its_room_a_limiter_counts_newcomers_in_one_shared_bucket() {
+        let limiter = Limiter::with_room_for("1/minute".parse().expect("limit"), 4);
+        let client = |n: u16| {
+            ClientKey::new(
+                None,
+                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, n, 0, 0, 0, 0, 1)),
+            )
+        };
+        for n in 0..4 {
+            assert_eq!(
+                limiter.check(client(n)),
+                Ok(()),
+                "client {n} has a bucket of its own"
+            );
+        }
+        // A fifth /64 finds no room: it spends the shared bucket, and the sixth finds it spent.
+        assert_eq!(limiter.check(client(4)), Ok(()));
+        assert!(limiter.check(client(5)).is_err());
+        assert_eq!(
+            limiter.inner.as_ref().map(|l| l.len()),
+            Some(5),
+            "four and the shared one"
+        );
+    }
+
+    #[test]
     fn ipv6_clients_share_a_bucket_per_64() {
         let limiter = Limiter::new("1/minute".parse().expect("limit"));
         let client = |addr| ClientKey::new(None, ip(addr));
@@ -296,6 +362,33 @@ mod tests {
         let mut inside = HeaderMap::new();
         inside.insert("x-forwarded-for", HeaderValue::from_static("10.9.9.9"));
         assert_eq!(client_ip(peer, &inside, Some(&trusted)), ip("10.9.9.9"));
+    }
+
+    #[test]
+    fn entries_with_ports_brackets_or_stray_bytes_still_name_the_client() {
+        let peer: SocketAddr = "10.0.0.5:4000".parse().expect("addr");
+        let trusted: TrustedProxies = "10.0.0.0/8".parse().expect("proxies");
+        for (header, client) in [
+            ("203.0.113.9:4711", "203.0.113.9"),
+            ("[2001:db8::7]:4711", "2001:db8::7"),
+            ("[2001:db8::7]", "2001:db8::7"),
+            ("6.6.6.6, 203.0.113.9:80, 10.1.1.1:443", "203.0.113.9"),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-forwarded-for", HeaderValue::from_static(header));
+            assert_eq!(
+                client_ip(peer, &headers, Some(&trusted)),
+                ip(client),
+                "{header}"
+            );
+        }
+        // A byte the client wrote that is not ASCII spoils only its own entry.
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"caf\xc3\xa9, 203.0.113.9").expect("value"),
+        );
+        assert_eq!(client_ip(peer, &headers, Some(&trusted)), ip("203.0.113.9"));
     }
 
     #[test]
