@@ -106,6 +106,9 @@ pub struct Resets {
     code_key: CodeKey,
 }
 
+/// A live token's account: id, email and locale.
+type LiveToken = (String, String, Option<String>);
+
 /// zxcvbn estimates running at once; more wait their turn.
 const ESTIMATES_AT_ONCE: usize = 2;
 
@@ -119,19 +122,6 @@ fn plausible_token(token: &str) -> bool {
 
 fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
-}
-
-/// The conditions under which a token `t` of account `a` works.
-const LIVE: &str = "
-      t.used_at IS NULL AND t.invalidated_at IS NULL AND t.expires_at > now()
-      AND t.password_fingerprint = sha256(convert_to(coalesce(a.password_hash, ''), 'UTF8'))
-      AND t.email_fingerprint = reset_email_fingerprint(a.email)";
-
-/// The token whose hash is `$1`, if it works; shared by verify and reset.
-fn valid_token() -> String {
-    format!(
-        "FROM reset_tokens t JOIN accounts a ON a.id = t.account_id WHERE t.token_hash = $1 AND {LIVE}"
-    )
 }
 
 impl Resets {
@@ -171,12 +161,11 @@ impl Resets {
     /// Consumes nothing, but a wrong code counts against the account's live one.
     pub async fn verify(&self, secret: &Secret) -> Result<Option<String>, ResetError> {
         let hash = self.resolve(secret).await?;
-        let found: Option<Option<String>> =
-            sqlx::query_scalar(&format!("SELECT a.locale {}", valid_token()))
-                .bind(&hash[..])
-                .fetch_optional(&self.pool)
-                .await?;
-        found.ok_or_else(|| secret.invalid())
+        let (_, _, locale) = self
+            .live_token(&hash)
+            .await?
+            .ok_or_else(|| secret.invalid())?;
+        Ok(locale)
     }
 
     /// The stored hash of the token that `secret` is or stands for. For a token that is
@@ -196,32 +185,21 @@ impl Resets {
     async fn check_code(&self, account: &AccountRef, typed: &str) -> Result<[u8; 32], ResetError> {
         let typed = ResetCode::parse(typed).ok_or(ResetError::InvalidCode)?;
         let mut tx = self.pool.begin().await?;
-        let live: Option<Vec<u8>> = sqlx::query_scalar(&format!(
-            "SELECT t.token_hash FROM reset_find_account($1) f
-               JOIN reset_tokens t ON t.account_id = f.id
-               JOIN accounts a ON a.id = t.account_id
-              WHERE {LIVE}
-              ORDER BY t.created_at DESC LIMIT 1
-                FOR UPDATE OF t"
-        ))
-        .bind(account.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
+        let live: Option<Vec<u8>> = sqlx::query_scalar("SELECT reset_lock_live_token_of($1)")
+            .bind(account.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
         let hash: [u8; 32] = live
             .and_then(|hash| hash.try_into().ok())
             .ok_or(ResetError::InvalidCode)?;
         if self.code_key.code_for(&hash).matches(&typed) {
             return Ok(hash);
         }
-        sqlx::query(
-            "UPDATE reset_tokens SET code_failures = code_failures + 1,
-                    invalidated_at = CASE WHEN code_failures + 1 >= $2 THEN now() END
-              WHERE token_hash = $1",
-        )
-        .bind(&hash[..])
-        .bind(MAX_CODE_FAILURES)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("SELECT reset_count_wrong_code($1, $2)")
+            .bind(&hash[..])
+            .bind(MAX_CODE_FAILURES)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Err(ResetError::InvalidCode)
     }
@@ -245,53 +223,39 @@ impl Resets {
         let password = &normalise(password);
         self.policy.check_length(password)?;
         let hash = self.resolve(secret).await?;
-        let account: Option<(String, String)> =
-            sqlx::query_as(&format!("SELECT t.account_id, a.email {}", valid_token()))
-                .bind(&hash[..])
-                .fetch_optional(&self.pool)
-                .await?;
-        let (account_id, email) = account.ok_or_else(|| secret.invalid())?;
+        let (account_id, email, _) = self
+            .live_token(&hash)
+            .await?
+            .ok_or_else(|| secret.invalid())?;
         self.check_password(password, &account_id, &email).await?;
         let phc = self.hasher.hash(password).await?;
 
-        let mut tx = self.pool.begin().await?;
-        // Locks the token: of two requests racing with it, the second finds it used.
-        let still_valid: Option<String> = sqlx::query_scalar(&format!(
-            "SELECT t.account_id {} FOR UPDATE OF t",
-            valid_token()
-        ))
-        .bind(&hash[..])
-        .fetch_optional(&mut *tx)
-        .await?;
-        if still_valid.as_deref() != Some(account_id.as_str()) {
-            return Err(secret.invalid());
-        }
-        sqlx::query("UPDATE reset_tokens SET used_at = now() WHERE token_hash = $1")
-            .bind(&hash[..])
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "UPDATE reset_tokens SET invalidated_at = now()
-             WHERE account_id = $1 AND token_hash <> $2 AND used_at IS NULL AND invalidated_at IS NULL",
-        )
-        .bind(&account_id)
-        .bind(&hash[..])
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE accounts SET password_hash = $2 WHERE id = $1")
-            .bind(&account_id)
-            .bind(&phc)
-            .execute(&mut *tx)
-            .await?;
+        // One statement: it locks the token first, so of two requests racing with it the
+        // second finds it used and changes nothing.
         let event = PasswordChanged::new(account_id, requester.request_id, requester.client);
-        sqlx::query("INSERT INTO event_outbox (event_id, subject, payload) VALUES ($1, $2, $3)")
+        let done: bool = sqlx::query_scalar("SELECT reset_complete($1, $2, $3, $4, $5, $6)")
+            .bind(&hash[..])
+            .bind(&event.account_id)
+            .bind(&phc)
             .bind(event.event_id)
             .bind(&self.changed_subject)
             .bind(event.to_json())
-            .execute(&mut *tx)
+            .fetch_one(&self.pool)
             .await?;
-        tx.commit().await?;
+        if !done {
+            return Err(secret.invalid());
+        }
         Ok(event)
+    }
+
+    /// The live token whose hash is `hash`: its account's id, email and locale.
+    async fn live_token(&self, hash: &[u8; 32]) -> Result<Option<LiveToken>, ResetError> {
+        Ok(
+            sqlx::query_as("SELECT account_id, email, locale FROM reset_live_token($1)")
+                .bind(&hash[..])
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// The account's own rules and zxcvbn's estimate, off the async threads and a few at a

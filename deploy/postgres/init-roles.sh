@@ -2,8 +2,9 @@
 # Database roles for the compose stack, run by the postgres image once, when it creates the
 # database (docker-entrypoint-initdb.d), before either binary starts:
 #   reset_worker  owns the schema: applies the migrations, claims events, mints tokens
-#   reset_api     what completing a reset needs and nothing more; migration 0006 grants it
-#                 (reset_grant_api) once the tables exist
+#   reset_api     what completing a reset needs and nothing more: the reset functions, no
+#                 table of accounts or tokens; the migrations grant it (reset_grant_api)
+#                 once the tables exist
 # Passwords come from WORKER_DB_PASSWORD and API_DB_PASSWORD. Safe to run again: existing
 # roles get the given passwords.
 set -eu

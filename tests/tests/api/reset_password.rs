@@ -575,3 +575,90 @@ async fn a_newer_request_supersedes_the_link_and_the_code_of_the_one_before() {
     assert_eq!(new.status, 200);
     system.stop().await;
 }
+
+/// The api's own database role (granted by `reset_grant_api`) reads no account or token and
+/// writes none: it sets a password only through `reset_complete`, and only with a live token.
+#[tokio::test]
+async fn the_api_role_sets_a_password_only_with_a_live_token() {
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    let db = e2e::db::TestDb::migrated().await;
+    db.account("ada").add().await;
+    let role = format!("api_{}", uuid::Uuid::now_v7().simple());
+    for statement in [
+        format!("CREATE ROLE {role} LOGIN"),
+        format!("SELECT reset_grant_api('{role}')"),
+    ] {
+        sqlx::query(&statement)
+            .execute(&db.pool)
+            .await
+            .expect(&statement);
+    }
+    let options: PgConnectOptions = db.url.parse().expect("url");
+    let api = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options.username(&role))
+        .await
+        .expect("connect as the api's role");
+
+    for forbidden in [
+        "SELECT password_hash, email FROM accounts",
+        "SELECT token_hash FROM reset_tokens",
+        "UPDATE accounts SET password_hash = 'set-without-a-token' WHERE id = 'ada'",
+        "UPDATE reset_tokens SET used_at = NULL",
+        "INSERT INTO event_outbox (event_id, subject, payload) VALUES (gen_random_uuid(), 's', '')",
+    ] {
+        let err = sqlx::query(forbidden)
+            .execute(&api)
+            .await
+            .expect_err(forbidden);
+        assert!(
+            err.to_string().contains("permission denied"),
+            "{forbidden}: {err}"
+        );
+    }
+
+    // A live token for ada, as the worker mints it (its hash only).
+    let live = vec![7u8; 32];
+    sqlx::query(
+        "INSERT INTO reset_tokens (token_hash, account_id, event_id, expires_at, password_fingerprint)
+         VALUES ($1, 'ada', gen_random_uuid(), now() + interval '10 minutes',
+                 sha256(convert_to('', 'UTF8')))",
+    )
+    .bind(&live)
+    .execute(&db.pool)
+    .await
+    .expect("mint");
+    let complete = |hash: Vec<u8>| {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT reset_complete($1, 'ada', 'new-hash', gen_random_uuid(), 's', '')",
+        )
+        .bind(hash)
+        .fetch_one(&api)
+    };
+    assert!(
+        !complete(vec![9u8; 32]).await.expect("made-up token"),
+        "no token, no change"
+    );
+    let stored = || {
+        sqlx::query_scalar::<_, Option<String>>(
+            "SELECT password_hash FROM accounts WHERE id = 'ada'",
+        )
+        .fetch_one(&db.pool)
+    };
+    assert_eq!(stored().await.expect("hash"), None);
+    assert!(
+        complete(live.clone()).await.expect("live token"),
+        "the live token works"
+    );
+    assert_eq!(stored().await.expect("hash").as_deref(), Some("new-hash"));
+    assert!(!complete(live).await.expect("used token"), "and only once");
+
+    api.close().await;
+    for statement in [format!("DROP OWNED BY {role}"), format!("DROP ROLE {role}")] {
+        sqlx::query(&statement)
+            .execute(&db.pool)
+            .await
+            .expect(&statement);
+    }
+    db.drop_db().await;
+}
