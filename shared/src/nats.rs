@@ -46,6 +46,13 @@ impl NatsSettings {
     pub fn connect_options(&self) -> (ConnectOptions, Vec<String>) {
         let (credentials, servers) = split_credentials(&self.nats_url);
         let options = match credentials {
+            // Replies (PubAcks, pulled messages) come to inboxes under the user's own name, so
+            // that NATS can let each user subscribe to its own and to no one else's.
+            Some(Credentials::UserPassword(user, password)) if is_token(&user) => {
+                ConnectOptions::new()
+                    .custom_inbox_prefix(format!("_INBOX.{user}"))
+                    .user_and_password(user, password)
+            }
             Some(Credentials::UserPassword(user, password)) => {
                 ConnectOptions::new().user_and_password(user, password)
             }
@@ -54,6 +61,14 @@ impl NatsSettings {
         };
         (options, servers)
     }
+}
+
+/// A user name that can stand as one subject token.
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[derive(Debug, PartialEq, Eq)]

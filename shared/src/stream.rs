@@ -123,15 +123,22 @@ pub enum StreamError {
 ///
 /// The api and the worker both call this at start-up, possibly at the same moment: a create
 /// that loses the race sees "stream name already in use" and updates instead, which is a no-op
-/// when the settings agree.
+/// when the settings agree. A stream that already has the settings is only looked at, so a
+/// user that may read the stream's info but not change it (the api's, in the deployment's
+/// accounts file) finds it ready once the worker has made it.
 pub async fn ensure_stream(
     js: &jetstream::Context,
     settings: &StreamSettings,
 ) -> Result<(), StreamError> {
     let config = settings.stream_config();
     let name = config.name.clone();
+    if already_ready(js, &config).await {
+        return Ok(());
+    }
     match js.create_stream(config.clone()).await {
         Ok(_) => Ok(()),
+        // Made meanwhile by the other binary: with these settings, there is nothing to write.
+        Err(err) if already_exists(&err) && already_ready(js, &config).await => Ok(()),
         Err(err) if already_exists(&err) => js
             .update_stream(&config)
             .await
@@ -139,6 +146,30 @@ pub async fn ensure_stream(
             .map_err(|source| StreamError::Update { name, source }),
         Err(source) => Err(StreamError::Create { name, source }),
     }
+}
+
+/// Whether the stream exists with `config`'s settings.
+async fn already_ready(js: &jetstream::Context, config: &jetstream::stream::Config) -> bool {
+    match js.get_stream(&config.name).await {
+        Ok(mut stream) => stream
+            .info()
+            .await
+            .is_ok_and(|info| same_settings(&info.config, config)),
+        Err(_) => false,
+    }
+}
+
+/// Whether `found` has every setting `wanted` sets (the server fills in the rest).
+fn same_settings(found: &jetstream::stream::Config, wanted: &jetstream::stream::Config) -> bool {
+    found.subjects == wanted.subjects
+        && found.max_age == wanted.max_age
+        && found.max_bytes == wanted.max_bytes
+        && found.num_replicas == wanted.num_replicas
+        && found.duplicate_window == wanted.duplicate_window
+        && found.discard == wanted.discard
+        && found.retention == wanted.retention
+        && found.storage == wanted.storage
+        && found.description == wanted.description
 }
 
 fn already_exists(err: &jetstream::context::CreateStreamError) -> bool {

@@ -54,20 +54,10 @@ async fn wait_for(addr: SocketAddr, path: &str, log: &Path) {
     panic!("{addr} never answered 200 on {path}; its log:\n{said}");
 }
 
-#[tokio::test]
-async fn the_compose_stack_runs_with_exactly_its_env_and_walks_a_reset() {
-    let vars = dot_env();
-    let file = root().join("docker-compose.yml");
-    let stack = compose::load(&file, &vars).expect("docker-compose.yml interpolates");
-    let dir =
-        std::env::temp_dir().join(format!("compose-native-{}", uuid::Uuid::now_v7().simple()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let mut processes = Processes(Vec::new());
-
-    // NATS: the deployment's config and users, on ports and a store of this test's own (the
-    // store directory is the one line changed: the image's /data is not here).
+/// NATS with the deployment's config and users, on ports and a store of the test's own (the
+/// store directory is the one line changed: the image's /data is not here). Its port.
+fn deployment_nats(dir: &Path, stack: &serde_yaml::Value, processes: &mut Processes) -> u16 {
     let nats_port = free_port();
-    let nats_log = dir.join("nats.log");
     let config = std::fs::read_to_string(root().join("deploy/nats.conf")).expect("nats.conf");
     assert!(config.contains("store_dir: /data"));
     let store = format!("store_dir: \"{}\"", dir.join("jetstream").display());
@@ -88,13 +78,133 @@ async fn the_compose_stack_runs_with_exactly_its_env_and_walks_a_reset() {
             .args(["-a", "127.0.0.1", "-p", &nats_port.to_string()])
             .args(["-m", &free_port().to_string()])
             .arg("-l")
-            .arg(&nats_log)
+            .arg(dir.join("nats.log"))
             .env_clear()
-            .envs(compose::environment(&stack, "nats"))
+            .envs(compose::environment(stack, "nats"))
             .stdout(Stdio::null())
             .spawn()
             .expect("nats-server starts"),
     );
+    nats_port
+}
+
+/// A client of the deployment's NATS as `user`, as the binaries connect (inboxes under the
+/// user's name).
+async fn connect_as(port: u16, user: &str, password: &str) -> async_nats::Client {
+    let settings = shared::nats::NatsSettings {
+        nats_url: format!("nats://{user}:{password}@127.0.0.1:{port}"),
+    };
+    shared::nats::connect(&settings, user)
+        .await
+        .expect("connect")
+}
+
+/// The deployment's NATS users hold what their code calls and no more: the worker's makes the
+/// stream; the api's publishes and finds the stream ready, but cannot update, purge or delete
+/// it, nor take a message off the worker's consumer.
+#[tokio::test]
+async fn the_api_user_publishes_but_cannot_change_the_stream_or_take_the_workers_messages() {
+    use async_nats::jetstream::{self, consumer::pull};
+    use shared::stream::StreamSettings;
+    let vars = dot_env();
+    let stack = compose::load(&root().join("docker-compose.yml"), &vars).expect("compose");
+    let dir = std::env::temp_dir().join(format!("nats-users-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut processes = Processes(Vec::new());
+    let port = deployment_nats(&dir, &stack, &mut processes);
+    let worker = jetstream::new(connect_as(port, "worker", &vars["NATS_WORKER_PASSWORD"]).await);
+    let mut api = jetstream::new(connect_as(port, "api", &vars["NATS_API_PASSWORD"]).await);
+    api.set_timeout(Duration::from_secs(2));
+    let settings = StreamSettings {
+        stream: "AUTH_RESET".into(),
+        subject_prefix: "auth.reset".into(),
+        retention: Duration::from_secs(7 * 24 * 3600),
+        replicas: 1,
+        max_bytes: None,
+    };
+    let mut made = false;
+    for _ in 0..50 {
+        made = shared::stream::ensure_stream(&worker, &settings)
+            .await
+            .is_ok();
+        if made {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(made, "the worker's user makes the stream");
+    let consumer = worker
+        .get_stream("AUTH_RESET")
+        .await
+        .expect("stream")
+        .create_consumer(pull::Config {
+            durable_name: Some("reset-worker".into()),
+            filter_subject: "auth.reset.requested".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("the worker's user makes its consumer");
+
+    // What the api does: finds the stream as it should be, publishes, reads an event back.
+    shared::stream::ensure_stream(&api, &settings)
+        .await
+        .expect("the stream is ready for the api without a write");
+    let ack = api
+        .publish("auth.reset.requested", "{}".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let stream = api.get_stream_no_info("AUTH_RESET").await.expect("stream");
+    stream
+        .get_raw_message(ack.sequence)
+        .await
+        .expect("read back");
+
+    // What it may not: change the stream's settings, purge or delete it, take a message.
+    let longer = StreamSettings {
+        retention: Duration::from_secs(24 * 3600),
+        ..settings.clone()
+    };
+    assert!(
+        shared::stream::ensure_stream(&api, &longer).await.is_err(),
+        "updated"
+    );
+    assert!(stream.purge().await.is_err(), "purged");
+    assert!(api.delete_stream("AUTH_RESET").await.is_err(), "deleted");
+    let taken = api
+        .get_consumer_from_stream::<pull::Config, _, _>("reset-worker", "AUTH_RESET")
+        .await;
+    assert!(taken.is_err(), "the api looked at the worker's consumer");
+    // The event is still there, for the worker alone.
+    let mut messages = consumer
+        .fetch()
+        .max_messages(1)
+        .messages()
+        .await
+        .expect("fetch");
+    let message = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures::StreamExt::next(&mut messages),
+    )
+    .await
+    .expect("a message within 5 s")
+    .expect("one")
+    .expect("message");
+    assert_eq!(message.info().expect("info").stream_sequence, ack.sequence);
+}
+
+#[tokio::test]
+async fn the_compose_stack_runs_with_exactly_its_env_and_walks_a_reset() {
+    let vars = dot_env();
+    let file = root().join("docker-compose.yml");
+    let stack = compose::load(&file, &vars).expect("docker-compose.yml interpolates");
+    let dir =
+        std::env::temp_dir().join(format!("compose-native-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut processes = Processes(Vec::new());
+
+    let nats_port = deployment_nats(&dir, &stack, &mut processes);
 
     // PostgreSQL: a fresh database, with the roles the postgres service's init script makes.
     let db = TestDb::create().await;
@@ -216,7 +326,7 @@ async fn the_compose_stack_runs_with_exactly_its_env_and_walks_a_reset() {
     assert!(stdout.contains(r#""outcome":"sent""#), "{stdout}");
 
     // Each side did that within its own rights, and those rights are narrow.
-    let nats = std::fs::read_to_string(&nats_log).unwrap_or_default();
+    let nats = std::fs::read_to_string(dir.join("nats.log")).unwrap_or_default();
     assert!(!nats.to_lowercase().contains("violation"), "{nats}");
     let api_may: (bool, bool, bool) = sqlx::query_as(
         "SELECT has_table_privilege('reset_api', 'reset_requests', 'SELECT'),
