@@ -88,6 +88,13 @@ impl Subjects {
         format!("{}.requested", self.prefix)
     }
 
+    /// `{prefix}.retried`: reset requests an operator retried from the dead letters
+    /// (`worker dead-letters retry`). Only the worker's user may publish here, so only an
+    /// operator's retry gets a retry's lifetime (TOKEN_TTL from the retry, not the request).
+    pub fn retried(&self) -> String {
+        format!("{}.retried", self.prefix)
+    }
+
     /// `{prefix}.changed`: one `PasswordChanged` per completed reset.
     pub fn changed(&self) -> String {
         format!("{}.changed", self.prefix)

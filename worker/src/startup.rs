@@ -74,8 +74,7 @@ pub struct Worker {
     deps: Arc<Deps>,
     client: async_nats::Client,
     js: jetstream::Context,
-    requested: PullConsumer,
-    changed: PullConsumer,
+    consumers: Consumers,
     loops: LoopSettings,
     shutdown_timeout: Duration,
     status_addr: SocketAddr,
@@ -116,8 +115,8 @@ impl Worker {
         let _ = status.nats.set(client.clone());
         let js = jetstream::new(client.clone());
         let stream = wait_for("the event stream", || open_stream(&js, &settings)).await;
-        let (requested, changed) = consumers(&stream, &settings).await?;
-        let _ = status.consumer.set(requested.clone());
+        let consumers = consumers(&stream, &settings).await?;
+        let _ = status.consumer.set(consumers.requested.clone());
 
         let deps = Arc::new(Deps {
             store,
@@ -131,8 +130,7 @@ impl Worker {
             deps,
             client,
             js,
-            requested,
-            changed,
+            consumers,
             loops: loop_settings(&settings),
             shutdown_timeout: settings.consume.shutdown_timeout,
             status_addr,
@@ -157,7 +155,7 @@ impl Worker {
             );
         }
         tracing::info!(
-            consumer = %self.requested.cached_info().name,
+            consumer = %self.consumers.requested.cached_info().name,
             concurrency = self.loops.concurrency,
             mail = %mailer.describe(),
             locales = ?self.deps.templates.locales().collect::<Vec<_>>(),
@@ -174,20 +172,33 @@ impl Worker {
             drain_for,
             ..self.loops.clone()
         };
-        // Notifications are few: a quarter of the slots is plenty.
-        let changed = LoopSettings {
+        // Notifications and operators' retries are few: a quarter of the slots is plenty.
+        let few = LoopSettings {
             concurrency: (requested.concurrency / 4).max(1),
             ..requested.clone()
         };
+        let Consumers {
+            requested: requested_consumer,
+            changed,
+            retried,
+        } = self.consumers;
+        let (js, deps) = (&self.js, &self.deps);
         tokio::join!(
             consume::run(
-                self.requested,
-                self.js.clone(),
-                self.deps.clone(),
+                requested_consumer,
+                js.clone(),
+                deps.clone(),
                 requested,
                 shutdown.clone()
             ),
-            consume::run(self.changed, self.js, self.deps.clone(), changed, shutdown),
+            consume::run(
+                changed,
+                js.clone(),
+                deps.clone(),
+                few.clone(),
+                shutdown.clone()
+            ),
+            consume::run(retried, js.clone(), deps.clone(), few, shutdown),
         );
         drop(warming);
         close(&self.deps, &self.client, close_for).await;
@@ -241,18 +252,31 @@ enum StreamNotReady {
     Open(#[from] jetstream::context::GetStreamError),
 }
 
-/// The consumer of reset requests and that of password-changed notifications.
-async fn consumers(
-    stream: &Stream,
-    settings: &Settings,
-) -> Result<(PullConsumer, PullConsumer), ConsumerSetupError> {
+/// The worker's durable consumers, one per subject it reads.
+#[derive(Debug)]
+struct Consumers {
+    /// Reset requests, as the api publishes them (`RESET_CONSUMER`).
+    requested: PullConsumer,
+    /// Password-changed notifications (`{RESET_CONSUMER}-changed`).
+    changed: PullConsumer,
+    /// Reset requests an operator retried from the dead letters (`{RESET_CONSUMER}-retried`).
+    retried: PullConsumer,
+}
+
+async fn consumers(stream: &Stream, settings: &Settings) -> Result<Consumers, ConsumerSetupError> {
     let subjects = settings.stream.subjects();
     let name = &settings.consume.consumer;
     let ack_wait = settings.consume.ack_wait;
     let requested = ensure_consumer(stream, name, subjects.requested(), ack_wait).await?;
     let changed_name = format!("{name}-changed");
     let changed = ensure_consumer(stream, &changed_name, subjects.changed(), ack_wait).await?;
-    Ok((requested, changed))
+    let retried_name = format!("{name}-retried");
+    let retried = ensure_consumer(stream, &retried_name, subjects.retried(), ack_wait).await?;
+    Ok(Consumers {
+        requested,
+        changed,
+        retried,
+    })
 }
 
 fn loop_settings(settings: &Settings) -> LoopSettings {
@@ -265,6 +289,7 @@ fn loop_settings(settings: &Settings) -> LoopSettings {
         token_ttl: settings.policy.token_ttl,
         dead_subject: subjects.dead(),
         changed_subject: subjects.changed(),
+        retried_subject: subjects.retried(),
     }
 }
 

@@ -409,6 +409,44 @@ async fn retrying_all_dead_letters_skips_expired_ones_unless_forced() {
     system.stop().await;
 }
 
+/// A `Retry-Of` header earns a retry's lifetime (TOKEN_TTL from the retry, not from the
+/// request) only on the retried subject, where only the worker's user may publish: on the
+/// requested subject, where the api publishes, an old request stays too old to mail.
+#[tokio::test]
+async fn a_retry_header_counts_only_on_the_operators_subject() {
+    let system = System::start().await;
+    system.db.account("ada").add().await;
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.expect("nats"));
+    let mut event = e2e::reset_event("ada", "req-old");
+    event.requested_at -= time::Duration::hours(2);
+    let publish = |subject: String| {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Retry-Of", "1");
+        let js = js.clone();
+        let payload = event.to_json();
+        async move {
+            js.publish_with_headers(subject, headers, payload.into())
+                .await
+                .expect("publish")
+                .await
+                .expect("ack");
+        }
+    };
+    let prefix = &system.api.iso.prefix;
+    publish(format!("{prefix}.requested")).await;
+    assert_eq!(
+        system.db.wait_for_outcomes(1).await,
+        [(Outcome::Failed, 1)],
+        "too old, whatever its headers say"
+    );
+    assert!(system.sink.messages().is_empty());
+
+    publish(format!("{prefix}.retried")).await;
+    let mails = system.sink.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(mails.len(), 1, "an operator's retry is mailed");
+    system.stop().await;
+}
+
 /// Each retried letter is a mail to someone: more than ten at once take `--yes`, and without
 /// it nothing is republished.
 #[tokio::test]

@@ -42,6 +42,9 @@ pub struct LoopSettings {
     pub dead_subject: String,
     /// Messages on this subject are `PasswordChanged`; all others `ResetRequested`.
     pub changed_subject: String,
+    /// On this subject, reset requests an operator retried: a `Retry-Of` header counts here
+    /// only, as only the worker's user may publish to it.
+    pub retried_subject: String,
 }
 
 /// The events the worker consumes.
@@ -271,11 +274,7 @@ async fn deliver(
     span.record("request_id", meta.request_id.as_str());
     span.record("account", event.masked_account());
 
-    let retried = answer
-        .message
-        .headers
-        .as_ref()
-        .is_some_and(|h| h.get(HEADER_RETRY_OF).is_some());
+    let retried = is_operator_retry(answer.message, settings);
     let deadline = deadline(&event, retried, published, settings.token_ttl);
     let delivery = Delivery::new(attempt);
     if let Some(verdict) = policy::too_late(time::OffsetDateTime::now_utc(), deadline) {
@@ -340,6 +339,18 @@ async fn decode(answer: &Answer<'_>, settings: &LoopSettings, attempt: u32) -> O
             None
         }
     }
+}
+
+/// Whether the message is an operator's retry from the dead letters: a reset request on the
+/// retried subject, or a notification (which carries no link) with `Retry-Of`. A `Retry-Of`
+/// on the requested subject, where the api also publishes, counts for nothing.
+fn is_operator_retry(message: &jetstream::Message, settings: &LoopSettings) -> bool {
+    let marked = message
+        .headers
+        .as_ref()
+        .is_some_and(|h| h.get(HEADER_RETRY_OF).is_some());
+    let subject = message.subject.as_str();
+    marked && (subject == settings.retried_subject || subject == settings.changed_subject)
 }
 
 /// When a mail for the event would come too late. An operator's retry counts its time from

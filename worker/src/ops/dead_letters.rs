@@ -147,13 +147,14 @@ impl Letters {
         }
         headers.insert(HEADER_RETRY_OF, seq.to_string().as_str());
         headers.insert("Nats-Msg-Id", format!("retry-{seq}").as_str());
-        // Back where it came from: reset requests and notifications alike.
+        // Notifications back where they came from; reset requests to the retried subject,
+        // which only the worker's user may publish to.
         let subject = message
             .headers
             .get(HEADER_DEAD_SUBJECT)
             .map(|v| v.as_str().to_owned())
             .filter(|s| *s == self.subjects.changed())
-            .unwrap_or_else(|| self.subjects.requested());
+            .unwrap_or_else(|| self.subjects.retried());
         self.js
             .publish_with_headers(subject, headers, message.payload.clone())
             .await?
