@@ -262,3 +262,35 @@ fn the_worker_scales_on_the_backlog_of_its_own_consumer() {
     assert_eq!(values["config"]["cluster"]["replicas"], 3);
     assert_eq!(values["config"]["jetstream"]["enabled"], true);
 }
+
+/// Clients reach the api through the ingress controller alone, and only its X-Forwarded-For
+/// is believed: the api's network policy admits the controller (and the scraper), and the
+/// trusted proxies are the operator's to name, not a whole pod network.
+#[test]
+fn only_the_ingress_reaches_the_api_and_only_it_is_believed() {
+    let all = resources();
+    let policy = find(&all, "NetworkPolicy", "api");
+    let rules = policy["spec"]["ingress"]
+        .as_sequence()
+        .expect("ingress rules");
+    assert_eq!(rules.len(), 1, "one rule, with its sources listed");
+    let sources = rules[0]["from"].as_sequence().expect("sources");
+    let namespaces: Vec<&str> = sources
+        .iter()
+        .filter_map(|s| {
+            s["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"].as_str()
+        })
+        .collect();
+    assert_eq!(namespaces, ["ingress-nginx", "monitoring"]);
+    assert!(
+        sources[0]["podSelector"]["matchLabels"].is_mapping(),
+        "the controller's pods, not its whole namespace"
+    );
+    let api = find(&all, "Deployment", "api");
+    let env = environment(&all, &api["spec"]["template"]["spec"]["containers"][0]);
+    let trusted = env["API_TRUSTED_PROXIES"].as_str().expect("a string");
+    assert!(
+        trusted.parse::<api::http::limit::TrustedProxies>().is_err(),
+        "{trusted}: the operator names the ingress's addresses before the api starts"
+    );
+}
