@@ -76,8 +76,8 @@ pub struct Worker {
     js: jetstream::Context,
     consumers: Consumers,
     loops: LoopSettings,
-    shutdown_timeout: Duration,
-    status_addr: SocketAddr,
+    /// The part of `WORKER_SHUTDOWN_TIMEOUT` left for closing connections.
+    close_for: Duration,
     /// Metrics and health; closed when the worker is dropped.
     _listener: AbortOnDropHandle<()>,
 }
@@ -132,15 +132,9 @@ impl Worker {
             js,
             consumers,
             loops: loop_settings(&settings),
-            shutdown_timeout: settings.consume.shutdown_timeout,
-            status_addr,
+            close_for: split_stop(settings.consume.shutdown_timeout).1,
             _listener: listener,
         })
-    }
-
-    /// Where metrics and health are served.
-    pub fn status_addr(&self) -> SocketAddr {
-        self.status_addr
     }
 
     /// Consumes until `shutdown` resolves, lets in-flight events finish, and closes the
@@ -167,11 +161,7 @@ impl Worker {
             let deps = self.deps.clone();
             async move { deps.mailer.warm().await }
         }));
-        let (drain_for, close_for) = split_stop(self.shutdown_timeout);
-        let requested = LoopSettings {
-            drain_for,
-            ..self.loops.clone()
-        };
+        let requested = self.loops;
         // Notifications and operators' retries are few: a quarter of the slots is plenty.
         let few = LoopSettings {
             concurrency: (requested.concurrency / 4).max(1),
@@ -201,7 +191,7 @@ impl Worker {
             consume::run(retried, js.clone(), deps.clone(), few, shutdown),
         );
         drop(warming);
-        close(&self.deps, &self.client, close_for).await;
+        close(&self.deps, &self.client, self.close_for).await;
     }
 }
 
@@ -285,7 +275,7 @@ fn loop_settings(settings: &Settings) -> LoopSettings {
         concurrency: usize::from(settings.consume.concurrency),
         backoff: settings.consume.backoff.clone(),
         ack_wait: settings.consume.ack_wait,
-        drain_for: settings.consume.shutdown_timeout,
+        drain_for: split_stop(settings.consume.shutdown_timeout).0,
         token_ttl: settings.policy.token_ttl,
         dead_subject: subjects.dead(),
         changed_subject: subjects.changed(),
