@@ -204,9 +204,9 @@ impl Resets {
         Err(ResetError::InvalidCode)
     }
 
-    /// Sets the account's password if `token` is valid, in one transaction that also uses the
-    /// token and invalidates the account's other tokens, and queues a `PasswordChanged` event.
-    /// Returns the event, for the caller to publish at once.
+    /// Sets the account's password if `secret` is live, in one statement (`reset_complete`)
+    /// that also uses the token, invalidates the account's other tokens and queues a
+    /// `PasswordChanged` event. Returns the event, for the caller to publish at once.
     pub async fn reset(
         &self,
         secret: &Secret,

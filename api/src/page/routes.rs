@@ -151,8 +151,9 @@ pub(crate) async fn submit(
     page(state, &headers, locale, &view)
 }
 
-/// `POST /reset-password/new-link`: a new mail, through the same path and the same budget as
-/// `POST /auth/forgot-password`, with the same answer whether or not the account exists.
+/// `POST /reset-password/new-link`: a new mail, through the same path and limiter as
+/// `POST /auth/forgot-password` (counted as a client without an API key), with the same
+/// answer whether or not the account exists.
 pub(crate) async fn new_link(
     state: &AppState,
     peer: SocketAddr,
