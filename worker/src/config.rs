@@ -212,7 +212,8 @@ pub struct MailSettings {
     #[arg(long, env = "SMTP_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub smtp_pool_size: u16,
 
-    /// Longest an SMTP connect or send may take.
+    /// Longest an SMTP connection set-up may take, and the least time a send is given (the
+    /// answer to a message already out is waited for until the claim's lease nearly ends).
     #[arg(long, env = "SMTP_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub smtp_timeout: Duration,
 

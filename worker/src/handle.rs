@@ -17,7 +17,7 @@ use crate::store::{
     BatchError, Claim, Delivery, EventMeta, Limits, Mode, Outcome, Resolution, Store,
 };
 use crate::tokens::{MintError, Token};
-use crate::transport::{Mailer, SendError};
+use crate::transport::{Mailer, SendError, Window};
 
 /// What handling needs.
 #[derive(Debug)]
@@ -179,24 +179,27 @@ pub async fn handle_changed(
 
 /// Hands the message over and records it as sent, all within the lease of the claim made at
 /// `claimed`: the hand-over begins only while it can end (SMTP_TIMEOUT) with
-/// [`RECORD_MARGIN`] of the lease left for the record, so no other delivery can take the claim
-/// over from a live one and mail again.
+/// [`RECORD_MARGIN`] of the lease left for the record, and the server's answer is waited for
+/// until then, however slow it is, so that a mail it took is not sent again. No other
+/// delivery can take the claim over from a live one and mail again.
 async fn deliver(
     deps: &Deps,
     message: &lettre::Message,
     event_id: uuid::Uuid,
     claimed: Instant,
 ) -> Result<Handled, HandleError> {
-    let start_by = claimed
-        + deps
-            .limits
-            .lease
-            .saturating_sub(deps.mailer.longest_send() + RECORD_MARGIN);
+    let answered_by = claimed + deps.limits.lease.saturating_sub(RECORD_MARGIN);
+    let window = Window {
+        start_by: answered_by
+            .checked_sub(deps.mailer.longest_send())
+            .unwrap_or(claimed),
+        answered_by,
+    };
     let started = Instant::now();
     crate::waiting::now("an SMTP connection");
     let sent = deps
         .mailer
-        .send(message, &event_id.to_string(), start_by)
+        .send(message, &event_id.to_string(), window)
         .await;
     let result = match &sent {
         Ok(()) => "ok",

@@ -29,6 +29,21 @@ pub use target::{Security, SmtpTarget};
 
 use crate::config::MailSettings;
 
+/// When a hand-over may begin and until when its answer is waited for.
+///
+/// Once the message is out, the server's last answer is what tells a mail taken from one
+/// that may be lost; giving up on it early and trying again is what sends a mail twice. So
+/// the wait for it is not cut at SMTP_TIMEOUT but runs to `answered_by`: the end of what the
+/// delivery's claim allows (RFC 5321 gives this answer ten minutes for the same reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// The latest moment the hand-over may begin.
+    pub start_by: Instant,
+    /// Until when the server's answer is waited for, never less than SMTP_TIMEOUT from the
+    /// moment the hand-over begins.
+    pub answered_by: Instant,
+}
+
 /// Why a message was not handed over.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
@@ -114,7 +129,7 @@ impl Mailer {
         }
     }
 
-    /// Hands `message` over, unless none can begin by `start_by` (then
+    /// Hands `message` over within `window`, unless none can begin by its `start_by` (then
     /// [`SendError::TooLate`]), or the worker begins to stop ([`Mailer::begin_stop`]) while it
     /// still waits for a connection: a hand-over once begun is always finished. `name`
     /// identifies it in the outbox.
@@ -122,11 +137,11 @@ impl Mailer {
         &self,
         message: &Message,
         name: &str,
-        start_by: Instant,
+        window: Window,
     ) -> Result<(), SendError> {
         match self {
-            Self::Smtp(pool) => pool.send(message, start_by).await,
-            Self::Outbox(_) if Instant::now() > start_by => Err(SendError::TooLate),
+            Self::Smtp(pool) => pool.send(message, window).await,
+            Self::Outbox(_) if Instant::now() > window.start_by => Err(SendError::TooLate),
             Self::Outbox(outbox) => outbox.write(message, name).await,
         }
     }
@@ -139,7 +154,7 @@ impl Mailer {
         }
     }
 
-    /// The longest a hand-over takes once begun: SMTP_TIMEOUT for SMTP.
+    /// The least time a hand-over is given once begun: SMTP_TIMEOUT for SMTP.
     pub fn longest_send(&self) -> Duration {
         match self {
             Self::Smtp(pool) => pool.timeout(),

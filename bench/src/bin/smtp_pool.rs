@@ -41,8 +41,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ours_rate = run(mails, &message, &arrivals, |m| {
                     let ours = &ours;
                     // No claim to keep within here: a send may begin whenever.
-                    let start_by = std::time::Instant::now() + Duration::from_secs(3600);
-                    async move { ours.send(&m, "bench", start_by).await.is_ok() }
+                    let later = Instant::now() + Duration::from_secs(3600);
+                    let window = worker::transport::Window {
+                        start_by: later,
+                        answered_by: later,
+                    };
+                    async move { ours.send(&m, "bench", window).await.is_ok() }
                 })
                 .await;
                 ours.close().await;

@@ -8,13 +8,17 @@ use e2e::sink::{PostfixRelay, SinkTls, SmtpSink};
 use e2e::system::{System, TestWorker, worker_settings};
 use e2e::{Isolation, TestApi, dead_letters, free_port, get, metric};
 use worker::store::Outcome;
-use worker::transport::{Mailer, SendError};
+use worker::transport::{Mailer, SendError, Window};
 
 const WAIT: Duration = Duration::from_secs(20);
 
 /// A hand-over with no claim to keep within: it may begin whenever a connection is free.
-fn no_hurry() -> std::time::Instant {
-    std::time::Instant::now() + Duration::from_secs(3600)
+fn no_hurry() -> Window {
+    let later = std::time::Instant::now() + Duration::from_secs(3600);
+    Window {
+        start_by: later,
+        answered_by: later,
+    }
 }
 
 #[tokio::test]
@@ -97,7 +101,10 @@ async fn a_send_that_cannot_begin_in_time_is_not_begun() {
         .send(&message_to("ada@example.com", "x"), "first", no_hurry())
         .await
         .expect("send");
-    let past = std::time::Instant::now() - Duration::from_millis(1);
+    let past = Window {
+        start_by: std::time::Instant::now() - Duration::from_millis(1),
+        ..no_hurry()
+    };
     let late = mailer
         .send(&message_to("late@example.com", "x"), "late", past)
         .await;
@@ -111,6 +118,35 @@ async fn a_send_that_cannot_begin_in_time_is_not_begun() {
     assert_eq!(to, ["ada@example.com", "bob@example.com"]);
     assert_eq!(sink.rcpt_log().len(), 2, "nothing said for the late one");
     assert_eq!(sink.ehlo_log(), [250], "the connection was kept");
+    mailer.close().await;
+}
+
+/// The server's answer to the message is waited for past SMTP_TIMEOUT (3 s in the tests),
+/// to the end of the window: a slow server that takes the mail is not asked again. Past the
+/// window the send gives up and says the mail may have been taken.
+#[tokio::test]
+async fn a_slow_answer_to_the_message_is_waited_for_to_the_end_of_the_window() {
+    let sink = SmtpSink::start();
+    let mailer = one_connection_mailer(&sink);
+    let began = std::time::Instant::now();
+    mailer
+        .send(&message_to("slow4000@example.com", "x"), "slow", no_hurry())
+        .await
+        .expect("taken after 4 s, past SMTP_TIMEOUT");
+    assert!(began.elapsed() >= Duration::from_secs(4));
+    let short = Window {
+        start_by: std::time::Instant::now() + Duration::from_secs(1),
+        answered_by: std::time::Instant::now() + Duration::from_millis(3500),
+    };
+    let cut = mailer
+        .send(&message_to("slow6000@example.com", "x"), "cut", short)
+        .await;
+    assert!(
+        matches!(&cut, Err(SendError::Transient(text)) if text.contains("may have taken")),
+        "{cut:?}"
+    );
+    let mails = sink.wait_for(1, WAIT).await;
+    assert_eq!(mails[0].to, "slow4000@example.com");
     mailer.close().await;
 }
 

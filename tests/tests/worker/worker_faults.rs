@@ -108,6 +108,27 @@ async fn a_send_slower_than_ack_wait_is_not_redelivered_mid_send() {
     system.stop().await;
 }
 
+/// An SMTP server that answers the message later than SMTP_TIMEOUT (3 s in the tests) but
+/// within the claim's lease: the worker waits for its answer instead of trying again, so the
+/// person gets one mail, recorded sent on the first attempt.
+#[tokio::test]
+async fn a_server_slower_than_smtp_timeout_to_take_the_mail_gets_it_once() {
+    let system = System::start().await;
+    system
+        .db
+        .account("slow")
+        .email("slow4500@example.com")
+        .add()
+        .await;
+    assert_eq!(system.api.forgot_id("slow").await.status, 200);
+    system.db.wait_for_outcomes(1).await;
+    assert_eq!(system.db.only_record().await, (Outcome::Sent, 1));
+    // A retry would have reached the sink by now: its copy comes 4.5 s after it begins.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(system.sink.messages().len(), 1, "mailed once");
+    system.stop().await;
+}
+
 /// How long a claim lives in the tests (`worker_args`): SMTP_TIMEOUT (3 s) + 10 s, the least
 /// the worker accepts.
 const SHORT_LEASE: Duration = Duration::from_secs(13);

@@ -19,7 +19,7 @@ use tokio::sync::{Mutex, Notify, Semaphore};
 use tokio_rustls::rustls;
 use tokio_util::sync::CancellationToken;
 
-use super::{Security, SendError, SmtpTarget};
+use super::{Security, SendError, SmtpTarget, Window};
 
 /// A TLS stream lettre can speak SMTP over.
 #[derive(Debug)]
@@ -127,10 +127,12 @@ impl SmtpPool {
         self.timeout
     }
 
-    /// Sends `message` on a pooled connection, unless none is in hand by `start_by`, or the
-    /// worker begins to stop ([`SmtpPool::begin_stop`]) before one is: the wait for a
-    /// connection, which a slow server can stretch to SMTP_TIMEOUT, never holds a stop up.
-    pub(super) async fn send(&self, message: &Message, start_by: Instant) -> Result<(), SendError> {
+    /// Sends `message` on a pooled connection, unless none is in hand by the window's
+    /// `start_by`, or the worker begins to stop ([`SmtpPool::begin_stop`]) before one is: the
+    /// wait for a connection, which a slow server can stretch to SMTP_TIMEOUT, never holds a
+    /// stop up. The server's answers are waited for until the window's `answered_by`, and at
+    /// least SMTP_TIMEOUT.
+    pub(super) async fn send(&self, message: &Message, window: Window) -> Result<(), SendError> {
         let ready = async {
             let permit = self
                 .permits
@@ -144,13 +146,15 @@ impl SmtpPool {
             ready = ready => ready?,
             () = self.stopping.cancelled() => return Err(SendError::Stopping),
         };
-        if Instant::now() > start_by {
+        let began = Instant::now();
+        if began > window.start_by {
             self.give_back(connection).await;
             return Err(SendError::TooLate);
         }
         crate::waiting::now("the SMTP server's answer");
-        let sent = tokio::time::timeout(
-            self.timeout,
+        let answered_by = window.answered_by.max(began + self.timeout);
+        let sent = tokio::time::timeout_at(
+            answered_by.into(),
             connection.send(message.envelope(), &message.formatted()),
         )
         .await;
@@ -166,8 +170,9 @@ impl SmtpPool {
                 Err(classify(&err))
             }
             Err(_) => Err(SendError::Transient(format!(
-                "SMTP send timed out after {:?}",
-                self.timeout
+                "no answer from the SMTP server within {:?}; it may have taken the mail, \
+                 which a retry then sends twice",
+                answered_by - began
             ))),
         }
     }
