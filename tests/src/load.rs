@@ -57,6 +57,31 @@ pub fn reconcile(accepted: &BTreeSet<String>, mails: &[ReceivedMail]) -> (usize,
     (mails.len(), lost, duplicates)
 }
 
+/// The mails of every address mailed more than once, for a failure message: whether the
+/// copies share a Message-ID (one event mailed twice) or not (two events), and when each came.
+pub fn describe_duplicates(mails: &[ReceivedMail]) -> String {
+    let mut per_address: BTreeMap<&str, Vec<&ReceivedMail>> = BTreeMap::new();
+    for mail in mails {
+        per_address.entry(mail.to.as_str()).or_default().push(mail);
+    }
+    per_address
+        .iter()
+        .filter(|(_, copies)| copies.len() > 1)
+        .map(|(to, copies)| {
+            let first = copies.iter().map(|m| m.received_at_ns).min().unwrap_or(0);
+            let each: Vec<String> = copies
+                .iter()
+                .map(|m| {
+                    let after_ms = (m.received_at_ns - first) / 1_000_000;
+                    format!("{} +{after_ms} ms", m.message_id)
+                })
+                .collect();
+            format!("{to}: {}", each.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Waits until every accepted id has a mail, or no new mail has come for `within` (a backlog
 /// still draining is waited for); the mails so far.
 pub async fn wait_for_all(

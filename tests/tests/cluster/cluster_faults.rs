@@ -3,9 +3,11 @@
 //! killed with SIGKILL and restarted 10 s later; the leader frozen with SIGSTOP for 15 s; a
 //! rolling restart of all three nodes; the stream at its size limit; the leader and the
 //! api's connection partitioned off the other two nodes. Then every request
-//! answered 200 is checked against the mails received, as the single-node fault suite does. Part of `scripts/test` (each
-//! scenario about half a minute, run side by side), and of `faults/run`, which records them
-//! in RELIABILITY.md.
+//! answered 200 is checked against the mails received, as the single-node fault suite does.
+//! Part of `scripts/test` (each scenario about half a minute, run side by side), and of
+//! `faults/run`, which records them in RELIABILITY.md. Each runs on two threads, as the
+//! binaries do: the load and two workers on one thread would starve each other, which no
+//! deployment does.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -17,8 +19,8 @@ use async_nats::jetstream;
 use e2e::cluster::{NODES, NatsCluster, NetnsCluster};
 use e2e::db::TestDb;
 use e2e::load::{
-    KilledOnDrop, drive, drive_with, reconcile, report, try_forgot, wait_for_all, wait_for_api,
-    with_api_env,
+    KilledOnDrop, describe_duplicates, drive, drive_with, reconcile, report, try_forgot,
+    wait_for_all, wait_for_api, with_api_env,
 };
 use e2e::sink::SmtpSink;
 use e2e::system::{TestWorker, binary, worker_settings};
@@ -106,7 +108,12 @@ impl Rig {
         );
         assert!(!accepted.is_empty(), "nothing was accepted");
         assert_eq!(lost, 0, "requests answered 200 without a mail");
-        assert_eq!(duplicates, 0, "mails sent twice");
+        assert_eq!(
+            duplicates,
+            0,
+            "mails sent twice: {}",
+            describe_duplicates(&mails)
+        );
         for worker in self.workers {
             worker.stop().await;
         }
@@ -157,7 +164,7 @@ async fn under_load(
     (said, accepted, answers)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_leader_killed_and_restarted_10_s_later_loses_nothing() {
     let mut rig = Rig::start().await;
     let (said, accepted, answers) = under_load(&mut rig, async |cluster, stream| {
@@ -182,7 +189,7 @@ async fn the_stream_leader_killed_and_restarted_10_s_later_loses_nothing() {
 
 /// A frozen leader keeps its sockets; the others elect a new one. When it wakes it must not
 /// take writes the new leader does not know: any it did would be answered 200 and missing.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_leader_frozen_for_15_s_loses_nothing() {
     let mut rig = Rig::start().await;
     let (said, accepted, answers) = under_load(&mut rig, async |cluster, stream| {
@@ -207,7 +214,7 @@ async fn the_stream_leader_frozen_for_15_s_loses_nothing() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_every_node_loses_nothing() {
     let mut rig = Rig::start().await;
     let (said, accepted, answers) = under_load(&mut rig, async |cluster, stream| {
@@ -228,7 +235,7 @@ async fn a_rolling_restart_of_every_node_loses_nothing() {
 
 /// The stream at its size limit refuses new events with a 503 that says so, and drops none it
 /// holds: every event answered 200 is still in the stream and mailed.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_stream_refuses_new_events_and_drops_none() {
     const MAX_BYTES: u64 = 256 * 1024;
     let mut rig = Rig::with_max_bytes(Some(MAX_BYTES)).await;
@@ -265,7 +272,7 @@ async fn a_full_stream_refuses_new_events_and_drops_none() {
 /// connection in the minority): what cannot reach a quorum must be answered 503, never 200,
 /// and the api must recover on its own when the partition heals. Network namespaces and a
 /// bridge made by the test itself; the cut takes the leader's link off the bridge.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_leader_with_the_api_beside_it_never_answers_200() {
     let cluster = NetnsCluster::start().await;
     let iso = Isolation::new();
@@ -358,7 +365,12 @@ async fn a_partitioned_leader_with_the_api_beside_it_never_answers_200() {
     assert!(refused_while_cut > 0, "nothing was refused while cut off");
     assert!(ok_after > 0, "the api did not recover after the heal");
     assert_eq!(lost, 0, "requests answered 200 without a mail");
-    assert_eq!(duplicates, 0, "mails sent twice");
+    assert_eq!(
+        duplicates,
+        0,
+        "mails sent twice: {}",
+        describe_duplicates(&mails)
+    );
     drop(api);
     for worker in workers {
         worker.stop().await;
