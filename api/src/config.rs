@@ -111,6 +111,14 @@ pub struct ResetSettings {
     /// Argon2id parallelism (OWASP: 1).
     #[arg(long, env = "ARGON2_PARALLELISM", default_value_t = 1)]
     pub argon2_parallelism: u32,
+
+    /// How long an account gets no reset mail after its owner reported one they did not ask
+    /// for ("I did not ask for this"): a day, so whoever sent the requests finds the mailbox
+    /// shut for the rest of the attempt, while the owner, should they need a reset after
+    /// all, waits no longer than that. `0s` turns the pause off (the report still kills the
+    /// mail's links and is told to the product).
+    #[arg(long, env = "RESET_REPORT_PAUSE", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub report_pause: Duration,
 }
 
 /// The hosted reset page (`GET /reset-password`): where its templates are, and the look an
@@ -129,6 +137,11 @@ pub struct PageSettings {
     /// The page's accent colour (buttons, focus rings), as `#rgb` or `#rrggbb`.
     #[arg(long, env = "PAGE_ACCENT_COLOR", default_value = "#1d4ed8")]
     pub accent_color: String,
+
+    /// Where people write for help, shown after they report a change that was not theirs:
+    /// the same address the worker puts in the mails.
+    #[arg(long, env = "SUPPORT_EMAIL", default_value = "support@example.com")]
+    pub support_email: String,
 
     /// Serve the page. Off for teams whose own front end takes the mailed link (RESET_URL)
     /// and calls the JSON endpoints: the page's routes then answer 404. Accepts 1/0,

@@ -15,10 +15,12 @@ use http_body_util::Full;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+pub mod report;
 pub mod routes;
 
 use crate::config::PageSettings;
 use crate::reset::{PolicyError, Secret};
+use shared::event::ReportKind;
 
 /// The locale used when neither the account nor the browser names one we have.
 pub const FALLBACK_LOCALE: &str = "en";
@@ -70,6 +72,14 @@ pub enum View {
     LinkSent,
     /// A password form no page of ours sends: fields missing, repeated or unknown.
     BadForm,
+    /// A report link opened: what confirming does, and the button that does it. Opening
+    /// changes nothing (mail scanners open links).
+    ReportConfirm { secret: String, kind: ReportKind },
+    /// A report confirmed (or confirmed before): what happens next. `pause_hours` is
+    /// RESET_REPORT_PAUSE, for a reset report.
+    Reported { kind: ReportKind, pause_hours: u64 },
+    /// A report link that has expired or names nothing.
+    ReportExpired,
     /// Something outside the visitor's hands: too many attempts, the service unavailable.
     Problem(Problem),
 }
@@ -98,6 +108,7 @@ pub struct Pages {
     words: BTreeMap<String, Value>,
     product: String,
     accent: String,
+    support: String,
     min_chars: u16,
     /// Whether the page is served over https (API_PUBLIC_URL): then it sends HSTS.
     https: bool,
@@ -139,6 +150,7 @@ impl Pages {
             words,
             product: settings.product_name.clone(),
             accent: settings.accent_color.clone(),
+            support: settings.support_email.clone(),
             min_chars,
             https: settings
                 .public_url
@@ -291,6 +303,9 @@ impl Pages {
             }
             View::Problem(Problem::Unavailable) => data["problem"] = json!(word("unavailable")),
             View::Problem(Problem::CrossOrigin) => data["problem"] = json!(word("cross_origin")),
+            View::ReportConfirm { .. } | View::Reported { .. } | View::ReportExpired => {
+                data = self.report_data(view, &word);
+            }
         }
         let page = PageData {
             lang: locale,
@@ -301,6 +316,58 @@ impl Pages {
             view: data,
         };
         self.registry.render(LAYOUT, &page)
+    }
+}
+
+impl Pages {
+    /// The report views' fields, their words filled in.
+    fn report_data(&self, view: &View, word: &dyn Fn(&str) -> String) -> Value {
+        let fill = |key: &str, hours: u64| {
+            word(key)
+                .replace("{product}", &self.product)
+                .replace("{support}", &self.support)
+                .replace("{hours}", &hours.to_string())
+        };
+        match view {
+            View::ReportConfirm { secret, kind } => {
+                let prefix = report_prefix(*kind);
+                json!({
+                    "report": true,
+                    "secret": secret,
+                    "heading": fill(&format!("{prefix}_heading"), 0),
+                    "text": fill(&format!("{prefix}_text"), 0),
+                    "button": fill(&format!("{prefix}_button"), 0),
+                })
+            }
+            View::Reported { kind, pause_hours } => {
+                let key = match (kind, pause_hours) {
+                    (ReportKind::Reset, 0) => "reported_text_no_pause",
+                    (ReportKind::Reset, _) => "reported_text",
+                    (ReportKind::Change, _) => "change_reported_text",
+                };
+                let heading = match kind {
+                    ReportKind::Reset => "reported_heading",
+                    ReportKind::Change => "change_reported_heading",
+                };
+                json!({
+                    "reported": true,
+                    "heading": fill(heading, 0),
+                    "text": fill(key, *pause_hours),
+                })
+            }
+            _ => json!({
+                "reported": true,
+                "heading": fill("report_expired_heading", 0),
+                "text": fill("report_expired_text", 0),
+            }),
+        }
+    }
+}
+
+fn report_prefix(kind: ReportKind) -> &'static str {
+    match kind {
+        ReportKind::Reset => "report",
+        ReportKind::Change => "change_report",
     }
 }
 
@@ -379,6 +446,27 @@ fn samples() -> Vec<View> {
         View::Problem(Problem::TooMany(1)),
         View::Problem(Problem::Unavailable),
         View::Problem(Problem::CrossOrigin),
+        View::ReportConfirm {
+            secret: "r.x.y".into(),
+            kind: ReportKind::Reset,
+        },
+        View::ReportConfirm {
+            secret: "c.x.y".into(),
+            kind: ReportKind::Change,
+        },
+        View::Reported {
+            kind: ReportKind::Reset,
+            pause_hours: 24,
+        },
+        View::Reported {
+            kind: ReportKind::Reset,
+            pause_hours: 0,
+        },
+        View::Reported {
+            kind: ReportKind::Change,
+            pause_hours: 0,
+        },
+        View::ReportExpired,
     ]
 }
 
@@ -440,6 +528,7 @@ mod tests {
             templates_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates"),
             product_name: "Acme <Cloud>".into(),
             accent_color: "#123abc".into(),
+            support_email: "help@example.com".into(),
             enabled: true,
             public_url: None,
         };

@@ -14,10 +14,12 @@
 mod hashing;
 mod policy;
 mod relay;
+mod report;
 
 pub use hashing::{HashError, Hasher};
 pub use policy::{MAX_PASSWORD_CHARS, PasswordPolicy, PolicyError, normalise};
 pub use relay::OutboxError;
+pub use report::{CHANGE_REPORT_WITHIN, ReportOutcome};
 
 use std::time::Duration;
 
@@ -102,8 +104,10 @@ pub struct Resets {
     /// zxcvbn takes milliseconds of CPU: bound how many estimates run at once.
     estimating: Semaphore,
     hasher: Hasher,
-    changed_subject: String,
+    subjects: shared::stream::Subjects,
     code_key: CodeKey,
+    /// RESET_REPORT_PAUSE.
+    report_pause: Duration,
 }
 
 /// A live token's account: id, email and locale.
@@ -127,7 +131,7 @@ fn token_hash(token: &str) -> [u8; 32] {
 impl Resets {
     pub fn new(
         settings: &ResetSettings,
-        changed_subject: String,
+        subjects: shared::stream::Subjects,
         code_key: CodeKey,
     ) -> Result<Self, ResetSettingsError> {
         let pool = PgPoolOptions::new()
@@ -148,13 +152,24 @@ impl Resets {
             },
             estimating: Semaphore::new(ESTIMATES_AT_ONCE),
             hasher,
-            changed_subject,
+            subjects,
             code_key,
+            report_pause: settings.report_pause,
         })
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// RESET_REPORT_PAUSE.
+    pub fn report_pause(&self) -> Duration {
+        self.report_pause
+    }
+
+    /// The key the mails' codes and report links are derived with.
+    pub fn code_key(&self) -> &CodeKey {
+        &self.code_key
     }
 
     /// Whether `secret` would work now, and if so its account's locale (for the page).
@@ -238,7 +253,7 @@ impl Resets {
             .bind(&event.account_id)
             .bind(&phc)
             .bind(event.event_id)
-            .bind(&self.changed_subject)
+            .bind(self.subjects.changed())
             .bind(event.to_json())
             .fetch_one(&self.pool)
             .await?;

@@ -53,6 +53,8 @@ pub struct AppState {
     pub unauthenticated_limiter: Limiter,
     pub resets: Resets,
     pub changed_subject: String,
+    /// `{prefix}.reported`.
+    pub reported_subject: String,
     pub pages: Pages,
 }
 
@@ -216,6 +218,13 @@ async fn page_route(
         "/reset-password/code" | "/reset-password/new-link" => {
             Err(ApiError::MethodNotAllowed("POST"))
         }
+        "/reset-password/report" if read_only => {
+            Ok(crate::page::report::show(state, peer, trail, req).await)
+        }
+        "/reset-password/report" if post => {
+            Ok(crate::page::report::confirm(state, peer, trail, req).await)
+        }
+        "/reset-password/report" => Err(ApiError::MethodNotAllowed("GET, HEAD, POST")),
         _ => Err(ApiError::NotFound),
     }
 }

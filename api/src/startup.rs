@@ -88,7 +88,7 @@ impl Application {
         );
         let resets = Resets::new(
             &settings.reset,
-            settings.stream.subjects().changed(),
+            settings.stream.subjects(),
             settings.code.key()?,
         )?;
         let pages = Pages::load(&settings.page, settings.reset.password_min_length)?;
@@ -105,6 +105,7 @@ impl Application {
             unauthenticated_limiter: Limiter::new(http.rate_limit),
             resets,
             changed_subject: settings.stream.subjects().changed(),
+            reported_subject: settings.stream.subjects().reported(),
             pages,
         });
         let app = Self {

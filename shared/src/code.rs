@@ -84,13 +84,19 @@ impl CodeKeySettings {
 }
 
 impl CodeKey {
-    /// The code that goes with the token whose stored hash is `token_hash`.
-    pub fn code_for(&self, token_hash: &[u8]) -> ResetCode {
+    /// HMAC-SHA256 of `domain` then `data` under this key: each use names its own domain, so
+    /// no two derive the same value.
+    pub(crate) fn mac(&self, domain: &[u8], data: &[u8]) -> [u8; 32] {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0)
             .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
-        mac.update(DOMAIN);
-        mac.update(token_hash);
-        let digest = mac.finalize().into_bytes();
+        mac.update(domain);
+        mac.update(data);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The code that goes with the token whose stored hash is `token_hash`.
+    pub fn code_for(&self, token_hash: &[u8]) -> ResetCode {
+        let digest = self.mac(DOMAIN, token_hash);
         let mut code = [0u8; CODE_BYTES];
         code.copy_from_slice(&digest[..CODE_BYTES]);
         ResetCode(code)

@@ -43,6 +43,8 @@ pub const HEADER_REQUEST_ID: &str = "Request-Id";
 pub const RESET_REQUESTED: &str = "ResetRequested";
 /// Value of [`HEADER_EVENT_TYPE`] for [`PasswordChanged`].
 pub const PASSWORD_CHANGED: &str = "PasswordChanged";
+/// Value of [`HEADER_EVENT_TYPE`] for [`Reported`].
+pub const REPORTED: &str = "Reported";
 
 /// A client asked for a password-reset email for the account `id` names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +134,88 @@ impl PasswordChanged {
             event_id: Uuid::now_v7(),
             account_id,
             changed_at: OffsetDateTime::now_utc(),
+            request_id,
+            client,
+        }
+    }
+
+    /// The event as JSON.
+    pub fn to_json(&self) -> Vec<u8> {
+        to_json(self)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        decode_versioned(bytes)
+    }
+}
+
+/// The mailbox's owner reported a mail from its link: a reset mail they did not ask for
+/// (`"kind": "reset"`), or a password change that was not theirs (`"kind": "change"`).
+/// Published by the api (through its outbox) to `{prefix}.reported`; the worker turns it into
+/// the `reset.reported` or `change.reported` webhook.
+///
+/// ```json
+/// {
+///   "version": 1,
+///   "event_id": "0193a5c2-b210-7c55-8e3b-5f0d2b4c8a12",
+///   "kind": "reset",
+///   "account_id": "u-42",
+///   "mail_event_id": "0193a5c2-7d4e-7a01-9f3b-2c8e4d1a6b70",
+///   "reported_at": "2026-11-27T20:07:00.5Z",
+///   "request_id": "0193a5c2-b210-7c55-8e3b-5f0d2b4c8a13",
+///   "client": { "ip": "203.0.113.7", "user_agent": "Mozilla/5.0", "api_key_label": "page" }
+/// }
+/// ```
+///
+/// `mail_event_id` is the event of the mail reported. No token, code or password.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reported {
+    pub version: u32,
+    pub event_id: Uuid,
+    pub kind: ReportKind,
+    pub account_id: String,
+    pub mail_event_id: Uuid,
+    #[serde(with = "time::serde::rfc3339")]
+    pub reported_at: OffsetDateTime,
+    pub request_id: String,
+    pub client: ClientContext,
+}
+
+/// What a report is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportKind {
+    /// A reset mail the owner did not ask for.
+    Reset,
+    /// A password change that was not the owner's.
+    Change,
+}
+
+impl ReportKind {
+    /// As the database records it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reset => "reset",
+            Self::Change => "change",
+        }
+    }
+}
+
+impl Reported {
+    pub fn new(
+        kind: ReportKind,
+        account_id: String,
+        mail_event_id: Uuid,
+        request_id: String,
+        client: ClientContext,
+    ) -> Self {
+        Self {
+            version: EVENT_VERSION,
+            event_id: Uuid::now_v7(),
+            kind,
+            account_id,
+            mail_event_id,
+            reported_at: OffsetDateTime::now_utc(),
             request_id,
             client,
         }

@@ -7,6 +7,7 @@
 //! - [`event`]: the versioned JSON event, its headers and its decoder;
 //! - [`account`]: [`AccountRef`](account::AccountRef), the validated `id` a request names;
 //! - [`code`]: the one-time code a reset mail carries beside its link, keyed by `RESET_CODE_KEY`;
+//! - [`report`]: the report links in the mails ("I did not ask for this"), keyed alike;
 //! - [`stream`]: subject names and the JetStream stream both sides create or update;
 //! - [`http`]: serving HTTP/1.1 and the `{code, message}` answer, for both processes;
 //! - [`nats`]: connecting to NATS with the same options everywhere;
@@ -25,6 +26,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod nats;
+pub mod report;
 pub mod retry;
 pub mod settings;
 pub mod stream;

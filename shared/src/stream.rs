@@ -100,6 +100,17 @@ impl Subjects {
         format!("{}.changed", self.prefix)
     }
 
+    /// `{prefix}.reported`: one `Reported` per mail its owner reported.
+    pub fn reported(&self) -> String {
+        format!("{}.reported", self.prefix)
+    }
+
+    /// `{prefix}.webhooks.retried`: webhooks an operator retried from the dead letters; only
+    /// the worker's webhook consumer reads them, so a retry sends no mail again.
+    pub fn webhooks_retried(&self) -> String {
+        format!("{}.webhooks.retried", self.prefix)
+    }
+
     /// `{prefix}.dead`: events the worker gave up on.
     pub fn dead(&self) -> String {
         format!("{}.dead", self.prefix)

@@ -9,6 +9,7 @@ pub mod db;
 pub mod load;
 pub mod sink;
 pub mod system;
+pub mod webhooks;
 pub mod webmail;
 
 use std::net::SocketAddr;

@@ -48,6 +48,16 @@ impl ReceivedMail {
             .collect()
     }
 
+    /// The secret of the report link ("I did not ask for this", "This wasn't me") in the
+    /// text part.
+    pub fn report_secret(&self) -> String {
+        let start = self.text.find("/report?r=").expect("a report link") + "/report?r=".len();
+        self.text[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(*c, '-' | '_' | '.'))
+            .collect()
+    }
+
     /// The one-time code: the text part's line that holds nothing else, 6 to 12 capital
     /// letters and digits with at most one space or hyphen between them.
     pub fn code(&self) -> String {
@@ -77,7 +87,7 @@ impl ReceivedMail {
     }
 }
 
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let python = root.join(".venv/bin/python");
     assert!(

@@ -32,6 +32,8 @@ pub struct Settings {
     #[command(flatten)]
     pub mail: MailSettings,
     #[command(flatten)]
+    pub webhooks: crate::webhooks::WebhookSettings,
+    #[command(flatten)]
     pub nats: NatsSettings,
     #[command(flatten)]
     pub stream: StreamSettings,
@@ -115,7 +117,7 @@ pub enum BackoffError {
     Zero,
 }
 
-fn parse_backoff(raw: &str) -> Result<Backoff, BackoffError> {
+pub(crate) fn parse_backoff(raw: &str) -> Result<Backoff, BackoffError> {
     let delays = raw
         .split(',')
         .map(str::trim)
@@ -171,6 +173,13 @@ pub struct PolicySettings {
         default_value = "http://localhost:8080/reset-password"
     )]
     pub reset_url: url::Url,
+
+    /// The api's page the mails' report links open ("I did not ask for this", "This wasn't
+    /// me"); `r=<secret>` is added to its query. Unset: RESET_URL's path with `/report`
+    /// added, which is right when RESET_URL is the api's own page; set it to the api's
+    /// `/reset-password/report` when RESET_URL is the product's page.
+    #[arg(long, env = "REPORT_URL")]
+    pub report_url: Option<url::Url>,
 }
 
 /// Rendering and sending.

@@ -32,6 +32,7 @@ pub mod store;
 pub mod tokens;
 pub mod transport;
 pub mod waiting;
+pub mod webhooks;
 
 pub use config::Settings;
 pub use startup::{Worker, WorkerError, run};

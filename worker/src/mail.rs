@@ -12,6 +12,7 @@ use lettre::message::{
 };
 use shared::code::{CodeKey, CodeKeyError};
 use shared::event::{PasswordChanged, ResetRequested};
+use shared::report::Reportable;
 use time::macros::format_description;
 
 use crate::store::Account;
@@ -24,8 +25,11 @@ pub struct Composer {
     app_name: String,
     support_email: String,
     reset_url: url::Url,
+    /// The api's report page (REPORT_URL): `r=<report secret>` is added to its query.
+    report_url: url::Url,
     token_ttl: Duration,
-    /// Derives each mail's one-time code from its token (`shared::code`).
+    /// Derives each mail's one-time code and report links from its token (`shared::code`,
+    /// `shared::report`).
     code_key: CodeKey,
 }
 
@@ -80,14 +84,38 @@ impl Composer {
         if reset_url.scheme() == "http" && !local {
             return Err(ComposerSettingsError::PlainResetUrl);
         }
+        let mut report_url = reset_url.clone();
+        report_url.set_query(None);
+        if let Ok(mut path) = report_url.path_segments_mut() {
+            path.pop_if_empty().push("report");
+        }
         Ok(Self {
             from,
             app_name,
             support_email,
             reset_url,
+            report_url,
             token_ttl,
             code_key,
         })
+    }
+
+    /// The report links open `url` instead of RESET_URL's path with `/report` added: for
+    /// when RESET_URL is the product's own page and not the api's.
+    #[must_use]
+    pub fn with_report_url(mut self, url: Option<url::Url>) -> Self {
+        if let Some(url) = url {
+            self.report_url = url;
+        }
+        self
+    }
+
+    /// A report link: the report page with `r=` added to whatever query it has.
+    pub fn report_link(&self, reportable: Reportable) -> String {
+        let mut url = self.report_url.clone();
+        url.query_pairs_mut()
+            .append_pair("r", &reportable.secret(&self.code_key));
+        url.into()
     }
 
     /// The link in the email: RESET_URL with `token=` added to whatever query it has.
@@ -124,6 +152,9 @@ impl Composer {
                 .code_for(&crate::tokens::hash(token))
                 .display(),
             page_url: self.reset_url.to_string(),
+            report_url: self.report_link(Reportable::Reset {
+                token_hash: crate::tokens::hash(token),
+            }),
             expires_in_minutes: self.token_ttl.as_secs().div_ceil(60),
             app_name: self.app_name.clone(),
             support_email: self.support_email.clone(),
@@ -162,6 +193,9 @@ impl Composer {
             support_email: self.support_email.clone(),
             changed_at: minutes(event.changed_at),
             ip: event.client.ip.map(|ip| ip.to_string()),
+            report_url: self.report_link(Reportable::Change {
+                event_id: event.event_id,
+            }),
         };
         let rendered = templates.render("password_changed", account.locale.as_deref(), &data)?;
         self.message(account, event.event_id, rendered)

@@ -21,6 +21,7 @@ use crate::mail::{Composer, ComposerSettingsError};
 use crate::status::{self, Status};
 use crate::store::{Limits, Store};
 use crate::transport::{Mailer, TransportSettingsError};
+use crate::webhooks::{Webhooks, webhook_consumers};
 
 /// Why the worker stopped with an error. Each message says what to change.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +51,8 @@ pub enum WorkerError {
          delivery hands its mail over only while SMTP_TIMEOUT + 5 s of its lease are left"
     )]
     Lease { lease: Duration, send: Duration },
+    #[error(transparent)]
+    Webhooks(#[from] crate::webhooks::WebhookSettingsError),
 }
 
 /// Runs until `shutdown` resolves, then drains in-flight events and returns.
@@ -76,6 +79,8 @@ pub struct Worker {
     js: jetstream::Context,
     consumers: Consumers,
     loops: LoopSettings,
+    /// WEBHOOK_URL's webhooks and their consumers, if it is set.
+    webhooks: Option<(Arc<Webhooks>, Vec<PullConsumer>)>,
     /// The part of `WORKER_SHUTDOWN_TIMEOUT` left for closing connections.
     close_for: Duration,
     /// Metrics and health; closed when the worker is dropped.
@@ -89,6 +94,7 @@ impl Worker {
     pub async fn build(settings: Settings) -> Result<Self, WorkerError> {
         let (templates, composer, mailer) = mail_parts(&settings)?;
         check_lease(&settings, &mailer)?;
+        let hooks = Webhooks::from_settings(&settings.webhooks)?;
         let status = Arc::new(Status::new(mailer.health()));
         let addr = settings.status.addr;
         let (status_addr, listener) = status::serve(addr, status.clone())
@@ -117,6 +123,16 @@ impl Worker {
         let stream = wait_for("the event stream", || open_stream(&js, &settings)).await;
         let consumers = consumers(&stream, &settings).await?;
         let _ = status.consumer.set(consumers.requested.clone());
+        let webhooks = match hooks {
+            Some(hooks) => {
+                let subjects = settings.stream.subjects();
+                let name = &settings.consume.consumer;
+                let timeout = settings.webhooks.webhook_timeout;
+                let pulled = webhook_consumers(&stream, name, &subjects, timeout).await?;
+                Some((Arc::new(hooks), pulled))
+            }
+            None => None,
+        };
 
         let deps = Arc::new(Deps {
             store,
@@ -132,6 +148,7 @@ impl Worker {
             js,
             consumers,
             loops: loop_settings(&settings),
+            webhooks,
             close_for: split_stop(settings.consume.shutdown_timeout).1,
             _listener: listener,
         })
@@ -173,7 +190,14 @@ impl Worker {
             retried,
         } = self.consumers;
         let (js, deps) = (&self.js, &self.deps);
+        let (dead, stop) = (requested.dead_subject.clone(), shutdown.clone());
+        let webhooks = async move {
+            if let Some((hooks, pulled)) = self.webhooks {
+                crate::webhooks::run(pulled, hooks, js.clone(), dead, stop).await;
+            }
+        };
         tokio::join!(
+            webhooks,
             consume::run(
                 requested_consumer,
                 js.clone(),
@@ -208,7 +232,8 @@ pub(crate) fn mail_parts(
         settings.policy.reset_url.clone(),
         settings.policy.token_ttl,
         settings.code.key().map_err(ComposerSettingsError::from)?,
-    )?;
+    )?
+    .with_report_url(settings.policy.report_url.clone());
     let mailer = Mailer::from_settings(&settings.mail)?;
     Ok((templates, composer, mailer))
 }

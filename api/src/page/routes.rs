@@ -192,7 +192,7 @@ pub(crate) async fn new_link(
     }
 }
 
-fn page(
+pub(super) fn page(
     state: &AppState,
     headers: &HeaderMap,
     account_locale: Option<&str>,
@@ -233,7 +233,11 @@ fn refused(
 }
 
 /// An error the JSON endpoints would answer with `{code, message}`, as a page.
-fn problem(state: &AppState, headers: &HeaderMap, err: ApiError) -> Response<Full<Bytes>> {
+pub(super) fn problem(
+    state: &AppState,
+    headers: &HeaderMap,
+    err: ApiError,
+) -> Response<Full<Bytes>> {
     match err {
         ApiError::TooManyRequests(wait) => {
             page(state, headers, None, &View::Problem(Problem::TooMany(wait)))
@@ -247,17 +251,17 @@ fn problem(state: &AppState, headers: &HeaderMap, err: ApiError) -> Response<Ful
 }
 
 /// A POST of the page that may be served, with its form read.
-struct Admitted {
-    headers: HeaderMap,
-    form: Bytes,
+pub(super) struct Admitted {
+    pub(super) headers: HeaderMap,
+    pub(super) form: Bytes,
     /// What a `PasswordChanged` or `ResetRequested` records of the visitor.
-    client: ClientContext,
+    pub(super) client: ClientContext,
 }
 
 /// What every POST of the page passes before its form is read: it comes from this site's
 /// own pages, and the visitor is within `limiter`'s budget. Then the form itself: declared
 /// size, media type, the body within its deadline. The refusal is the page that says why.
-async fn admit_form(
+pub(super) async fn admit_form(
     state: &AppState,
     limiter: &Limiter,
     peer: SocketAddr,
@@ -292,7 +296,7 @@ async fn admit_form(
 
 /// Counts the visitor in `limiter`, as a client without an API key, by address; past the
 /// budget, the page that says how long to wait. The address is the visitor's.
-fn within_budget(
+pub(super) fn within_budget(
     state: &AppState,
     limiter: &Limiter,
     peer: SocketAddr,

@@ -1,8 +1,8 @@
-//! The outbox relay: `PasswordChanged` events written in the reset's own transaction are
-//! published from here, at once after the reset and again by the relay loop for any that
-//! did not go (NATS away, or the api stopped in between).
+//! The outbox relay: `PasswordChanged` and `Reported` events written in the reset's or the
+//! report's own transaction are published from here, at once after it and again by the relay
+//! loop for any that did not go (NATS away, or the api stopped in between).
 
-use shared::event::{PASSWORD_CHANGED, PasswordChanged};
+use shared::event::{PASSWORD_CHANGED, REPORTED};
 use uuid::Uuid;
 
 use super::Resets;
@@ -28,15 +28,25 @@ impl Resets {
         request_id: &str,
     ) -> Result<(), OutboxError> {
         let msg_id = event_id.to_string();
+        let event_type = if subject == self.subjects.reported() {
+            REPORTED
+        } else {
+            PASSWORD_CHANGED
+        };
         publisher
             .send(Outgoing {
                 subject: subject.into(),
-                event_type: PASSWORD_CHANGED,
+                event_type,
                 request_id,
                 payload,
                 msg_id: Some(&msg_id),
             })
             .await?;
+        self.forget_queued(event_id).await
+    }
+
+    /// Removes a published event from the outbox.
+    pub async fn forget_queued(&self, event_id: Uuid) -> Result<(), OutboxError> {
         sqlx::query("DELETE FROM event_outbox WHERE event_id = $1")
             .bind(event_id)
             .execute(&self.pool)
@@ -56,13 +66,22 @@ impl Resets {
         .await?;
         let mut published = 0;
         for (event_id, subject, payload) in queued {
-            let request_id = PasswordChanged::decode(&payload)
-                .map(|e| e.request_id)
-                .unwrap_or_default();
+            let request_id = request_id_of(&payload);
             self.publish_queued(publisher, event_id, &subject, payload, &request_id)
                 .await?;
             published += 1;
         }
         Ok(published)
     }
+}
+
+/// The `request_id` every queued event carries, for the header.
+fn request_id_of(payload: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct WithRequestId {
+        request_id: String,
+    }
+    serde_json::from_slice::<WithRequestId>(payload)
+        .map(|e| e.request_id)
+        .unwrap_or_default()
 }

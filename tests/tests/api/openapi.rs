@@ -20,6 +20,7 @@ const RESET: &str = "/auth/reset-password";
 const PAGE: &str = "/reset-password";
 const NEW_LINK: &str = "/reset-password/new-link";
 const CODE: &str = "/reset-password/code";
+const REPORT: &str = "/reset-password/report";
 const FORM: &str = "application/x-www-form-urlencoded";
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -327,6 +328,15 @@ async fn every_status_the_api_answers_is_documented_for_its_operation() {
         .await,
     );
 
+    // The mail's report link: its page, the report, made-up ones, another site's post.
+    let secret = mail.first().expect("the reset mail").report_secret();
+    seen.push(call(api, "GET", &format!("{REPORT}?r={secret}"), &[], "").await);
+    seen.push(call(api, "HEAD", &format!("{REPORT}?r={secret}"), &[], "").await);
+    seen.push(call(api, "GET", &format!("{REPORT}?r=forged"), &[], "").await);
+    seen.push(call(api, "POST", REPORT, &form_only, &format!("r={secret}")).await);
+    seen.push(call(api, "POST", REPORT, &form_only, "r=forged").await);
+    seen.push(call(api, "POST", REPORT, &cross, &format!("r={secret}")).await);
+
     // The token is used: the page's form now gets the dead-link page.
     seen.push(
         call(
@@ -392,7 +402,7 @@ async fn every_status_the_api_answers_is_documented_for_its_operation() {
             "{method} {path} never answered 200"
         );
     }
-    let expected: [(&str, &str, &[u16]); 8] = [
+    let expected: [(&str, &str, &[u16]); 10] = [
         ("POST", FORGOT, &[200, 400, 403, 413, 415]),
         ("POST", VERIFY, &[200, 400, 403, 415]),
         ("POST", RESET, &[200, 400]),
@@ -401,6 +411,8 @@ async fn every_status_the_api_answers_is_documented_for_its_operation() {
         ("POST", PAGE, &[200, 400, 403, 413, 415]),
         ("POST", CODE, &[200, 400, 403]),
         ("POST", NEW_LINK, &[200, 400, 403]),
+        ("GET", REPORT, &[200]),
+        ("POST", REPORT, &[200, 403]),
     ];
     for (method, path, codes) in expected {
         for &code in codes {

@@ -6,6 +6,7 @@ mod compose_native;
 mod lifecycle;
 mod operating;
 mod policy;
+mod reports;
 mod smtp;
 mod startup;
 mod worker;

@@ -111,7 +111,7 @@ enum NotStored {
 }
 
 /// The dead letter's headers: the original event's own, and why it died.
-fn letter_headers(
+pub(crate) fn letter_headers(
     message: &jetstream::Message,
     reason: &'static str,
     attempt: u32,

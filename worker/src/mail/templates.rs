@@ -40,6 +40,8 @@ pub struct TemplateData {
     pub code: String,
     /// The reset page without a token, where the code is entered.
     pub page_url: String,
+    /// "I did not ask for this": the api's page that reports this mail.
+    pub report_url: String,
     pub expires_in_minutes: u64,
     pub app_name: String,
     pub support_email: String,
@@ -56,6 +58,7 @@ impl TemplateData {
             reset_url: "https://example.com/reset?a=1&token=SAMPLE".into(),
             code: "7K3M-Q9XD".into(),
             page_url: "https://example.com/reset?a=1".into(),
+            report_url: "https://example.com/reset/report?r=r.SAMPLE.SAMPLE".into(),
             expires_in_minutes: 30,
             app_name: "Example".into(),
             support_email: "support@example.com".into(),
@@ -74,6 +77,8 @@ pub struct ChangedData {
     pub support_email: String,
     pub changed_at: String,
     pub ip: Option<String>,
+    /// "This wasn't me": the api's page that reports this change.
+    pub report_url: String,
 }
 
 impl ChangedData {
@@ -85,6 +90,7 @@ impl ChangedData {
             support_email: "support@example.com".into(),
             changed_at: "2026-01-01 12:00 UTC".into(),
             ip: Some("203.0.113.7".into()),
+            report_url: "https://example.com/reset/report?r=c.SAMPLE.SAMPLE".into(),
         }
     }
 }

@@ -147,14 +147,23 @@ impl Letters {
         }
         headers.insert(HEADER_RETRY_OF, seq.to_string().as_str());
         headers.insert("Nats-Msg-Id", format!("retry-{seq}").as_str());
-        // Notifications back where they came from; reset requests to the retried subject,
+        // Webhooks to the webhook consumers alone (a retried webhook mails nobody);
+        // notifications back where they came from; reset requests to the retried subject,
         // which only the worker's user may publish to.
-        let subject = message
+        let webhook = message
             .headers
-            .get(HEADER_DEAD_SUBJECT)
-            .map(|v| v.as_str().to_owned())
-            .filter(|s| *s == self.subjects.changed())
-            .unwrap_or_else(|| self.subjects.retried());
+            .get(crate::webhooks::HEADER_DEAD_KIND)
+            .is_some_and(|v| v.as_str() == "webhook");
+        let subject = if webhook {
+            self.subjects.webhooks_retried()
+        } else {
+            message
+                .headers
+                .get(HEADER_DEAD_SUBJECT)
+                .map(|v| v.as_str().to_owned())
+                .filter(|s| *s == self.subjects.changed())
+                .unwrap_or_else(|| self.subjects.retried())
+        };
         self.js
             .publish_with_headers(subject, headers, message.payload.clone())
             .await?
@@ -193,10 +202,11 @@ fn summarize(message: &jetstream::Message, as_json: bool) -> String {
     let age = time::OffsetDateTime::now_utc() - published;
     let age = humantime::format_duration(Duration::from_secs(age.whole_seconds().max(0) as u64));
     let event = ResetRequested::decode(&message.payload).ok();
-    let id = event
-        .as_ref()
-        .map(|e| mask_id(&e.id))
-        .unwrap_or_else(|| "(unreadable)".into());
+    let id = match (&event, header(crate::webhooks::HEADER_DEAD_KIND).as_str()) {
+        (_, "webhook") => format!("webhook of {}", header("Event-Type")),
+        (Some(e), _) => mask_id(&e.id),
+        (None, _) => "(unreadable)".into(),
+    };
     let error = shared::logging::mask_addresses(&header(HEADER_DEAD_ERROR));
     if as_json {
         json!({
