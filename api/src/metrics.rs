@@ -2,7 +2,7 @@
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::{counter::Counter, family::Family};
-use shared::metrics::{LatencyFamily, Registry, ResultLabels, latency_family};
+use shared::metrics::{Funnel, LatencyFamily, Registry, ResultLabels, latency_family};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -17,6 +17,8 @@ pub struct ApiMetrics {
     pub requests: Family<RequestLabels, Counter>,
     /// Time from publish to PubAck, by result: `api_publish_duration_seconds`.
     pub publish: LatencyFamily<ResultLabels>,
+    /// The stages of the recovery funnel the api sees: `password_reset_funnel_total`.
+    pub funnel: Funnel,
 }
 
 impl Default for ApiMetrics {
@@ -34,10 +36,12 @@ impl Default for ApiMetrics {
             "Time from publishing an event to JetStream's acknowledgement, by result (ok, error).",
             publish.clone(),
         );
+        let funnel = Funnel::registered(&mut registry);
         Self {
             registry,
             requests,
             publish,
+            funnel,
         }
     }
 }
@@ -62,6 +66,7 @@ pub fn route_label(path: &str) -> &'static str {
         "/reset-password" => "/reset-password",
         "/reset-password/code" => "/reset-password/code",
         "/reset-password/new-link" => "/reset-password/new-link",
+        "/reset-password/report" => "/reset-password/report",
         _ => "other",
     }
 }

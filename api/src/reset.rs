@@ -108,6 +108,8 @@ pub struct Resets {
     code_key: CodeKey,
     /// RESET_REPORT_PAUSE.
     report_pause: Duration,
+    /// Where links first opened, resets completed and reports are counted.
+    funnel: shared::metrics::Funnel,
 }
 
 /// A live token's account: id, email and locale.
@@ -133,6 +135,7 @@ impl Resets {
         settings: &ResetSettings,
         subjects: shared::stream::Subjects,
         code_key: CodeKey,
+        funnel: shared::metrics::Funnel,
     ) -> Result<Self, ResetSettingsError> {
         let pool = PgPoolOptions::new()
             .max_connections(10)
@@ -155,6 +158,7 @@ impl Resets {
             subjects,
             code_key,
             report_pause: settings.report_pause,
+            funnel,
         })
     }
 
@@ -173,13 +177,20 @@ impl Resets {
     }
 
     /// Whether `secret` would work now, and if so its account's locale (for the page).
-    /// Consumes nothing, but a wrong code counts against the account's live one.
+    /// Consumes nothing, but a wrong code counts against the account's live one, and the
+    /// first time a live token is opened is recorded (`opened_at`, for `worker replay`'s
+    /// timeline) and counted in the funnel.
     pub async fn verify(&self, secret: &Secret) -> Result<Option<String>, ResetError> {
         let hash = self.resolve(secret).await?;
-        let (_, _, locale) = self
-            .live_token(&hash)
-            .await?
-            .ok_or_else(|| secret.invalid())?;
+        let opened: Option<(Option<String>, bool)> =
+            sqlx::query_as("SELECT locale, first_open FROM reset_open_live_token($1)")
+                .bind(&hash[..])
+                .fetch_optional(&self.pool)
+                .await?;
+        let (locale, first_open) = opened.ok_or_else(|| secret.invalid())?;
+        if first_open {
+            self.funnel.reached("opened");
+        }
         Ok(locale)
     }
 
@@ -260,6 +271,7 @@ impl Resets {
         if !done {
             return Err(secret.invalid());
         }
+        self.funnel.reached("completed");
         Ok(event)
     }
 

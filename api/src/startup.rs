@@ -86,10 +86,12 @@ impl Application {
             settings.stream.subjects().requested(),
             http.publish_timeout,
         );
+        let metrics = crate::metrics::ApiMetrics::default();
         let resets = Resets::new(
             &settings.reset,
             settings.stream.subjects(),
             settings.code.key()?,
+            metrics.funnel.clone(),
         )?;
         let pages = Pages::load(&settings.page, settings.reset.password_min_length)?;
         let state = Arc::new(AppState {
@@ -100,7 +102,7 @@ impl Application {
             max_body: http.max_body,
             body_timeout: http.body_timeout,
             proxies: http.trust_proxy.then(|| http.trusted_proxies.clone()),
-            metrics: Default::default(),
+            metrics,
             reset_limiter: Limiter::new(http.rate_limit),
             unauthenticated_limiter: Limiter::new(http.rate_limit),
             resets,

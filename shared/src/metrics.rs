@@ -3,7 +3,7 @@
 //! format that Prometheus scrapes.
 
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::{family::Family, histogram::Histogram};
+use prometheus_client::metrics::{counter::Counter, family::Family, histogram::Histogram};
 pub use prometheus_client::registry::Registry;
 
 /// Histogram buckets for latencies, in seconds.
@@ -34,6 +34,37 @@ where
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
+}
+
+/// The recovery funnel, counted by both processes under one name so that one query adds them
+/// up: `password_reset_funnel_total{stage}`, where `stage` is `requested` (the api took a
+/// request), `mailed` (the worker sent its reset mail), `opened` (a link was first opened),
+/// `completed` (a password was set with it), `reset_reported` or `change_reported` (the
+/// owner reported a mail).
+#[derive(Debug, Clone, Default)]
+pub struct Funnel(Family<StageLabels, Counter>);
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    pub stage: &'static str,
+}
+
+impl Funnel {
+    /// A funnel counted in `registry`.
+    pub fn registered(registry: &mut Registry) -> Self {
+        let funnel = Self::default();
+        registry.register(
+            "password_reset_funnel",
+            "Resets by how far they got: requested, mailed, opened, completed, reset_reported, change_reported.",
+            funnel.0.clone(),
+        );
+        funnel
+    }
+
+    /// Counts one reset reaching `stage`.
+    pub fn reached(&self, stage: &'static str) {
+        self.0.get_or_create(&StageLabels { stage }).inc();
+    }
 }
 
 /// Everything in `registry`, in the text format.

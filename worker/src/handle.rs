@@ -117,7 +117,9 @@ pub async fn handle(
                 deps.composer
                     .reset_email(&deps.templates, event, &account, token.plaintext())?;
             drop(token);
-            return deliver(deps, &message, event.event_id, claimed).await;
+            let handled = deliver(deps, &message, event.event_id, claimed).await?;
+            deps.status.metrics.funnel.reached("mailed");
+            return Ok(handled);
         }
         Resolution::Claimed(_, Claim::Throttled) => return Ok(Handled::Throttled),
         Resolution::Claimed(_, Claim::AlreadyDone(done)) => return Ok(Handled::AlreadyDone(done)),

@@ -21,6 +21,7 @@ use crate::store::{Limits, Store};
 
 mod dead_letters;
 mod replay;
+mod timeline;
 
 pub use dead_letters::dead_letters;
 pub use replay::replay;

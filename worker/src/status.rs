@@ -45,6 +45,8 @@ pub struct WorkerMetrics {
     pub consumer_pending: Gauge,
     pub consumer_ack_pending: Gauge,
     pub consumer_redelivered: Gauge,
+    /// The funnel's `mailed` stage: `password_reset_funnel_total`.
+    pub funnel: shared::metrics::Funnel,
 }
 
 const ATTEMPT_BUCKETS: [f64; 8] = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 10.0];
@@ -104,7 +106,9 @@ impl WorkerMetrics {
                 smtp.failures.clone(),
             );
         }
+        let funnel = shared::metrics::Funnel::registered(&mut registry);
         Self {
+            funnel,
             registry,
             events,
             send,

@@ -183,6 +183,7 @@ pub(crate) async fn new_link(
         Ok(ack) => {
             trail.event_id = Some(event.event_id);
             trail.seq = Some(ack.sequence);
+            state.metrics.funnel.reached("requested");
             page(state, &headers, None, &View::LinkSent)
         }
         Err(err) => {

@@ -86,6 +86,10 @@ impl Resets {
             .fetch_one(&self.pool)
             .await?;
         Ok(if recorded {
+            self.funnel.reached(match kind {
+                ReportKind::Reset => "reset_reported",
+                ReportKind::Change => "change_reported",
+            });
             ReportOutcome::Reported(event)
         } else {
             ReportOutcome::Again(kind)

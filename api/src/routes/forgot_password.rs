@@ -44,6 +44,7 @@ pub(super) async fn forgot_password(
             trail.seq = Some(ack.sequence);
             if !ack.duplicate {
                 trail.event_id = Some(event.event_id);
+                state.metrics.funnel.reached("requested");
                 return Ok(reply::ok());
             }
             // A retry is the same request again; the same key with another `id` is a client

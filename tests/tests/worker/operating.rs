@@ -747,3 +747,77 @@ async fn one_request_can_be_followed_through_the_logs_which_hold_no_secret() {
     iso.delete_stream(nats_url()).await;
     db.drop_db().await;
 }
+
+/// "Why did this person not get in?": the funnel counts each stage once (the api and the
+/// worker under one name), and `worker replay --id` shows each request's way: Ada's went all
+/// the way, Bob's stopped at his mail, never opened.
+#[tokio::test]
+async fn the_funnel_counts_each_stage_once_and_replay_shows_where_a_request_stopped() {
+    let port = free_port();
+    let system = System::start_with(|s| {
+        s.status.addr = format!("127.0.0.1:{port}").parse().expect("addr");
+    })
+    .await;
+    system.db.account("ada").add().await;
+    system.db.account("bob").add().await;
+    assert_eq!(system.api.forgot_id("ada").await.status, 200);
+    assert_eq!(system.api.forgot_id("bob").await.status, 200);
+    let mails = system.sink.wait_for(2, Duration::from_secs(20)).await;
+    let ada_mail = mails
+        .iter()
+        .find(|m| m.to.starts_with("ada"))
+        .expect("Ada's mail");
+    let token = ada_mail.token();
+    // Opened twice (a scanner, then Ada): one open.
+    for _ in 0..2 {
+        let verify = serde_json::json!({ "token": token });
+        let verified = system
+            .api
+            .post_json("/auth/reset-password/verify", verify)
+            .await;
+        assert_eq!(verified.status, 200, "{verified:?}");
+    }
+    let reset = serde_json::json!({"token": token, "password": "a new and long passphrase"});
+    assert_eq!(
+        system
+            .api
+            .post_json("/auth/reset-password", reset)
+            .await
+            .status,
+        200
+    );
+
+    let series = |stage: &str| format!(r#"password_reset_funnel_total{{stage="{stage}"}}"#);
+    let api_metrics = get(system.api.addr, "/metrics").await.body;
+    for (stage, count) in [("requested", 2.0), ("opened", 1.0), ("completed", 1.0)] {
+        assert_eq!(metric(&api_metrics, &series(stage)), count, "{stage}");
+    }
+    let worker_addr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let worker_metrics = get(worker_addr, "/metrics").await.body;
+    assert_eq!(metric(&worker_metrics, &series("mailed")), 2.0);
+
+    let settings = ops_settings(&system);
+    let way = |id: &str| {
+        let settings = settings.clone();
+        let id = id.to_owned();
+        async move {
+            let args = ReplayArgs {
+                id: Some(id),
+                ..replay_args()
+            };
+            replay(&settings, args).await.remove(0)["timeline"].clone()
+        }
+    };
+    let ada = way("ada").await;
+    for stage in ["accepted", "mailed", "opened", "completed"] {
+        assert!(ada[stage].is_string(), "Ada {stage}: {ada}");
+    }
+    assert!(ada["reported"].is_null(), "{ada}");
+    let bob = way("bob").await;
+    assert!(bob["mailed"].is_string(), "{bob}");
+    assert!(
+        bob["opened"].is_null() && bob["completed"].is_null(),
+        "{bob}"
+    );
+    system.stop().await;
+}

@@ -13,6 +13,7 @@ use crate::config::Settings;
 use crate::handle::{Deps, handle};
 use crate::store::{Account, Delivery, Lookup, Mode, Outcome, Record};
 
+use super::timeline::Timeline;
 use super::{OpsError, SubjectReader, deps_for, open_stream};
 
 /// Above this many matching events, `--execute` asks for `--yes`.
@@ -119,6 +120,8 @@ struct Found {
     locale: Option<String>,
     rendered: Option<(String, String)>,
     executed: Option<String>,
+    /// How far the request got: mailed, opened, completed, reported.
+    timeline: Timeline,
 }
 
 /// One event's line (text or JSON): what happened then, what would happen now, and, with
@@ -156,6 +159,7 @@ async fn describe(
         _ => None,
     };
     let executed = execute(deps, args, &event, record.as_ref()).await;
+    let timeline = Timeline::of(deps.store.pool(), event.event_id).await?;
     let found = Found {
         seq,
         time,
@@ -167,6 +171,7 @@ async fn describe(
         locale,
         rendered,
         executed,
+        timeline,
     };
     Ok(if args.json {
         found.as_json()
@@ -252,6 +257,7 @@ impl Found {
             "request_id": self.event.request_id,
             "id": mask_id(&self.event.id),
             "record": self.record,
+            "timeline": self.timeline.as_json(self.event.requested_at),
             "decision": {
                 "action": self.action,
                 "reason": self.reason,
@@ -295,6 +301,10 @@ impl Found {
             }
             (action, ..) => format!("{action}: {}", self.reason.as_deref().unwrap_or_default()),
         };
+        text.push_str(&format!(
+            "    way:  {}\n",
+            self.timeline.as_text(self.event.requested_at)
+        ));
         text.push_str(&format!("    now:  {now}"));
         if let Some((subject, body)) = &self.rendered {
             text.push_str(&format!("\n    subject: {subject}\n"));
