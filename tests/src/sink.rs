@@ -48,6 +48,15 @@ impl ReceivedMail {
             .collect()
     }
 
+    /// The report link ("I did not ask for this", "This wasn't me") in the text part, whole.
+    pub fn report_link(&self) -> String {
+        self.text
+            .split_whitespace()
+            .find(|word| word.contains("/report?r="))
+            .expect("a report link")
+            .to_owned()
+    }
+
     /// The secret of the report link ("I did not ask for this", "This wasn't me") in the
     /// text part.
     pub fn report_secret(&self) -> String {

@@ -538,3 +538,48 @@ async fn an_expired_link_shows_the_dead_link_page_and_mails_a_new_one() {
     assert_eq!(published[1].0.client.api_key_label, "page");
     system.stop().await;
 }
+
+/// "I did not ask for this" clicked in webmail on another site, through a link-wrapping
+/// redirector into a new tab: the page offers the button and changes nothing until it is
+/// pressed; pressed, the report is taken and the reset link in the same mail is dead.
+#[tokio::test]
+async fn the_report_link_clicked_in_webmail_reports_and_kills_the_mailed_link() {
+    let system = System::start_with_page().await;
+    let webmail = Webmail::start().await;
+    let driver = Driver::start();
+    system.db.account("ada").add().await;
+    assert_eq!(system.api.forgot_id("ada").await.status, 200);
+    let mail = system.sink.wait_for(1, WAIT).await.remove(0);
+    let report = mail.report_link();
+    let origin = format!("http://{}", system.api.addr);
+    assert!(
+        report.starts_with(&format!("{origin}/reset-password/report?r=")),
+        "{report}"
+    );
+
+    let browser = driver.browser(true, 1024).await;
+    open_link(&browser, &webmail, "ada", &report, Open::Redirector).await;
+    wait_for_text(&browser, "h1", "Did you not ask to reset your password?").await;
+    assert_eq!(
+        accessibility_violations(&browser).await,
+        Vec::<String>::new()
+    );
+    screenshot(&browser, "report").await;
+    let opened = e2e::send_raw(
+        link_addr(&mail.link()),
+        &e2e::request("GET", &link_path(&mail.link()), &[], ""),
+    )
+    .await;
+    assert!(
+        opened.body.contains(r#"name="password""#),
+        "opening the report page changed nothing"
+    );
+    submit(&browser).await;
+    wait_for_text(&browser, "h1", "Thank you for telling us").await;
+    screenshot(&browser, "reported").await;
+
+    open_link(&browser, &webmail, "ada", &mail.link(), Open::NewTab).await;
+    wait_for_text(&browser, "h1", "This link no longer works").await;
+    browser.close().await.expect("session closed");
+    system.stop().await;
+}

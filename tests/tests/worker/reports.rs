@@ -6,9 +6,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use e2e::system::{System, worker_settings};
+use e2e::db::TestDb;
+use e2e::sink::SmtpSink;
+use e2e::system::{System, TestWorker, worker_settings};
 use e2e::webhooks::{WEBHOOK_SECRET, WebhookReceiver};
-use e2e::{RawResponse, request, send_raw};
+use e2e::{Isolation, RawResponse, TestApi, request, send_raw};
 use worker::cli::DeadLetterCommand;
 use worker::config::Backoff;
 use worker::store::Outcome;
@@ -274,4 +276,45 @@ async fn a_refused_webhook_is_dead_lettered_and_an_operators_retry_sends_the_sam
         "the reset and the changed mail, no more"
     );
     system.stop().await;
+}
+
+/// The pause ends: once RESET_REPORT_PAUSE has passed, the owner's own request is mailed.
+#[tokio::test]
+async fn after_the_pause_the_owners_own_request_is_mailed() {
+    let iso = Isolation::new();
+    let db = TestDb::migrated().await;
+    let sink = SmtpSink::start();
+    let url = db.url.clone();
+    let api = TestApi::spawn_in(iso.clone(), |s| {
+        s.reset.database.database_url = url;
+        s.reset.report_pause = Duration::from_secs(2);
+    })
+    .await;
+    let mut settings = worker_settings(&iso, &db.url, &sink.url());
+    settings.policy.cooldown = Duration::from_millis(100);
+    settings.policy.max_cooldown = Duration::from_millis(200);
+    let worker = TestWorker::spawn(settings);
+    db.account("ada").add().await;
+    assert_eq!(api.forgot_id("ada").await.status, 200);
+    let secret = sink.wait_for(1, WAIT).await[0].report_secret();
+    let reported = post_page_form(api.addr, "/reset-password/report", &format!("r={secret}")).await;
+    assert!(
+        reported.body.contains("Thank you for telling us"),
+        "{reported:?}"
+    );
+    let paused_until = std::time::Instant::now() + Duration::from_secs(2);
+
+    assert_eq!(api.forgot_id("ada").await.status, 200);
+    db.wait_for_outcomes(2).await;
+    assert_eq!(sink.messages().len(), 1, "paused");
+    tokio::time::sleep_until((paused_until + Duration::from_millis(300)).into()).await;
+    assert_eq!(api.forgot_id("ada").await.status, 200);
+    assert_eq!(
+        sink.wait_for(2, WAIT).await.len(),
+        2,
+        "mailed after the pause"
+    );
+    worker.stop().await;
+    api.stop().await;
+    db.drop_db().await;
 }
