@@ -129,6 +129,7 @@ impl Worker {
                 let name = &settings.consume.consumer;
                 let timeout = settings.webhooks.webhook_timeout;
                 let pulled = webhook_consumers(&stream, name, &subjects, timeout).await?;
+                let hooks = hooks.counted_in(status.metrics.webhooks.clone());
                 Some((Arc::new(hooks), pulled))
             }
             None => None,

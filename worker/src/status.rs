@@ -20,6 +20,13 @@ use tokio::net::TcpListener;
 
 use crate::transport::SmtpHealth;
 
+/// A webhook attempt's type and how it ended.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub kind: &'static str,
+    pub result: &'static str,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: &'static str,
@@ -47,6 +54,8 @@ pub struct WorkerMetrics {
     pub consumer_redelivered: Gauge,
     /// The funnel's `mailed` stage: `password_reset_funnel_total`.
     pub funnel: shared::metrics::Funnel,
+    /// Webhook attempts by type and result: `worker_webhooks_total`.
+    pub webhooks: Family<WebhookLabels, Counter>,
 }
 
 const ATTEMPT_BUCKETS: [f64; 8] = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 10.0];
@@ -107,8 +116,15 @@ impl WorkerMetrics {
             );
         }
         let funnel = shared::metrics::Funnel::registered(&mut registry);
+        let webhooks = Family::default();
+        registry.register(
+            "worker_webhooks",
+            "Webhook attempts by type and result: delivered, retried, dead_lettered, not_wanted.",
+            webhooks.clone(),
+        );
         Self {
             funnel,
+            webhooks,
             registry,
             events,
             send,

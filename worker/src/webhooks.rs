@@ -18,7 +18,10 @@ use std::time::Duration;
 pub use deliver::{HEADER_DEAD_KIND, run, webhook_consumers};
 pub use payload::{Webhook, WebhookKind};
 
+use prometheus_client::metrics::{counter::Counter, family::Family};
+
 use crate::config::Backoff;
+use crate::status::WebhookLabels;
 
 /// Where webhooks go and how.
 #[derive(Debug, Clone, clap::Args)]
@@ -86,6 +89,8 @@ pub struct Webhooks {
     timeout: Duration,
     backoff: Backoff,
     client: deliver::Client,
+    /// `worker_webhooks_total`, once the worker's metrics are there.
+    counted: Option<Family<WebhookLabels, Counter>>,
 }
 
 impl std::fmt::Debug for Webhooks {
@@ -123,7 +128,22 @@ impl Webhooks {
             timeout: settings.webhook_timeout,
             backoff: settings.webhook_backoff.clone(),
             client: deliver::client()?,
+            counted: None,
         }))
+    }
+
+    /// Counts attempts in `family` (`worker_webhooks_total`).
+    #[must_use]
+    pub fn counted_in(mut self, family: Family<WebhookLabels, Counter>) -> Self {
+        self.counted = Some(family);
+        self
+    }
+
+    fn count(&self, kind: WebhookKind, result: &'static str) {
+        if let Some(family) = &self.counted {
+            let kind = kind.as_str();
+            family.get_or_create(&WebhookLabels { kind, result }).inc();
+        }
     }
 
     /// Whether WEBHOOK_EVENTS asks for `kind`.

@@ -186,7 +186,12 @@ async fn a_forged_report_link_or_another_sites_post_reports_nothing() {
 #[tokio::test]
 async fn a_change_reaches_the_product_past_two_failures_and_can_be_reported() {
     let receiver = WebhookReceiver::start(2);
-    let system = System::start_with(to(&receiver, 3)).await;
+    let port = e2e::free_port();
+    let system = System::start_with(|s| {
+        to(&receiver, 3)(s);
+        s.status.addr = format!("127.0.0.1:{port}").parse().expect("addr");
+    })
+    .await;
     reset_ada_through_the_mail(&system).await;
 
     let changed = receiver.wait_for("password.changed", WAIT).await;
@@ -204,6 +209,21 @@ async fn a_change_reaches_the_product_past_two_failures_and_can_be_reported() {
         [(500, true), (500, true), (204, true)],
         "one id on every attempt"
     );
+    // Counted once the worker has the answer, a moment after the receiver wrote it down.
+    let series = |result: &str| {
+        format!(r#"worker_webhooks_total{{kind="password.changed",result="{result}"}}"#)
+    };
+    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = e2e::get(addr, "/metrics").await.body;
+        if e2e::metric(&metrics, &series("delivered")) >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(e2e::metric(&metrics, &series("retried")), 2.0);
+    assert_eq!(e2e::metric(&metrics, &series("delivered")), 1.0);
 
     let mails = system.sink.wait_for(2, WAIT).await;
     let secret = mails[1].report_secret();

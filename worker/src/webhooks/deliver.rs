@@ -139,6 +139,7 @@ async fn attempt(
         }
     };
     if !hooks.wants(hook.kind) {
+        hooks.count(hook.kind, "not_wanted");
         return answer(message, AckKind::Ack).await;
     }
     let attempt = message.info().map(|i| i.delivered).unwrap_or(1).max(1);
@@ -149,15 +150,18 @@ async fn attempt(
     match post(hooks, &hook).await {
         Ok(()) => {
             tracing::info!("webhook delivered");
+            hooks.count(hook.kind, "delivered");
             answer(message, AckKind::Ack).await;
         }
         Err(err) => match hooks.backoff.after(attempt) {
             Some(delay) => {
                 tracing::warn!(error = %err, retry_in = ?delay, "webhook not taken; retrying");
+                hooks.count(hook.kind, "retried");
                 answer(message, AckKind::Nak(Some(delay))).await;
             }
             None => {
                 tracing::error!(error = %err, "webhook not taken after its last retry");
+                hooks.count(hook.kind, "dead_lettered");
                 dead_letter(message, js, dead, "webhook_failed", attempt, &err).await;
             }
         },
