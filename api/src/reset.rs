@@ -19,7 +19,7 @@ mod report;
 pub use hashing::{HashError, Hasher};
 pub use policy::{MAX_PASSWORD_CHARS, PasswordPolicy, PolicyError, normalise};
 pub use relay::OutboxError;
-pub use report::{CHANGE_REPORT_WITHIN, ReportOutcome};
+pub use report::ReportOutcome;
 
 use std::time::Duration;
 

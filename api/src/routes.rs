@@ -191,19 +191,22 @@ async fn route(
     }
 }
 
-/// The hosted page's routes, or 404 for all of them when the page is off (PAGE_ENABLED).
+/// The hosted page's routes, or 404 for all of them when the page is off (PAGE_ENABLED), but
+/// the report page: the mails' report links lead there whatever front end takes the reset
+/// link.
 async fn page_route(
     state: &AppState,
     peer: SocketAddr,
     trail: &mut Trail,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    if !state.pages.enabled {
-        return Err(ApiError::NotFound);
-    }
     let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
     let post = req.method() == Method::POST;
-    match req.uri().path() {
+    let path = req.uri().path();
+    if !state.pages.enabled && path != "/reset-password/report" {
+        return Err(ApiError::NotFound);
+    }
+    match path {
         "/reset-password" if read_only => {
             Ok(crate::page::routes::show(state, peer, trail, req).await)
         }

@@ -68,9 +68,13 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
      WHERE t.token_hash = p_hash AND t.expires_at > now()
 $$;
 
--- The account a password-changed mail went to, while its report link lives (`p_within_secs`
--- from the change). Pending too: the mail may be read before its sent record is written.
-CREATE FUNCTION reset_change_report_target(p_event_id uuid, p_within_secs double precision)
+-- How long a password-changed mail's "This wasn't me" link works: a week from the change.
+CREATE FUNCTION reset_change_report_window() RETURNS interval
+LANGUAGE sql IMMUTABLE AS $$ SELECT interval '7 days' $$;
+
+-- The account a password-changed mail went to, while its report link lives. Pending too:
+-- the mail may be read before its sent record is written.
+CREATE FUNCTION reset_change_report_target(p_event_id uuid)
 RETURNS TABLE(account_id text, mail_event_id uuid, reported boolean)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
     SELECT r.account_id, r.event_id,
@@ -78,39 +82,64 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
       FROM reset_requests r
      WHERE r.event_id = p_event_id AND r.kind = 'password_changed'
        AND r.outcome IN ('pending', 'sent')
-       AND r.requested_at > now() - make_interval(secs => p_within_secs)
+       AND r.requested_at > now() - reset_change_report_window()
 $$;
 
--- Records the report of mail `p_mail_event_id` (`p_kind` 'reset' or 'change') of account
--- `p_account_id`, kills the account's live links and codes, pauses reset mails for
--- `p_pause_secs` (0 for none) and queues the report's event for the outbox relay, all at
--- once. A mail reported before is not reported again: false, and nothing changes.
-CREATE FUNCTION reset_report(p_mail_event_id uuid, p_kind text, p_account_id text,
-                             p_pause_secs double precision, p_event_id uuid, p_subject text,
-                             p_payload bytea)
-RETURNS boolean
+-- Reports the mail a report link names, taking only the link's proof: `p_hash` (a reset
+-- mail's token hash) or `p_change_event` (a password-changed mail's event). The account is
+-- found here, not named by the caller, so the api's role can report only what a link it
+-- holds reports. Records the report, kills the account's live links and codes, pauses its
+-- reset mails for `p_pause_secs` (a reset report; at most 30 days) and queues the report's
+-- event, which must name that account and mail, for the outbox relay, all at once. Answers
+-- 'reported', 'again' (reported before: nothing changes) or 'expired'.
+CREATE FUNCTION reset_report(p_hash bytea, p_change_event uuid, p_pause_secs double precision,
+                             p_event_id uuid, p_subject text, p_payload bytea)
+RETURNS text
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    v_kind    text := CASE WHEN p_hash IS NOT NULL THEN 'reset' ELSE 'change' END;
+    v_account text;
+    v_mail    uuid;
+    v_event   jsonb := convert_from(p_payload, 'UTF8')::jsonb;
 BEGIN
+    IF v_kind = 'reset' THEN
+        SELECT t.account_id, t.mail_event_id INTO v_account, v_mail
+          FROM reset_report_target(p_hash) t;
+    ELSE
+        SELECT t.account_id, t.mail_event_id INTO v_account, v_mail
+          FROM reset_change_report_target(p_change_event) t;
+    END IF;
+    IF v_account IS NULL THEN
+        RETURN 'expired';
+    END IF;
+    IF v_event->>'account_id' IS DISTINCT FROM v_account
+       OR v_event->>'mail_event_id' IS DISTINCT FROM v_mail::text
+       OR v_event->>'kind' IS DISTINCT FROM v_kind
+       OR v_event->>'event_id' IS DISTINCT FROM p_event_id::text
+       OR p_subject NOT LIKE '%.reported' THEN
+        RAISE EXCEPTION 'the report event does not name the mail its link reports';
+    END IF;
     INSERT INTO reset_reports (mail_event_id, kind, account_id, event_id)
-    VALUES (p_mail_event_id, p_kind, p_account_id, p_event_id)
+    VALUES (v_mail, v_kind, v_account, p_event_id)
     ON CONFLICT (mail_event_id) DO NOTHING;
     IF NOT FOUND THEN
-        RETURN false;
+        RETURN 'again';
     END IF;
-    PERFORM reset_kill_live_tokens(p_account_id);
-    IF p_pause_secs > 0 THEN
+    PERFORM reset_kill_live_tokens(v_account);
+    IF v_kind = 'reset' AND p_pause_secs > 0 THEN
         INSERT INTO reset_pauses (account_id, until)
-        VALUES (p_account_id, now() + make_interval(secs => p_pause_secs))
+        VALUES (v_account, now() + least(make_interval(secs => p_pause_secs),
+                                         interval '30 days'))
         ON CONFLICT (account_id) DO UPDATE SET until = GREATEST(reset_pauses.until, EXCLUDED.until);
     END IF;
     INSERT INTO event_outbox (event_id, subject, payload) VALUES (p_event_id, p_subject, p_payload);
-    RETURN true;
+    RETURN 'reported';
 END
 $$;
 
-REVOKE EXECUTE ON FUNCTION reset_report_target(bytea),
-    reset_change_report_target(uuid, double precision),
-    reset_report(uuid, text, text, double precision, uuid, text, bytea) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION reset_report_target(bytea), reset_change_report_target(uuid),
+    reset_report(bytea, uuid, double precision, uuid, text, bytea),
+    reset_kill_live_tokens(text) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION reset_grant_api(p_role name) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -120,9 +149,8 @@ BEGIN
     EXECUTE format('GRANT EXECUTE ON FUNCTION reset_live_token(bytea), '
                    'reset_lock_live_token_of(text), reset_count_wrong_code(bytea, integer), '
                    'reset_complete(bytea, text, text, uuid, text, bytea), '
-                   'reset_report_target(bytea), '
-                   'reset_change_report_target(uuid, double precision), '
-                   'reset_report(uuid, text, text, double precision, uuid, text, bytea) TO %I',
+                   'reset_report_target(bytea), reset_change_report_target(uuid), '
+                   'reset_report(bytea, uuid, double precision, uuid, text, bytea) TO %I',
                    p_role);
     EXECUTE format('REVOKE INSERT ON event_outbox FROM %I', p_role);
     EXECUTE format('GRANT SELECT, DELETE ON event_outbox TO %I', p_role);

@@ -13,10 +13,13 @@ LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp AS $$
           FROM reset_tokens t JOIN accounts a ON a.id = t.account_id
          WHERE t.token_hash = p_hash AND reset_token_is_live(t, a)
     ), marked AS (
+        -- Checked again under the row's lock: of two opens at once, one is the first.
         UPDATE reset_tokens SET opened_at = now()
          WHERE token_hash IN (SELECT token_hash FROM live WHERE first_open)
+           AND opened_at IS NULL
+        RETURNING token_hash
     )
-    SELECT id, email, locale, first_open FROM live
+    SELECT id, email, locale, EXISTS (SELECT 1 FROM marked) FROM live
 $$;
 
 REVOKE EXECUTE ON FUNCTION reset_open_live_token(bytea) FROM PUBLIC;
@@ -30,9 +33,8 @@ BEGIN
                    'reset_open_live_token(bytea), '
                    'reset_lock_live_token_of(text), reset_count_wrong_code(bytea, integer), '
                    'reset_complete(bytea, text, text, uuid, text, bytea), '
-                   'reset_report_target(bytea), '
-                   'reset_change_report_target(uuid, double precision), '
-                   'reset_report(uuid, text, text, double precision, uuid, text, bytea) TO %I',
+                   'reset_report_target(bytea), reset_change_report_target(uuid), '
+                   'reset_report(bytea, uuid, double precision, uuid, text, bytea) TO %I',
                    p_role);
     EXECUTE format('REVOKE INSERT ON event_outbox FROM %I', p_role);
     EXECUTE format('GRANT SELECT, DELETE ON event_outbox TO %I', p_role);

@@ -56,8 +56,28 @@ pub enum ComposerSettingsError {
          token"
     )]
     PlainResetUrl,
+    #[error("REPORT_URL must be an absolute https:// URL (plain http only for localhost)")]
+    ReportUrl,
     #[error(transparent)]
     CodeKey(#[from] CodeKeyError),
+}
+
+/// Whether `url` may carry a secret: http(s) and absolute, and https unless on this machine.
+/// `Err(true)`: not an http(s) URL at all; `Err(false)`: plain http to another machine.
+fn may_carry_a_secret(url: &url::Url) -> Result<(), bool> {
+    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
+        return Err(true);
+    }
+    let local = match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    if url.scheme() == "http" && !local {
+        return Err(false);
+    }
+    Ok(())
 }
 
 impl Composer {
@@ -72,18 +92,13 @@ impl Composer {
         let from: Mailbox = mail_from
             .parse()
             .map_err(|_| ComposerSettingsError::From(mail_from.to_owned()))?;
-        if !matches!(reset_url.scheme(), "http" | "https") || reset_url.cannot_be_a_base() {
-            return Err(ComposerSettingsError::ResetUrl);
-        }
-        let local = match reset_url.host() {
-            Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            None => false,
-        };
-        if reset_url.scheme() == "http" && !local {
-            return Err(ComposerSettingsError::PlainResetUrl);
-        }
+        may_carry_a_secret(&reset_url).map_err(|not_http| {
+            if not_http {
+                ComposerSettingsError::ResetUrl
+            } else {
+                ComposerSettingsError::PlainResetUrl
+            }
+        })?;
         let mut report_url = reset_url.clone();
         report_url.set_query(None);
         if let Ok(mut path) = report_url.path_segments_mut() {
@@ -101,13 +116,14 @@ impl Composer {
     }
 
     /// The report links open `url` instead of RESET_URL's path with `/report` added: for
-    /// when RESET_URL is the product's own page and not the api's.
-    #[must_use]
-    pub fn with_report_url(mut self, url: Option<url::Url>) -> Self {
+    /// when RESET_URL is the product's own page and not the api's. It carries a secret, so
+    /// it is held to RESET_URL's rule.
+    pub fn with_report_url(mut self, url: Option<url::Url>) -> Result<Self, ComposerSettingsError> {
         if let Some(url) = url {
+            may_carry_a_secret(&url).map_err(|_| ComposerSettingsError::ReportUrl)?;
             self.report_url = url;
         }
-        self
+        Ok(self)
     }
 
     /// A report link: the report page with `r=` added to whatever query it has.
@@ -294,6 +310,25 @@ mod tests {
             composer("https://app.example.com/reset?lang=de").reset_link("abc"),
             "https://app.example.com/reset?lang=de&token=abc"
         );
+    }
+
+    #[test]
+    fn a_report_url_is_held_to_the_reset_urls_rule() {
+        let made = composer("https://accounts.example.com/reset-password");
+        let link = made.report_link(Reportable::Change {
+            event_id: uuid::Uuid::nil(),
+        });
+        assert!(
+            link.starts_with("https://accounts.example.com/reset-password/report?r=c."),
+            "{link}"
+        );
+        let plain: url::Url = "http://api.example.com/reset-password/report"
+            .parse()
+            .expect("url");
+        assert!(matches!(
+            composer("https://accounts.example.com/reset").with_report_url(Some(plain)),
+            Err(ComposerSettingsError::ReportUrl)
+        ));
     }
 
     #[test]

@@ -234,7 +234,7 @@ pub(crate) fn mail_parts(
         settings.policy.token_ttl,
         settings.code.key().map_err(ComposerSettingsError::from)?,
     )?
-    .with_report_url(settings.policy.report_url.clone());
+    .with_report_url(settings.policy.report_url.clone())?;
     let mailer = Mailer::from_settings(&settings.mail)?;
     Ok((templates, composer, mailer))
 }

@@ -4,17 +4,11 @@
 //! `Reported` event queued in the same transaction (`reset_report`). Each mail is reported
 //! once: reporting it again changes nothing and tells nobody.
 
-use std::time::Duration;
-
 use shared::event::{ReportKind, Reported};
 use shared::report::Reportable;
 use uuid::Uuid;
 
 use super::{Requester, ResetError, Resets};
-
-/// How long a password-changed mail's "This wasn't me" link works: a week, since such a mail
-/// may be read days later, and it is the owner's one way to say so from the mail.
-pub const CHANGE_REPORT_WITHIN: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// How a report ended.
 #[derive(Debug)]
@@ -34,40 +28,35 @@ impl Resets {
         reportable: Reportable,
         requester: Requester,
     ) -> Result<ReportOutcome, ResetError> {
-        let (kind, target) = match reportable {
-            Reportable::Reset { token_hash } => (
-                ReportKind::Reset,
+        let (kind, hash, change_event) = match reportable {
+            Reportable::Reset { token_hash } => (ReportKind::Reset, Some(token_hash), None),
+            Reportable::Change { event_id } => (ReportKind::Change, None, Some(event_id)),
+        };
+        let target: Option<(String, Uuid, bool)> = match (hash, change_event) {
+            (Some(hash), _) => {
                 sqlx::query_as(
                     "SELECT account_id, mail_event_id, reported FROM reset_report_target($1)",
                 )
-                .bind(&token_hash[..])
+                .bind(&hash[..])
                 .fetch_optional(&self.pool)
-                .await?,
-            ),
-            Reportable::Change { event_id } => (
-                ReportKind::Change,
+                .await?
+            }
+            (None, event_id) => {
                 sqlx::query_as(
                     "SELECT account_id, mail_event_id, reported
-                       FROM reset_change_report_target($1, $2)",
+                       FROM reset_change_report_target($1)",
                 )
                 .bind(event_id)
-                .bind(CHANGE_REPORT_WITHIN.as_secs_f64())
                 .fetch_optional(&self.pool)
-                .await?,
-            ),
+                .await?
+            }
         };
-        let target: Option<(String, Uuid, bool)> = target;
         let Some((account_id, mail_event_id, reported)) = target else {
             return Ok(ReportOutcome::Expired);
         };
         if reported {
             return Ok(ReportOutcome::Again(kind));
         }
-        let pause = match kind {
-            ReportKind::Reset => self.report_pause,
-            // The owner of a changed password may need a reset at once to get back in.
-            ReportKind::Change => Duration::ZERO,
-        };
         let event = Reported::new(
             kind,
             account_id,
@@ -75,24 +64,27 @@ impl Resets {
             requester.request_id,
             requester.client,
         );
-        let recorded: bool = sqlx::query_scalar("SELECT reset_report($1, $2, $3, $4, $5, $6, $7)")
-            .bind(mail_event_id)
-            .bind(kind.as_str())
-            .bind(&event.account_id)
-            .bind(pause.as_secs_f64())
+        // The database finds the account again from the link's proof and checks that the
+        // event names it: the api's role cannot report what no link of its holder reports.
+        let outcome: String = sqlx::query_scalar("SELECT reset_report($1, $2, $3, $4, $5, $6)")
+            .bind(hash.as_ref().map(|h| &h[..]))
+            .bind(change_event)
+            .bind(self.report_pause.as_secs_f64())
             .bind(event.event_id)
             .bind(self.subjects.reported())
             .bind(event.to_json())
             .fetch_one(&self.pool)
             .await?;
-        Ok(if recorded {
-            self.funnel.reached(match kind {
-                ReportKind::Reset => "reset_reported",
-                ReportKind::Change => "change_reported",
-            });
-            ReportOutcome::Reported(event)
-        } else {
-            ReportOutcome::Again(kind)
+        Ok(match outcome.as_str() {
+            "reported" => {
+                self.funnel.reached(match kind {
+                    ReportKind::Reset => "reset_reported",
+                    ReportKind::Change => "change_reported",
+                });
+                ReportOutcome::Reported(event)
+            }
+            "again" => ReportOutcome::Again(kind),
+            _ => ReportOutcome::Expired,
         })
     }
 }

@@ -352,6 +352,18 @@ async fn a_team_with_its_own_front_end_turns_the_page_off() {
         assert_eq!(answer.status, 404, "{method} {path}");
     }
     assert!(api.events().await.is_empty());
+    // The mails' report links still lead somewhere: the report page stays.
+    let report = send_raw(
+        api.addr,
+        &request("GET", "/reset-password/report?r=x", &[], ""),
+    )
+    .await;
+    assert_eq!(report.status, 200, "{report:?}");
+    assert!(
+        report.body.contains("This link has expired"),
+        "{}",
+        report.body
+    );
     api.stop().await;
 }
 

@@ -311,6 +311,41 @@ async fn the_compose_stack_runs_with_exactly_its_env_and_walks_a_reset() {
     assert!(reset.body.contains("Your password was changed"));
     let mails = sink.wait_for(2, Duration::from_secs(30)).await;
     assert_eq!(mails.len(), 2, "the password-changed mail");
+    // "This wasn't me" from that mail: the api reports it with its own rights (the event on
+    // its NATS subject, the record through its database functions).
+    let report = format!("r={}", mails[1].report_secret());
+    let reported = post(api_addr, "/reset-password/report", &form, &report).await;
+    assert_eq!(reported.status, 200, "{}", reported.body);
+    assert!(reported.body.contains("We have told"), "{}", reported.body);
+    // Those functions take the link's proof and find the account themselves: the api's role
+    // cannot report for another account, whatever event it hands them.
+    let api_db = env_of("api")
+        .into_iter()
+        .find(|(name, _)| name == "DATABASE_URL")
+        .map(|(_, url)| url)
+        .expect("the api's DATABASE_URL");
+    let api_pool = sqlx::PgPool::connect(&api_db)
+        .await
+        .expect("the api's role");
+    let changed: uuid::Uuid =
+        sqlx::query_scalar("SELECT event_id FROM reset_requests WHERE kind = 'password_changed'")
+            .fetch_one(&db.pool)
+            .await
+            .expect("the change's record");
+    let forged = serde_json::json!({
+        "account_id": "someone-else", "mail_event_id": changed, "kind": "change",
+        "event_id": uuid::Uuid::nil(),
+    });
+    let refused = sqlx::query_scalar::<_, String>(
+        "SELECT reset_report(NULL, $1, 0, $2, 'auth.reset.reported', $3)",
+    )
+    .bind(changed)
+    .bind(uuid::Uuid::nil())
+    .bind(forged.to_string().into_bytes())
+    .fetch_one(&api_pool)
+    .await;
+    assert!(refused.is_err(), "{refused:?}");
+    api_pool.close().await;
 
     // The operator tools work with the worker's credentials, as `docker compose exec worker
     // worker replay` runs them.
