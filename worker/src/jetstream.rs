@@ -46,12 +46,25 @@ pub async fn ensure_consumer(
     filter_subject: String,
     ack_wait: Duration,
 ) -> Result<PullConsumer, ConsumerSetupError> {
+    ensure_consumer_from(stream, name, filter_subject, ack_wait, DeliverPolicy::All).await
+}
+
+/// [`ensure_consumer`], starting where `deliver_policy` says when the consumer is made: the
+/// webhook consumers start at what comes after them, so turning webhooks on does not send
+/// the product every event the stream still holds.
+pub async fn ensure_consumer_from(
+    stream: &jetstream::stream::Stream,
+    name: &str,
+    filter_subject: String,
+    ack_wait: Duration,
+    deliver_policy: DeliverPolicy,
+) -> Result<PullConsumer, ConsumerSetupError> {
     let config = pull::Config {
         durable_name: Some(name.to_owned()),
         description: Some("Password-reset workers".into()),
         filter_subject,
         ack_policy: AckPolicy::Explicit,
-        deliver_policy: DeliverPolicy::All,
+        deliver_policy,
         ack_wait,
         // Retries are driven by naks with a delay, and the worker itself ends every event:
         // acked, or dead-lettered once its retries or its time (TOKEN_TTL) run out. The server

@@ -15,12 +15,14 @@ use hyper_util::rt::TokioExecutor;
 use shared::event::{HEADER_EVENT_TYPE, PASSWORD_CHANGED, REPORTED};
 use shared::stream::Subjects;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use super::payload::Webhook;
 use super::{WebhookSettingsError, Webhooks};
-use crate::jetstream::dead_letter::letter_headers;
+use crate::config::Backoff;
+use crate::jetstream::dead_letter::{HEADER_RETRY_OF, letter_headers};
 use crate::jetstream::reply::REPLY_WITHIN;
-use crate::jetstream::{ConsumerSetupError, ensure_consumer};
+use crate::jetstream::{ConsumerSetupError, ensure_consumer_from};
 
 pub(super) type Client =
     hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -40,15 +42,16 @@ pub(super) fn client() -> Result<Client, WebhookSettingsError> {
     Ok(hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector))
 }
 
-/// The webhook consumers: password changes, reports, and operators' retries of webhooks.
-/// An attempt is acked or nak'd within WEBHOOK_TIMEOUT, so that is their ack wait, with room.
+/// The webhook consumers: password changes, reports, and operators' retries of webhooks,
+/// each from what comes after it is made. An attempt may wait for a free slot, then POST for
+/// up to WEBHOOK_TIMEOUT, then store a dead letter: their ack wait leaves room for all three.
 pub async fn webhook_consumers(
     stream: &Stream,
     name: &str,
     subjects: &Subjects,
     timeout: Duration,
 ) -> Result<Vec<PullConsumer>, ConsumerSetupError> {
-    let ack_wait = timeout * 2 + Duration::from_secs(5);
+    let ack_wait = timeout * 3 + Duration::from_secs(30);
     let mut consumers = Vec::new();
     for (suffix, subject) in [
         ("webhooks-changed", subjects.changed()),
@@ -56,7 +59,8 @@ pub async fn webhook_consumers(
         ("webhooks-retried", subjects.webhooks_retried()),
     ] {
         let durable = format!("{name}-{suffix}");
-        consumers.push(ensure_consumer(stream, &durable, subject, ack_wait).await?);
+        let new = jetstream::consumer::DeliverPolicy::New;
+        consumers.push(ensure_consumer_from(stream, &durable, subject, ack_wait, new).await?);
     }
     Ok(consumers)
 }
@@ -121,7 +125,10 @@ async fn consume(
             while tasks.try_join_next().is_some() {}
         }
     }
-    while tasks.join_next().await.is_some() {}
+    // Attempts under way end within WEBHOOK_TIMEOUT; one cut short is sent again, with the
+    // same webhook-id, once its ack wait has run out.
+    let drained = async { while tasks.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(hooks.timeout, drained).await;
 }
 
 /// One attempt at the webhook `message` makes.
@@ -131,6 +138,16 @@ async fn attempt(
     js: &jetstream::Context,
     dead: &str,
 ) {
+    // An operator's retry of a password-changed *mail* comes back on `{prefix}.changed`: the
+    // webhook went when the event first came, and is not sent again for it.
+    let retry_of_a_mail = message
+        .headers
+        .as_ref()
+        .is_some_and(|h| h.get(HEADER_RETRY_OF).is_some())
+        && !message.subject.as_str().ends_with(".webhooks.retried");
+    if retry_of_a_mail {
+        return answer(message, AckKind::Ack).await;
+    }
     let event_type = event_type(message);
     let hook = match Webhook::from_event(&event_type, &message.payload) {
         Ok(hook) => hook,
@@ -146,25 +163,49 @@ async fn attempt(
     let attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
     let span =
         tracing::info_span!("webhook", webhook_id = %hook.id, kind = hook.kind.as_str(), attempt);
-    let _entered = span.enter();
-    match post(hooks, &hook).await {
-        Ok(()) => {
-            tracing::info!("webhook delivered");
-            hooks.count(hook.kind, "delivered");
-            answer(message, AckKind::Ack).await;
-        }
-        Err(err) => match hooks.backoff.after(attempt) {
-            Some(delay) => {
+    async {
+        let posted = post(hooks, &hook).await;
+        match step(&posted, attempt, &hooks.backoff) {
+            Step::Ack => {
+                tracing::info!("webhook delivered");
+                hooks.count(hook.kind, "delivered");
+                answer(message, AckKind::Ack).await;
+            }
+            Step::Retry(delay) => {
+                let err = posted.err().unwrap_or_default();
                 tracing::warn!(error = %err, retry_in = ?delay, "webhook not taken; retrying");
                 hooks.count(hook.kind, "retried");
                 answer(message, AckKind::Nak(Some(delay))).await;
             }
-            None => {
+            Step::GiveUp => {
+                let err = posted.err().unwrap_or_default();
                 tracing::error!(error = %err, "webhook not taken after its last retry");
                 hooks.count(hook.kind, "dead_lettered");
                 dead_letter(message, js, dead, "webhook_failed", attempt, &err).await;
             }
-        },
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+/// What to tell JetStream after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Ack,
+    /// Send it again after this delay.
+    Retry(Duration),
+    /// The last retry failed: to the dead letters.
+    GiveUp,
+}
+
+/// The decision alone: a 2xx is taken; otherwise the backoff's delay for `attempt`, until
+/// there is none.
+fn step(posted: &Result<(), String>, attempt: u32, backoff: &Backoff) -> Step {
+    match (posted, backoff.after(attempt)) {
+        (Ok(()), _) => Step::Ack,
+        (Err(_), Some(delay)) => Step::Retry(delay),
+        (Err(_), None) => Step::GiveUp,
     }
 }
 
@@ -262,3 +303,25 @@ async fn dead_letter(
 
 /// On a dead letter: what kind of delivery gave up on it (`webhook`; none for a mail).
 pub const HEADER_DEAD_KIND: &str = "Dead-Kind";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_webhook_waits_each_delay_in_turn_then_gives_up() {
+        let backoff = Backoff(vec![Duration::from_secs(10), Duration::from_secs(60)]);
+        let refused = Err("answered 500".to_owned());
+        assert_eq!(step(&Ok(()), 1, &backoff), Step::Ack);
+        assert_eq!(step(&Ok(()), 9, &backoff), Step::Ack);
+        assert_eq!(
+            step(&refused, 1, &backoff),
+            Step::Retry(Duration::from_secs(10))
+        );
+        assert_eq!(
+            step(&refused, 2, &backoff),
+            Step::Retry(Duration::from_secs(60))
+        );
+        assert_eq!(step(&refused, 3, &backoff), Step::GiveUp);
+    }
+}
