@@ -45,7 +45,9 @@ async fn connect_any(urls: &[String]) -> Option<async_nats::Client> {
         .ok()
 }
 
-/// Waits until JetStream on the cluster answers, that is until it has a meta leader.
+/// Waits until JetStream on the cluster answers, that is until it has a meta leader: a
+/// minute, since two scenarios start their clusters side by side on two cores and an
+/// election can take a while then; the scenarios begin only once it is done.
 async fn wait_for_jetstream(urls: &[String]) {
     let began = Instant::now();
     loop {
@@ -55,7 +57,7 @@ async fn wait_for_jetstream(urls: &[String]) {
             return;
         }
         assert!(
-            began.elapsed() < Duration::from_secs(30),
+            began.elapsed() < Duration::from_secs(60),
             "JetStream on the cluster never became available"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;

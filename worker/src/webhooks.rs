@@ -57,11 +57,14 @@ pub struct WebhookSettings {
     pub webhook_backoff: Backoff,
 }
 
-fn parse_kind(raw: &str) -> Result<WebhookKind, String> {
-    WebhookKind::parse(raw.trim()).ok_or_else(|| {
-        format!("`{raw}` is not a webhook type: password.changed, reset.reported, change.reported")
-    })
+fn parse_kind(raw: &str) -> Result<WebhookKind, UnknownKind> {
+    WebhookKind::parse(raw.trim()).ok_or_else(|| UnknownKind(raw.to_owned()))
 }
+
+/// A WEBHOOK_EVENTS entry that names no webhook type.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not a webhook type: password.changed, reset.reported, change.reported")]
+pub struct UnknownKind(String);
 
 /// Why the webhook settings are unusable. Each names the variable.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +72,7 @@ pub enum WebhookSettingsError {
     #[error("WEBHOOK_SECRET is required with WEBHOOK_URL (`whsec_` and base64)")]
     NoSecret,
     #[error("WEBHOOK_SECRET is not `whsec_` and base64: {0}")]
-    Secret(String),
+    Secret(#[from] standardwebhooks::WebhookError),
     #[error(
         "WEBHOOK_URL must be https:// (plain http only to a loopback address): the webhooks \
          name accounts"
@@ -78,7 +81,7 @@ pub enum WebhookSettingsError {
     #[error("WEBHOOK_URL must be an absolute http(s) URL")]
     Url,
     #[error("setting up TLS for the webhooks: {0}")]
-    Tls(String),
+    Tls(#[from] tokio_rustls::rustls::Error),
 }
 
 /// The webhook side of a worker whose WEBHOOK_URL is set.
@@ -119,8 +122,7 @@ impl Webhooks {
             .webhook_secret
             .as_deref()
             .ok_or(WebhookSettingsError::NoSecret)?;
-        let signer = standardwebhooks::Webhook::new(secret.trim())
-            .map_err(|e| WebhookSettingsError::Secret(e.to_string()))?;
+        let signer = standardwebhooks::Webhook::new(secret.trim())?;
         Ok(Some(Self {
             url,
             signer,

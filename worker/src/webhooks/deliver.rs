@@ -34,8 +34,7 @@ const AT_ONCE: usize = 8;
 pub(super) fn client() -> Result<Client, WebhookSettingsError> {
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let connector = HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(provider)
-        .map_err(|e| WebhookSettingsError::Tls(e.to_string()))?
+        .with_provider_and_webpki_roots(provider)?
         .https_or_http()
         .enable_http1()
         .build();
@@ -172,13 +171,13 @@ async fn attempt(
                 answer(message, AckKind::Ack).await;
             }
             Step::Retry(delay) => {
-                let err = posted.err().unwrap_or_default();
+                let err = posted.err().map(|e| e.to_string()).unwrap_or_default();
                 tracing::warn!(error = %err, retry_in = ?delay, "webhook not taken; retrying");
                 hooks.count(hook.kind, "retried");
                 answer(message, AckKind::Nak(Some(delay))).await;
             }
             Step::GiveUp => {
-                let err = posted.err().unwrap_or_default();
+                let err = posted.err().map(|e| e.to_string()).unwrap_or_default();
                 tracing::error!(error = %err, "webhook not taken after its last retry");
                 hooks.count(hook.kind, "dead_lettered");
                 dead_letter(message, js, dead, "webhook_failed", attempt, &err).await;
@@ -201,7 +200,7 @@ enum Step {
 
 /// The decision alone: a 2xx is taken; otherwise the backoff's delay for `attempt`, until
 /// there is none.
-fn step(posted: &Result<(), String>, attempt: u32, backoff: &Backoff) -> Step {
+fn step(posted: &Result<(), NotTaken>, attempt: u32, backoff: &Backoff) -> Step {
     match (posted, backoff.after(attempt)) {
         (Ok(()), _) => Step::Ack,
         (Err(_), Some(delay)) => Step::Retry(delay),
@@ -227,13 +226,25 @@ fn event_type(message: &jetstream::Message) -> String {
     })
 }
 
-/// POSTs `hook`, signed for this attempt; `Err` says why it was not taken.
-async fn post(hooks: &Webhooks, hook: &Webhook) -> Result<(), String> {
+/// Why an attempt was not taken.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum NotTaken {
+    #[error("signing: {0}")]
+    Sign(#[from] standardwebhooks::WebhookError),
+    #[error("building the request: {0}")]
+    Request(#[from] http::Error),
+    #[error("no answer within {0:?} (WEBHOOK_TIMEOUT)")]
+    TimedOut(Duration),
+    #[error("POST failed: {0}")]
+    Post(#[from] hyper_util::client::legacy::Error),
+    #[error("answered {0}")]
+    Refused(http::StatusCode),
+}
+
+/// POSTs `hook`, signed for this attempt.
+async fn post(hooks: &Webhooks, hook: &Webhook) -> Result<(), NotTaken> {
     let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
-    let signature = hooks
-        .signer
-        .sign(&hook.id, timestamp, &hook.body)
-        .map_err(|e| format!("signing: {e}"))?;
+    let signature = hooks.signer.sign(&hook.id, timestamp, &hook.body)?;
     let request = Request::post(hooks.url.as_str())
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::USER_AGENT, "password-reset-webhooks")
@@ -243,17 +254,14 @@ async fn post(hooks: &Webhooks, hook: &Webhook) -> Result<(), String> {
             timestamp.to_string(),
         )
         .header(standardwebhooks::HEADER_WEBHOOK_SIGNATURE, signature)
-        .body(Full::new(Bytes::from(hook.body.clone())))
-        .map_err(|e| format!("building the request: {e}"))?;
-    let sent = tokio::time::timeout(hooks.timeout, hooks.client.request(request)).await;
-    match sent {
-        Err(_) => Err(format!(
-            "no answer within {:?} (WEBHOOK_TIMEOUT)",
-            hooks.timeout
-        )),
-        Ok(Err(err)) => Err(format!("POST failed: {err}")),
-        Ok(Ok(response)) if response.status().is_success() => Ok(()),
-        Ok(Ok(response)) => Err(format!("answered {}", response.status())),
+        .body(Full::new(Bytes::from(hook.body.clone())))?;
+    let sent = tokio::time::timeout(hooks.timeout, hooks.client.request(request))
+        .await
+        .map_err(|_| NotTaken::TimedOut(hooks.timeout))??;
+    if sent.status().is_success() {
+        Ok(())
+    } else {
+        Err(NotTaken::Refused(sent.status()))
     }
 }
 
@@ -280,20 +288,20 @@ async fn dead_letter(
     let mut headers = letter_headers(message, reason, attempt, error);
     let seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
     headers.insert(HEADER_DEAD_KIND, "webhook");
-    headers.insert(
-        "Nats-Msg-Id",
-        format!("dead-webhook-{seq}-{attempt}").as_str(),
-    );
+    // One letter for the event, however many deliveries give up on it.
+    headers.insert("Nats-Msg-Id", format!("dead-webhook-{seq}").as_str());
     let stored = tokio::time::timeout(REPLY_WITHIN, async {
-        let ack = js
+        match js
             .publish_with_headers(dead.to_owned(), headers, message.payload.clone())
             .await
-            .map_err(|e| e.to_string())?;
-        ack.await.map_err(|e| e.to_string())
+        {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        }
     })
     .await;
     match stored {
-        Ok(Ok(_)) => answer(message, AckKind::Term).await,
+        Ok(true) => answer(message, AckKind::Term).await,
         _ => {
             tracing::warn!("webhook dead letter not stored; trying again later");
             answer(message, AckKind::Nak(Some(Duration::from_secs(30)))).await;
@@ -311,17 +319,17 @@ mod tests {
     #[test]
     fn a_refused_webhook_waits_each_delay_in_turn_then_gives_up() {
         let backoff = Backoff(vec![Duration::from_secs(10), Duration::from_secs(60)]);
-        let refused = Err("answered 500".to_owned());
+        let refused = || Err(NotTaken::Refused(http::StatusCode::INTERNAL_SERVER_ERROR));
         assert_eq!(step(&Ok(()), 1, &backoff), Step::Ack);
         assert_eq!(step(&Ok(()), 9, &backoff), Step::Ack);
         assert_eq!(
-            step(&refused, 1, &backoff),
+            step(&refused(), 1, &backoff),
             Step::Retry(Duration::from_secs(10))
         );
         assert_eq!(
-            step(&refused, 2, &backoff),
+            step(&refused(), 2, &backoff),
             Step::Retry(Duration::from_secs(60))
         );
-        assert_eq!(step(&refused, 3, &backoff), Step::GiveUp);
+        assert_eq!(step(&refused(), 3, &backoff), Step::GiveUp);
     }
 }
