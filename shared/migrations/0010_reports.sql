@@ -141,17 +141,29 @@ REVOKE EXECUTE ON FUNCTION reset_report_target(bytea), reset_change_report_targe
     reset_report(bytea, uuid, double precision, uuid, text, bytea),
     reset_kill_live_tokens(text) FROM PUBLIC;
 
+-- The functions the api's role may call, a row each. reset_grant_api grants what the table
+-- lists, so a migration that gives the api a function adds a row and calls it, rather than
+-- writing the whole grant again.
+CREATE TABLE reset_api_functions (fn regprocedure PRIMARY KEY);
+INSERT INTO reset_api_functions (fn) VALUES
+    ('reset_live_token(bytea)'),
+    ('reset_lock_live_token_of(text)'),
+    ('reset_count_wrong_code(bytea, integer)'),
+    ('reset_complete(bytea, text, text, uuid, text, bytea)'),
+    ('reset_report_target(bytea)'),
+    ('reset_change_report_target(uuid)'),
+    ('reset_report(bytea, uuid, double precision, uuid, text, bytea)');
+
 CREATE OR REPLACE FUNCTION reset_grant_api(p_role name) RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+    v_fn regprocedure;
 BEGIN
     EXECUTE format('REVOKE ALL ON accounts, reset_tokens FROM %I', p_role);
     EXECUTE format('GRANT SELECT ON _sqlx_migrations TO %I', p_role);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION reset_live_token(bytea), '
-                   'reset_lock_live_token_of(text), reset_count_wrong_code(bytea, integer), '
-                   'reset_complete(bytea, text, text, uuid, text, bytea), '
-                   'reset_report_target(bytea), reset_change_report_target(uuid), '
-                   'reset_report(bytea, uuid, double precision, uuid, text, bytea) TO %I',
-                   p_role);
+    FOR v_fn IN SELECT fn FROM reset_api_functions LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', v_fn, p_role);
+    END LOOP;
     EXECUTE format('REVOKE INSERT ON event_outbox FROM %I', p_role);
     EXECUTE format('GRANT SELECT, DELETE ON event_outbox TO %I', p_role);
 END

@@ -24,22 +24,7 @@ $$;
 
 REVOKE EXECUTE ON FUNCTION reset_open_live_token(bytea) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION reset_grant_api(p_role name) RETURNS void
-LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE format('REVOKE ALL ON accounts, reset_tokens FROM %I', p_role);
-    EXECUTE format('GRANT SELECT ON _sqlx_migrations TO %I', p_role);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION reset_live_token(bytea), '
-                   'reset_open_live_token(bytea), '
-                   'reset_lock_live_token_of(text), reset_count_wrong_code(bytea, integer), '
-                   'reset_complete(bytea, text, text, uuid, text, bytea), '
-                   'reset_report_target(bytea), reset_change_report_target(uuid), '
-                   'reset_report(bytea, uuid, double precision, uuid, text, bytea) TO %I',
-                   p_role);
-    EXECUTE format('REVOKE INSERT ON event_outbox FROM %I', p_role);
-    EXECUTE format('GRANT SELECT, DELETE ON event_outbox TO %I', p_role);
-END
-$$;
+INSERT INTO reset_api_functions (fn) VALUES ('reset_open_live_token(bytea)');
 
 DO $$
 BEGIN

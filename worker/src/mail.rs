@@ -64,7 +64,7 @@ pub enum ComposerSettingsError {
 
 /// Whether `url` may carry a secret: http(s) and absolute, and https unless on this machine.
 /// `Err(true)`: not an http(s) URL at all; `Err(false)`: plain http to another machine.
-fn may_carry_a_secret(url: &url::Url) -> Result<(), bool> {
+pub(crate) fn may_carry_a_secret(url: &url::Url) -> Result<(), bool> {
     if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
         return Err(true);
     }

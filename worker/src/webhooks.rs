@@ -112,12 +112,14 @@ impl Webhooks {
         let Some(url) = settings.webhook_url.clone() else {
             return Ok(None);
         };
-        if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
-            return Err(WebhookSettingsError::Url);
-        }
-        if url.scheme() == "http" && !is_loopback(&url) {
-            return Err(WebhookSettingsError::PlainUrl);
-        }
+        // Held to RESET_URL's rule: https, or plain http to this machine only.
+        crate::mail::may_carry_a_secret(&url).map_err(|not_http| {
+            if not_http {
+                WebhookSettingsError::Url
+            } else {
+                WebhookSettingsError::PlainUrl
+            }
+        })?;
         let secret = settings
             .webhook_secret
             .as_deref()
@@ -151,15 +153,6 @@ impl Webhooks {
     /// Whether WEBHOOK_EVENTS asks for `kind`.
     pub fn wants(&self, kind: WebhookKind) -> bool {
         self.kinds.contains(&kind)
-    }
-}
-
-fn is_loopback(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
     }
 }
 

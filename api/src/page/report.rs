@@ -10,13 +10,12 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use shared::event::{REPORTED, ReportKind};
+use shared::event::ReportKind;
 use shared::report::Reportable;
 
 use super::View;
 use super::routes::{Admitted, admit_form, page, problem};
 use crate::http::body::{self, MediaType};
-use crate::publish::Outgoing;
 use crate::reset::{ReportOutcome, Requester};
 use crate::routes::reset_password::reset_error;
 use crate::routes::{AppState, Trail};
@@ -84,18 +83,16 @@ pub(crate) async fn confirm(
 
 /// The event is in the outbox already; publishing now only saves the relay's delay.
 async fn publish_now(state: &AppState, trail: &Trail, event: &shared::event::Reported) {
-    let msg_id = event.event_id.to_string();
-    let outgoing = Outgoing {
-        subject: state.reported_subject.clone().into(),
-        event_type: REPORTED,
-        request_id: &trail.request_id,
-        payload: event.to_json(),
-        msg_id: Some(&msg_id),
-    };
-    let published = match state.publisher.send(outgoing).await {
-        Ok(_) => state.resets.forget_queued(event.event_id).await,
-        Err(err) => Err(err.into()),
-    };
+    let published = state
+        .resets
+        .publish_queued(
+            &state.publisher,
+            event.event_id,
+            &state.reported_subject,
+            event.to_json(),
+            &trail.request_id,
+        )
+        .await;
     if let Err(err) = published {
         tracing::warn!(request_id = %trail.request_id, error = %err, "Reported not published yet; the outbox relay will");
     }

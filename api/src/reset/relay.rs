@@ -42,11 +42,6 @@ impl Resets {
                 msg_id: Some(&msg_id),
             })
             .await?;
-        self.forget_queued(event_id).await
-    }
-
-    /// Removes a published event from the outbox.
-    pub async fn forget_queued(&self, event_id: Uuid) -> Result<(), OutboxError> {
         sqlx::query("DELETE FROM event_outbox WHERE event_id = $1")
             .bind(event_id)
             .execute(&self.pool)
